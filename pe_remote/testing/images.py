@@ -1,0 +1,115 @@
+"""Build the staging masters' images, with no registry needed.
+
+The base is `debian:bookworm` when it is present or can be pulled (a laptop with
+Docker Hub); otherwise it is made with debootstrap and `docker import` (a CI
+machine with no registry). Every image is tagged with a hash of its definition
+folder and of its parent's tag, so a warm run reuses what is built and any edit
+of a definition rebuilds it and what depends on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+log = logging.getLogger(__name__)
+
+IMAGES_DIR = Path(__file__).parent / "images"
+REPOSITORY = "pe-remote-staging"
+UPSTREAM_BASE = "debian:bookworm"
+DEBOOTSTRAP_MIRROR = os.environ.get("PE_REMOTE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+
+# Each flavor's image is built on `common`, which is built on the base.
+LAYERS = {"common": None, "oss7": "common", "pe37": "common"}
+
+
+class ImageBuildError(RuntimeError):
+    """An image could not be built; the message carries the build's last lines."""
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    tag: str
+    built_now: bool
+
+
+def definition_hash(folder: Path, parent_tag: str) -> str:
+    digest = hashlib.sha256(parent_tag.encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _has_image(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def ensure_base(client: docker.DockerClient) -> str:
+    """Return the tag of a Debian bookworm base image, making one if needed."""
+    if _has_image(client, UPSTREAM_BASE):
+        return UPSTREAM_BASE
+    local = f"{REPOSITORY}:base-bookworm-debootstrap"
+    if _has_image(client, local):
+        return local
+    if os.environ.get("PE_REMOTE_TRY_PULL", "1") == "1":
+        try:
+            client.images.pull(UPSTREAM_BASE)
+            return UPSTREAM_BASE
+        except docker.errors.APIError as exc:  # no registry here: build it ourselves
+            log.info("cannot pull %s (%s); building the base with debootstrap", UPSTREAM_BASE, exc)
+    _debootstrap_import(local)
+    return local
+
+
+def _debootstrap_import(tag: str) -> None:
+    if shutil.which("debootstrap") is None:
+        raise ImageBuildError(
+            f"no {UPSTREAM_BASE} image and no debootstrap to build one: "
+            "install it (apt-get install debootstrap) or pull debian:bookworm"
+        )
+    with tempfile.TemporaryDirectory(prefix="pe-remote-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        run = subprocess.run(
+            ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), DEBOOTSTRAP_MIRROR],
+            capture_output=True, text=True,
+        )
+        if run.returncode != 0:
+            tail = "\n".join((run.stdout + run.stderr).splitlines()[-20:])
+            raise ImageBuildError(f"debootstrap failed (exit {run.returncode}):\n{tail}")
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        imported = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True, text=True)
+        tar.stdout.close()
+        if tar.wait() != 0 or imported.returncode != 0:
+            raise ImageBuildError(f"docker import of the debootstrap base failed: {imported.stderr.strip()}")
+
+
+def ensure_image(client: docker.DockerClient, name: str) -> BuiltImage:
+    """Build (or reuse) the image of one definition folder and its parents."""
+    parent = LAYERS[name]
+    parent_tag = ensure_image(client, parent).tag if parent else ensure_base(client)
+    folder = IMAGES_DIR / name
+    tag = f"{REPOSITORY}:{name}-{definition_hash(folder, parent_tag)}"
+    if _has_image(client, tag):
+        return BuiltImage(tag, built_now=False)
+    log.info("building %s from %s", tag, folder)
+    try:
+        client.images.build(path=str(folder), tag=tag, buildargs={"BASE": parent_tag}, rm=True, forcerm=True)
+    except docker.errors.BuildError as exc:
+        lines = [str(chunk.get("stream", chunk.get("error", ""))).rstrip() for chunk in exc.build_log]
+        tail = "\n".join(line for line in lines if line)[-3000:]
+        raise ImageBuildError(f"building {tag} failed: {exc.msg}\n{tail}") from exc
+    return BuiltImage(tag, built_now=True)

@@ -1,0 +1,235 @@
+"""Throwaway Puppet masters in containers: start one, wait until it serves, check it.
+
+A master is a container of one flavor's image with systemd as PID 1, sshd
+published on 127.0.0.1 only, and root's authorized key bind-mounted from the
+workstation. Readiness is proven by checks (the SSH banner, then puppetserver's
+`/status/v1/simple` answering `running`), never by sleeping a fixed time.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # Ryuk's image cannot be pulled here
+
+import shlex
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import paramiko
+from testcontainers.core.container import DockerContainer
+
+from pe_remote.testing.images import ensure_image
+
+CERTNAME = "master.pe-remote.test"
+ALT_NAMES = ("puppet", "puppet.pe-remote.test")
+CONTAINER_LABEL = "pe-remote.staging-master"
+
+
+@dataclass(frozen=True)
+class FlavorLayout:
+    """What a staging master of one flavor looks like, for tests to check it."""
+
+    name: str
+    services: tuple[str, ...]
+    server_service: str
+    agent_service: str
+    puppet: str
+    ssldir: str
+    cadir: str
+    catalog_dir: str
+
+
+FLAVORS = {
+    "pe37": FlavorLayout(
+        name="pe37",
+        services=("pe-puppet", "pe-puppetserver", "pe-activemq", "pe-mcollective"),
+        server_service="pe-puppetserver",
+        agent_service="pe-puppet",
+        puppet="/opt/puppet/bin/puppet",
+        ssldir="/etc/puppetlabs/puppet/ssl",
+        cadir="/etc/puppetlabs/puppet/ssl/ca",
+        catalog_dir="/var/opt/lib/pe-puppet/client_data/catalog",
+    ),
+    "oss7": FlavorLayout(
+        name="oss7",
+        services=("puppet", "puppetserver"),
+        server_service="puppetserver",
+        agent_service="puppet",
+        puppet="/usr/bin/puppet",
+        ssldir="/var/lib/puppet/ssl",
+        cadir="/etc/puppet/puppetserver/ca",
+        catalog_dir="/var/cache/puppet/client_data/catalog",
+    ),
+}
+
+
+class MasterNotReady(RuntimeError):
+    """A staging master did not become ready in time; carries its last log lines."""
+
+
+@dataclass
+class ClientKey:
+    """The workstation's key pair that root's authorized_keys trusts."""
+
+    private_path: Path
+    authorized_keys_path: Path
+
+    @classmethod
+    def create(cls, folder: Path) -> "ClientKey":
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = paramiko.RSAKey.generate(3072)
+        private = folder / "id_rsa"
+        key.write_private_key_file(str(private))
+        private.chmod(0o600)
+        authorized = folder / "authorized_keys"
+        authorized.write_text(f"{key.get_name()} {key.get_base64()} pe-remote-tests\n")
+        authorized.chmod(0o600)
+        return cls(private, authorized)
+
+
+@dataclass
+class StagingMaster:
+    """A running throwaway master, as a test sees it."""
+
+    flavor: FlavorLayout
+    host: str
+    port: int
+    key_path: Path
+    known_hosts_line: str
+    known_hosts_path: Path
+    certname: str
+    alt_names: tuple[str, ...]
+    container: DockerContainer = field(repr=False)
+
+    @property
+    def target(self) -> str:
+        """`user@host:port` as `fab -H` takes it."""
+        return f"root@{self.host}:{self.port}"
+
+    def exec(self, cmd: str) -> tuple[int, str]:
+        """Run a shell command in the container as root (docker exec), not over SSH."""
+        result = self.container.get_wrapped_container().exec_run(["sh", "-c", cmd], demux=False)
+        return result.exit_code, (result.output or b"").decode(errors="replace")
+
+    def check(self, cmd: str) -> str:
+        """Like exec, but a non-zero exit is an AssertionError naming the command."""
+        code, out = self.exec(cmd)
+        if code != 0:
+            raise AssertionError(f"{cmd!r} exited {code} on the master: {out.strip()[-2000:]}")
+        return out
+
+    def ssl_checksums(self) -> str:
+        """sha256 of every file under the ssldir and cadir, for before/after comparisons."""
+        dirs = " ".join(shlex.quote(d) for d in {self.flavor.ssldir, self.flavor.cadir})
+        return self.check(f"find -L {dirs} -type f -print0 | sort -z | xargs -0 sha256sum")
+
+    def stop(self) -> None:
+        self.container.stop()
+
+
+def _systemd_container(image: str, authorized_keys: Path) -> DockerContainer:
+    container = DockerContainer(image)
+    container.ports["22/tcp"] = ("127.0.0.1", None)  # published on loopback only, any free port
+    container.with_volume_mapping(str(authorized_keys), "/root/.ssh/authorized_keys", "ro")
+    container.with_volume_mapping(str(authorized_keys), "/home/deploy/.ssh/authorized_keys", "ro")
+    container.with_volume_mapping("/sys/fs/cgroup", "/sys/fs/cgroup", "ro")
+    container.with_kwargs(
+        hostname="staging-node",  # deliberately not the certname
+        cap_add=["SYS_ADMIN"],
+        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+        tmpfs={"/run": "", "/run/lock": ""},
+        extra_hosts={name: "127.0.0.1" for name in (CERTNAME, *ALT_NAMES)},
+        labels={CONTAINER_LABEL: "1"},
+        stop_signal="SIGRTMIN+3",
+    )
+    return container
+
+
+def _published_port(container: DockerContainer, port: str = "22/tcp") -> int:
+    wrapped = container.get_wrapped_container()
+    wrapped.reload()
+    return int(wrapped.attrs["NetworkSettings"]["Ports"][port][0]["HostPort"])
+
+
+def wait_for_ssh_banner(host: str, port: int, deadline: float) -> None:
+    """Docker's proxy accepts TCP before sshd listens: wait for the real banner."""
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=3) as sock:
+                sock.settimeout(3)
+                if sock.recv(64).startswith(b"SSH-2.0-"):
+                    return
+                last_error = "connection closed before the SSH banner"
+        except OSError as exc:
+            last_error = str(exc)
+        time.sleep(0.5)
+    raise TimeoutError(f"no SSH banner on {host}:{port}: {last_error}")
+
+
+def _wait_until(master: StagingMaster, what: str, cmd: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if master.exec(cmd)[0] == 0:
+            return
+        time.sleep(1)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _last_logs(master: StagingMaster) -> str:
+    unit = master.flavor.server_service
+    _, journal = master.exec(f"journalctl -u {unit} -n 30 --no-pager; systemctl --failed --no-pager")
+    return journal[-4000:]
+
+
+def wait_until_ready(master: StagingMaster, timeout: float = 300, server: bool = True) -> None:
+    """SSH banner, systemd up, then (with server=True) puppetserver answering `running`."""
+    deadline = time.monotonic() + timeout
+    try:
+        wait_for_ssh_banner(master.host, master.port, deadline)
+        # `is-system-running --wait` blocks until boot finished, and then says running/degraded.
+        _wait_until(master, "systemd to finish booting",
+                    "systemctl is-system-running --wait >/dev/null 2>&1; "
+                    "systemctl is-system-running | grep -qE 'running|degraded'", deadline)
+        if server:
+            _wait_until(master, "puppetserver /status/v1/simple = running",
+                        "curl -sfk https://localhost:8140/status/v1/simple | grep -qx running", deadline)
+    except TimeoutError as exc:
+        raise MasterNotReady(f"{exc} (flavor {master.flavor.name}, after {timeout:.0f}s); "
+                             f"last log lines:\n{_last_logs(master)}") from None
+
+
+def prime_cached_catalog(master: StagingMaster) -> None:
+    """One agent run on the master against itself, so the cached catalog exists."""
+    code, out = master.exec(f"{master.flavor.puppet} agent -t --waitforlock 2 --maxwaitforlock 120")
+    if code not in (0, 2):
+        raise MasterNotReady(f"agent run on the {master.flavor.name} master exited {code}: {out[-2000:]}")
+
+
+def start_master(flavor: str, client_key: ClientKey, known_hosts_dir: Path, *, server: bool = True,
+                 timeout: float = 300) -> StagingMaster:
+    """Start a fresh master of `flavor` and wait until it is ready."""
+    layout = FLAVORS[flavor]
+    image = ensure_image(docker.from_env(), flavor).tag
+    container = _systemd_container(image, client_key.authorized_keys_path)
+    container.start()
+    try:
+        port = _published_port(container)
+        host_key = container.get_wrapped_container().exec_run(
+            ["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).output.decode().split()
+        known_line = f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}"
+        known_hosts_dir.mkdir(parents=True, exist_ok=True)
+        known_path = known_hosts_dir / f"known_hosts-{container.get_wrapped_container().short_id}"
+        known_path.write_text(known_line + "\n")
+        master = StagingMaster(layout, "127.0.0.1", port, client_key.private_path, known_line, known_path,
+                               CERTNAME, ALT_NAMES, container)
+        wait_until_ready(master, timeout=timeout, server=server)
+        if server:
+            prime_cached_catalog(master)
+        return master
+    except BaseException:
+        container.stop()
+        raise
