@@ -78,6 +78,11 @@ class ClientKey:
     private_path: Path
     authorized_keys_path: Path
 
+    @property
+    def deploy_authorized_keys_path(self) -> Path:
+        # Docker keys bind mounts by host path: the second account needs its own file.
+        return self.authorized_keys_path.with_name("authorized_keys-deploy")
+
     @classmethod
     def create(cls, folder: Path) -> "ClientKey":
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -88,7 +93,11 @@ class ClientKey:
         authorized = folder / "authorized_keys"
         authorized.write_text(f"{key.get_name()} {key.get_base64()} pe-remote-tests\n")
         authorized.chmod(0o600)
-        return cls(private, authorized)
+        made = cls(private, authorized)
+        # sshd reads a user's authorized_keys as that user: this copy (owned by root) must be readable.
+        made.deploy_authorized_keys_path.write_text(authorized.read_text())
+        made.deploy_authorized_keys_path.chmod(0o644)
+        return made
 
 
 @dataclass
@@ -131,17 +140,18 @@ class StagingMaster:
         self.container.stop()
 
 
-def _systemd_container(image: str, authorized_keys: Path) -> DockerContainer:
+def _systemd_container(image: str, client_key: ClientKey) -> DockerContainer:
     container = DockerContainer(image)
     container.ports["22/tcp"] = ("127.0.0.1", None)  # published on loopback only, any free port
-    container.with_volume_mapping(str(authorized_keys), "/root/.ssh/authorized_keys", "ro")
-    container.with_volume_mapping(str(authorized_keys), "/home/deploy/.ssh/authorized_keys", "ro")
+    container.with_volume_mapping(str(client_key.authorized_keys_path), "/root/.ssh/authorized_keys", "ro")
+    container.with_volume_mapping(str(client_key.deploy_authorized_keys_path), "/home/deploy/.ssh/authorized_keys", "ro")
     container.with_volume_mapping("/sys/fs/cgroup", "/sys/fs/cgroup", "ro")
+    container.with_tmpfs_mount("/run")
+    container.with_tmpfs_mount("/run/lock")
     container.with_kwargs(
         hostname="staging-node",  # deliberately not the certname
         cap_add=["SYS_ADMIN"],
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
-        tmpfs={"/run": "", "/run/lock": ""},
         extra_hosts={name: "127.0.0.1" for name in (CERTNAME, *ALT_NAMES)},
         labels={CONTAINER_LABEL: "1"},
         stop_signal="SIGRTMIN+3",
@@ -214,7 +224,7 @@ def start_master(flavor: str, client_key: ClientKey, known_hosts_dir: Path, *, s
     """Start a fresh master of `flavor` and wait until it is ready."""
     layout = FLAVORS[flavor]
     image = ensure_image(docker.from_env(), flavor).tag
-    container = _systemd_container(image, client_key.authorized_keys_path)
+    container = _systemd_container(image, client_key)
     container.start()
     try:
         port = _published_port(container)
