@@ -1,0 +1,144 @@
+"""SSH to a master as root, with host keys checked and nothing left to hang.
+
+Fabric alone accepts unknown host keys and never reads known_hosts, and waits
+forever on a dead network: here the policy is OpenSSH's `StrictHostKeyChecking
+yes` unless the operator opts in to accepting a new key, and connect, banner and
+auth timeouts and keepalives are always set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import fabric
+import paramiko
+
+from pe_remote.errors import ConnectionFailed, HostKeyRejected, InputError, RemoteCommandFailed
+from pe_remote.inventory import Target
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 15
+KEEPALIVE_SECONDS = 15
+
+
+class _AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's `accept-new`: trust an unknown key once and save it; a changed key is still refused."""
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client, hostname, key):
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.known_hosts, "a") as fh:
+            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        log.warning("accepted new host key for %s (%s %s)", hostname, key.get_name(),
+                    key.fingerprint if hasattr(key, "fingerprint") else "")
+
+
+@dataclass
+class CommandResult:
+    command: str
+    exit_status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+class Remote:
+    """One SSH connection to one master; every remote command goes through `run`."""
+
+    def __init__(self, connection: fabric.Connection, target: Target) -> None:
+        self.connection = connection
+        self.target = target
+        self.commands_run = 0
+        self.on_command = None  # optional callback(command) for --verbose
+
+    def run(self, command: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
+        self.commands_run += 1
+        if self.on_command:
+            self.on_command(command)
+        log.debug("remote: %s", command)
+        try:
+            result = self.connection.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+        except (paramiko.SSHException, socket.error, EOFError) as exc:
+            raise ConnectionFailed(f"lost the SSH connection to {self.target.label}: {exc}") from exc
+        outcome = CommandResult(command, result.exited, result.stdout, result.stderr)
+        if check and not outcome.ok:
+            raise RemoteCommandFailed(command, outcome.exit_status, outcome.stdout + outcome.stderr)
+        return outcome
+
+    def sftp(self) -> paramiko.SFTPClient:
+        return self.connection.sftp()
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> "Remote":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def connect(target: Target, *, accept_new_host_key: bool = False) -> Remote:
+    """Open the SSH connection, refusing non-root users and unknown host keys."""
+    if target.user != "root":
+        raise InputError(
+            f"pe-remote logs in as root (the procedure stops services and rewrites the CA), "
+            f"not as {target.user!r}: use root@{target.address}"
+        )
+    known_hosts = Path(os.path.expanduser(target.known_hosts))
+    connect_kwargs = {
+        "banner_timeout": CONNECT_TIMEOUT,
+        "auth_timeout": CONNECT_TIMEOUT,
+        "channel_timeout": CONNECT_TIMEOUT,
+    }
+    if target.key_files:
+        key_files = [os.path.expanduser(k) for k in target.key_files]
+        for key in key_files:
+            if not os.path.isfile(key):
+                raise InputError(f"key file {key} does not exist: give the private key that logs in as root")
+        connect_kwargs["key_filename"] = key_files
+    connection = fabric.Connection(
+        host=target.address, user=target.user, port=target.port,
+        connect_timeout=CONNECT_TIMEOUT, connect_kwargs=connect_kwargs,
+    )
+    client = connection.client
+    if known_hosts.exists():
+        try:
+            client.load_host_keys(str(known_hosts))
+        except (OSError, paramiko.SSHException) as exc:
+            raise InputError(f"cannot read known_hosts file {known_hosts}: {exc}") from None
+    client.set_missing_host_key_policy(
+        _AcceptNewHostKey(known_hosts) if accept_new_host_key else paramiko.RejectPolicy()
+    )
+    try:
+        connection.open()
+    except paramiko.BadHostKeyException as exc:
+        raise HostKeyRejected(
+            f"host key of {target.label} does NOT match {known_hosts} (got {exc.key.get_name()}): "
+            "possible man-in-the-middle; if the master was rebuilt, remove the old line and verify the new key"
+        ) from None
+    except paramiko.SSHException as exc:
+        if "not found in known_hosts" in str(exc):
+            raise HostKeyRejected(
+                f"host key of {target.label} is unknown: it is not in {known_hosts}; "
+                "verify its fingerprint and add it (ssh-keyscan), pass --known-hosts FILE, "
+                "or opt in with --accept-new-host-key"
+            ) from None
+        raise ConnectionFailed(f"SSH to {target.label} failed: {exc}") from None
+    except paramiko.AuthenticationException as exc:
+        raise ConnectionFailed(f"SSH login as {target.user} to {target.label} failed: {exc}") from None
+    except (OSError, socket.timeout, EOFError) as exc:
+        raise ConnectionFailed(f"cannot connect to {target.label}: {exc}") from None
+    connection.transport.set_keepalive(KEEPALIVE_SECONDS)
+    return Remote(connection, target)

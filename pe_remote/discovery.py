@@ -1,0 +1,249 @@
+"""Discovery: one read-only remote command that describes the master.
+
+The remote script prints `==> section <==` blocks; `parse_discovery` turns them
+into an immutable `MasterFacts`. Nothing the master reports is trusted: names are
+validated (see names.py) before any plan is built from them.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from pe_remote.errors import DiscoveryError, InvalidName, Refused
+from pe_remote.flavors import (ALL_SERVICES, FLAVORS, PE_VERSION_FILES, PUPPET_PATHS, PUPPETSERVER_PATHS, Flavor,
+                               UnknownFlavor, detect_flavor)
+from pe_remote.names import parse_alt_names, validate_certname
+
+SETTINGS = ("cadir", "certname", "client_datadir", "dns_alt_names", "hostcert", "hostprivkey", "ssldir")
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """What a certificate says, as `openssl x509` printed it."""
+
+    serial: str
+    subject: str
+    issuer: str
+    not_after: str
+    sha256: str
+    sans: frozenset[str]
+    pubkey_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    name: str
+    exists: bool
+    active: bool
+    state: str
+
+
+@dataclass(frozen=True)
+class MasterFacts:
+    """A read-only description of one master at one moment."""
+
+    uid: int
+    hostname: str
+    init_system: str
+    puppet: str
+    puppet_version: str
+    pe_version: str | None
+    puppetserver: str | None
+    flavor: Flavor
+    certname: str
+    dns_alt_names: tuple[str, ...]
+    ssldir: str
+    cadir: str
+    client_datadir: str
+    hostcert: str
+    hostprivkey: str
+    ca_key_present: bool
+    services: tuple[ServiceState, ...]
+    cert: CertInfo | None
+    settings_raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def catalog_path(self) -> str:
+        return f"{self.client_datadir}/catalog/{self.certname}.json"
+
+    def service(self, name: str) -> ServiceState | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    @property
+    def cadir_inside_ssldir(self) -> bool:
+        return self.cadir == self.ssldir or self.cadir.startswith(self.ssldir.rstrip("/") + "/")
+
+
+def cert_info_script(cert_var: str, key_var: str | None = None) -> str:
+    """Shell that prints a cert's facts (and its key's public-key hash) from shell variables."""
+    key_part = (f'[ -f "${key_var}" ] && printf "keypub=%s\\n" "$(openssl pkey -in "${key_var}" -pubout '
+                f'2>/dev/null | sha256sum | cut -d" " -f1)"; ') if key_var else ""
+    return (
+        f'if [ -f "${cert_var}" ]; then '
+        f'openssl x509 -in "${cert_var}" -noout -serial -subject -issuer -enddate -fingerprint -sha256 '
+        f'-nameopt RFC2253; '
+        f'printf "certpub=%s\\n" "$(openssl x509 -in "${cert_var}" -noout -pubkey | sha256sum | cut -d" " -f1)"; '
+        f'{key_part}'
+        f'openssl x509 -in "${cert_var}" -noout -text | sed -n "/Subject Alternative Name/{{n;s/^ *//;s/^/sans=/;p}}"; '
+        f'fi'
+    )
+
+
+def discovery_script() -> str:
+    """The single remote command discovery runs (POSIX sh; reads, never writes)."""
+    puppet_paths = " ".join(shlex.quote(p) for p in PUPPET_PATHS)
+    server_paths = " ".join(shlex.quote(p) for p in PUPPETSERVER_PATHS)
+    pe_files = " ".join(shlex.quote(p) for p in PE_VERSION_FILES)
+    services = " ".join(shlex.quote(s) for s in ALL_SERVICES)
+    settings = " ".join(SETTINGS)
+    return f"""exec 2>&1
+sec() {{ echo "==> $1 <=="; }}
+sec id; id -u; hostname
+sec init; if [ -d /run/systemd/system ]; then echo systemd; else echo sysv; fi
+P=; for p in {puppet_paths}; do if [ -x "$p" ]; then P=$p; break; fi; done
+S=; for p in {server_paths}; do if [ -x "$p" ]; then S=$p; break; fi; done
+sec binaries; echo "puppet=$P"; echo "puppetserver=$S"
+sec pe_version; for f in {pe_files}; do [ -f "$f" ] && head -c 64 "$f" && echo; done
+[ -n "$P" ] || exit 0
+sec puppet_version; "$P" --version 2>&1
+sec settings; CFG=$("$P" config print {settings} --section master 2>/dev/null); echo "$CFG"
+get() {{ printf "%s\\n" "$CFG" | sed -n "s/^$1 = //p"; }}
+HC=$(get hostcert); HK=$(get hostprivkey); CA=$(get cadir)
+sec ca_key; if [ -f "$CA/ca_key.pem" ]; then echo present; else echo absent; fi
+sec services
+for s in {services}; do
+  if [ -d /run/systemd/system ]; then
+    if systemctl cat "$s.service" >/dev/null 2>&1; then echo "$s $(systemctl is-active "$s.service")"; else echo "$s absent"; fi
+  elif [ -x "/etc/init.d/$s" ]; then
+    if "/etc/init.d/$s" status >/dev/null 2>&1; then echo "$s active"; else echo "$s inactive"; fi
+  else echo "$s absent"; fi
+done
+sec cert; {cert_info_script("HC", "HK")}
+"""
+
+
+def split_sections(output: str) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in output.splitlines():
+        match = re.fullmatch(r"==> (\w+) <==", line.strip())
+        if match:
+            current = match.group(1)
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line.rstrip("\n"))
+    return sections
+
+
+def parse_settings(lines: list[str]) -> dict[str, str]:
+    settings = {}
+    for line in lines:
+        name, sep, value = line.partition(" = ")
+        if sep:
+            settings[name.strip()] = value.strip()
+    return settings
+
+
+def parse_cert_info(lines: list[str]) -> CertInfo | None:
+    """Parse `openssl x509 -serial -subject -issuer -enddate -fingerprint` plus our extra lines."""
+    values: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        key = key.strip().lower()
+        if key.startswith("sha256 fingerprint"):
+            key = "sha256"
+        values.setdefault(key, value.strip())
+    if "serial" not in values:
+        return None
+    sans = frozenset(s.strip() for s in values.get("sans", "").split(",") if s.strip())
+    return CertInfo(
+        serial=values["serial"].upper().lstrip("0") or "0",
+        subject=values.get("subject", ""),
+        issuer=values.get("issuer", ""),
+        not_after=values.get("notafter", ""),
+        sha256=values.get("sha256", "").upper(),
+        sans=sans,
+        pubkey_sha256=values.get("certpub", ""),
+    )
+
+
+def key_matches_cert(lines: list[str]) -> bool:
+    """True when the `keypub=` and `certpub=` lines of cert_info_script agree."""
+    values = dict(line.partition("=")[::2] for line in lines if "=" in line)
+    return bool(values.get("keypub")) and values.get("keypub") == values.get("certpub")
+
+
+def parse_discovery(output: str, *, flavor_override: str | None = None) -> MasterFacts:
+    sections = split_sections(output)
+    if "id" not in sections:
+        raise DiscoveryError(f"discovery printed nothing usable: {output.strip()[-300:] or 'no output'}")
+    id_lines = sections["id"]
+    try:
+        uid = int(id_lines[0])
+    except (IndexError, ValueError):
+        raise DiscoveryError(f"could not read the remote user id from {id_lines!r}") from None
+    if uid != 0:
+        raise Refused(f"logged in with uid {uid}, not root: pe-remote must run as root on the master")
+    binaries = parse_settings([line.replace("=", " = ", 1) for line in sections.get("binaries", [])])
+    puppet = binaries.get("puppet", "")
+    if not puppet:
+        raise DiscoveryError(f"no puppet binary found on the master (looked in {', '.join(PUPPET_PATHS)})")
+    puppet_version = (sections.get("puppet_version") or [""])[0].strip()
+    pe_version = next((line.strip() for line in sections.get("pe_version", []) if line.strip()), None)
+    settings = parse_settings(sections.get("settings", []))
+    missing = [name for name in SETTINGS if name not in settings]
+    if missing:
+        raise DiscoveryError(f"`{puppet} config print` did not report {', '.join(missing)}")
+    try:
+        flavor = FLAVORS[flavor_override] if flavor_override else detect_flavor(puppet_version, pe_version)
+    except UnknownFlavor as exc:
+        raise Refused(str(exc)) from None
+    except KeyError:
+        raise DiscoveryError(f"unknown flavor {flavor_override!r}; known: {', '.join(FLAVORS)}") from None
+    try:
+        certname = validate_certname(settings["certname"], source="the master's certname")
+        alt_names = parse_alt_names(settings["dns_alt_names"], source="the master's dns_alt_names")
+    except InvalidName as exc:
+        raise Refused(f"{exc}; refusing to put it into commands on the master") from None
+    for path_setting in ("ssldir", "cadir", "client_datadir", "hostcert", "hostprivkey"):
+        value = settings[path_setting]
+        if not value.startswith("/") or not re.fullmatch(r"[A-Za-z0-9_./@+-]+", value):
+            raise Refused(f"the master's {path_setting} {value!r} is not a plain absolute path; refusing to use it")
+    services = []
+    for line in sections.get("services", []):
+        name, _, state = line.strip().partition(" ")
+        if name:
+            services.append(ServiceState(name, state != "absent", state == "active", state))
+    return MasterFacts(
+        uid=uid,
+        hostname=(id_lines[1].strip() if len(id_lines) > 1 else ""),
+        init_system=(sections.get("init") or ["sysv"])[0].strip(),
+        puppet=puppet,
+        puppet_version=puppet_version,
+        pe_version=pe_version,
+        puppetserver=binaries.get("puppetserver") or None,
+        flavor=flavor,
+        certname=certname,
+        dns_alt_names=alt_names,
+        ssldir=settings["ssldir"].rstrip("/"),
+        cadir=settings["cadir"].rstrip("/"),
+        client_datadir=settings["client_datadir"].rstrip("/"),
+        hostcert=settings["hostcert"],
+        hostprivkey=settings["hostprivkey"],
+        ca_key_present=(sections.get("ca_key") or [""])[0].strip() == "present",
+        services=tuple(services),
+        cert=parse_cert_info(sections.get("cert", [])),
+        settings_raw=settings,
+    )
+
+
+def discover(remote, *, flavor_override: str | None = None) -> MasterFacts:
+    """Describe the master in one remote command."""
+    result = remote.run(discovery_script(), check=False)
+    if not result.ok and "==> id <==" not in result.stdout:
+        raise DiscoveryError(f"discovery failed (exit {result.exit_status}): {(result.stdout + result.stderr).strip()[-300:]}")
+    return parse_discovery(result.stdout, flavor_override=flavor_override)

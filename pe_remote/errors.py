@@ -1,0 +1,90 @@
+"""The library's exceptions: one root, one subclass per kind of failure.
+
+Each class carries the process exit code the CLI layer uses for it, so that the
+codes are distinct for bad input, a master refused as unsafe, a failure before
+any change, and a failure after the master was changed.
+"""
+
+
+class PeRemoteError(Exception):
+    """Root of every error pe-remote raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(PeRemoteError):
+    """The operator's input is wrong (flags, target, inventory); nothing was touched."""
+
+    exit_code = 2
+
+
+class InventoryError(InputError):
+    """inventory.toml is missing, unreadable, or has a bad entry."""
+
+
+class InvalidName(InputError):
+    """A certname or alt name is not a valid host name or IP address."""
+
+
+class ConnectionFailed(PeRemoteError):
+    """The SSH connection could not be made (network, auth, timeout)."""
+
+    exit_code = 3
+
+
+class HostKeyRejected(ConnectionFailed):
+    """The master's host key is unknown or does not match known_hosts."""
+
+
+class Refused(PeRemoteError):
+    """The master is not one pe-remote will change (not root, hostile certname, ...)."""
+
+    exit_code = 4
+
+
+class Aborted(PeRemoteError):
+    """The operator answered no; nothing was changed."""
+
+    exit_code = 5
+
+
+class RemoteCommandFailed(PeRemoteError):
+    """A remote command exited non-zero where it must not."""
+
+    exit_code = 6
+
+    def __init__(self, command: str, exit_status: int, output: str) -> None:
+        self.command = command
+        self.exit_status = exit_status
+        self.output = output
+        last = output.strip().splitlines()[-1] if output.strip() else "no output"
+        super().__init__(f"remote command failed (exit {exit_status}): {command}: {last}")
+
+
+class DiscoveryError(PeRemoteError):
+    """The master could not be described (no puppet, unreadable settings, ...)."""
+
+    exit_code = 6
+
+
+class BackupError(PeRemoteError):
+    """The SSL backup could not be made, pulled back or verified; nothing was changed."""
+
+    exit_code = 6
+
+
+class StepFailed(PeRemoteError):
+    """A step of the procedure failed after the master was changed."""
+
+    exit_code = 7
+
+    def __init__(self, step_title: str, reason: str) -> None:
+        self.step_title = step_title
+        self.reason = reason
+        super().__init__(f"step '{step_title}' failed: {reason}")
+
+
+class VerificationFailed(PeRemoteError):
+    """The procedure ran but the result is not what it must be."""
+
+    exit_code = 7

@@ -1,0 +1,132 @@
+"""How the procedure differs between Puppet generations: one table of data.
+
+Commands are argv templates; `{puppet}`, `{puppetserver}`, `{certname}` and
+`{alt_names}` are filled in (and shell-quoted) by the plan. Nothing else in the
+library asks which generation it is talking to: it reads these fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Flavor:
+    name: str
+    title: str
+    # Services in the order they are stopped; they are started in `start_order`.
+    services: tuple[str, ...]
+    start_order: tuple[str, ...]
+    # The service that serves 8140; the procedure waits for it to answer after the start.
+    server_service: str
+    clean: tuple[str, ...]
+    generate: tuple[str, ...]
+    # Puppet 6+ cleans through the running CA service; older generations clean files offline.
+    clean_while_running: bool
+    # `puppetserver ca clean` leaves the host's own copies behind: delete them after the stop.
+    delete_leftover_files: bool
+    # Settings section that holds the master's dns_alt_names and cadir.
+    config_section: str = "master"
+
+
+PE37 = Flavor(
+    name="pe37",
+    title="Puppet Enterprise 3.7 (puppet cert)",
+    services=("pe-puppet", "pe-puppetserver", "pe-activemq", "pe-mcollective"),
+    # Server first, agent last: the agent's first run then finds the server up.
+    start_order=("pe-puppetserver", "pe-activemq", "pe-mcollective", "pe-puppet"),
+    server_service="pe-puppetserver",
+    clean=("{puppet}", "cert", "clean", "{certname}"),
+    generate=("{puppet}", "cert", "generate", "{certname}", "--dns_alt_names={alt_names}"),
+    clean_while_running=False,
+    delete_leftover_files=False,
+)
+
+PE2016 = Flavor(
+    name="pe2016",
+    title="Puppet Enterprise 2016.4-2018.1 (puppet cert)",
+    services=("puppet", "pe-puppetserver", "pe-activemq", "mcollective", "pe-orchestration-services", "pxp-agent"),
+    start_order=("pe-puppetserver", "pe-orchestration-services", "pe-activemq", "mcollective", "pxp-agent", "puppet"),
+    server_service="pe-puppetserver",
+    clean=("{puppet}", "cert", "clean", "{certname}"),
+    generate=("{puppet}", "cert", "generate", "{certname}", "--dns_alt_names={alt_names}"),
+    clean_while_running=False,
+    delete_leftover_files=False,
+)
+
+PUPPET6 = Flavor(
+    name="puppet6",
+    title="Open-source Puppet 6+ (puppetserver ca)",
+    services=("puppet", "puppetserver"),
+    start_order=("puppetserver", "puppet"),
+    server_service="puppetserver",
+    clean=("{puppetserver}", "ca", "clean", "--certname", "{certname}"),
+    generate=("{puppetserver}", "ca", "generate", "--certname", "{certname}",
+              "--subject-alt-names", "{alt_names}", "--ca-client"),
+    clean_while_running=True,
+    delete_leftover_files=True,
+    config_section="server",
+)
+
+PE2019 = Flavor(
+    name="pe2019",
+    title="Puppet Enterprise 2019+ (puppetserver ca)",
+    services=("puppet", "pxp-agent", "pe-puppetserver", "pe-orchestration-services", "pe-console-services",
+              "pe-nginx", "pe-puppetdb", "pe-postgresql"),
+    start_order=("pe-postgresql", "pe-puppetdb", "pe-puppetserver", "pe-orchestration-services",
+                 "pe-console-services", "pe-nginx", "pxp-agent", "puppet"),
+    server_service="pe-puppetserver",
+    clean=("{puppetserver}", "ca", "clean", "--certname", "{certname}"),
+    generate=("{puppetserver}", "ca", "generate", "--certname", "{certname}",
+              "--subject-alt-names", "{alt_names}", "--ca-client"),
+    clean_while_running=True,
+    delete_leftover_files=True,
+    config_section="server",
+)
+
+FLAVORS: dict[str, Flavor] = {f.name: f for f in (PE37, PE2016, PUPPET6, PE2019)}
+
+# Every service name any generation uses: discovery asks about all of them at once.
+ALL_SERVICES: tuple[str, ...] = tuple(dict.fromkeys(s for f in FLAVORS.values() for s in f.services))
+
+# Where each generation keeps its binaries; commands over SSH do not read
+# /etc/profile.d, so they are looked up by absolute path.
+PUPPET_PATHS = ("/opt/puppet/bin/puppet", "/opt/puppetlabs/bin/puppet", "/opt/puppetlabs/puppet/bin/puppet",
+                "/usr/bin/puppet", "/usr/local/bin/puppet")
+PUPPETSERVER_PATHS = ("/opt/puppetlabs/bin/puppetserver", "/opt/puppetlabs/server/bin/puppetserver",
+                      "/usr/bin/puppetserver", "/usr/local/bin/puppetserver")
+PE_VERSION_FILES = ("/opt/puppet/pe_version", "/opt/puppetlabs/server/pe_version")
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.strip().split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+class UnknownFlavor(ValueError):
+    pass
+
+
+def detect_flavor(puppet_version: str, pe_version: str | None) -> Flavor:
+    """Pick the generation from the PE version marker, else from puppet's own version."""
+    if pe_version:
+        pe = _version_tuple(pe_version)
+        if pe and pe[0] == 3:
+            return PE37
+        if pe and 2016 <= pe[0] <= 2018:
+            return PE2016
+        if pe and pe[0] >= 2019:
+            return PE2019
+        raise UnknownFlavor(f"Puppet Enterprise {pe_version.strip()} is not supported (3.x and 2016+ are)")
+    major = _version_tuple(puppet_version)[:1]
+    if major and major[0] >= 6:
+        return PUPPET6
+    raise UnknownFlavor(
+        f"open-source Puppet {puppet_version.strip() or '(unknown version)'} is not supported "
+        "(Puppet 6 and later, or Puppet Enterprise, are)"
+    )
