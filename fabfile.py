@@ -1,0 +1,6 @@
+"""`fab -H root@master TASK`: the same tasks as `invoke`, with the target from -H and -i.
+
+Run `fab --list` for the tasks and `fab --help regen` for a task's flags.
+"""
+
+from tasks import ns  # noqa: F401  (fab uses the module-level `ns` collection)

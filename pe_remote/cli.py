@@ -1,0 +1,81 @@
+"""What the `fab`/`invoke` tasks share: turning their arguments into a Target,
+and library errors into `invoke.Exit` with the error's own exit code.
+
+Under `fab -H`, the task receives a fabric Connection: its host, user, port and
+`-i` keys are the target (an inventory alias given to -H is looked up too).
+Under `invoke`, the task receives a plain Context and the target comes from
+`--host` or the inventory's default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+from invoke import Exit
+
+from pe_remote.errors import PeRemoteError
+from pe_remote.inventory import DEFAULT_INVENTORY, Target, load_inventory, resolve_target
+from pe_remote.names import parse_alt_names
+
+# help= texts shared by every task that takes the flag.
+TARGET_HELP = {
+    "host": "master to work on: an alias from the inventory or [root@]host[:port] (invoke; with fab use -H)",
+    "inventory": f"inventory file with named hosts (default {DEFAULT_INVENTORY}; env PE_REMOTE_INVENTORY)",
+    "key_file": "private key that logs in as root (with fab, -i works too)",
+    "known_hosts": "known_hosts file to check the master's host key against (default ~/.ssh/known_hosts)",
+    "accept_new_host_key": "trust and save an unknown host key (like ssh's accept-new); a CHANGED key is still refused",
+}
+
+
+def target_from(c, host: str | None = None, inventory: str | None = None, key_file: str | None = None,
+                known_hosts: str | None = None) -> Target:
+    inv = load_inventory(inventory or os.environ.get("PE_REMOTE_INVENTORY", DEFAULT_INVENTORY))
+    fab_host = getattr(c, "original_host", None)  # set only on a fabric Connection (fab -H)
+    if fab_host:
+        if fab_host in inv.hosts:
+            target = inv.hosts[fab_host]
+        else:
+            keys = tuple(c.connect_kwargs.get("key_filename") or ())
+            if isinstance(c.connect_kwargs.get("key_filename"), str):
+                keys = (c.connect_kwargs["key_filename"],)
+            target = Target(address=c.host, port=int(c.port), user=c.user, key_files=keys)
+    else:
+        target = resolve_target(host, inv)
+    return target.with_overrides(key_files=(key_file,) if key_file else None, known_hosts=known_hosts)
+
+
+def alt_names_from(value: str | None, target: Target) -> tuple[str, ...] | None:
+    """--dns-alt-names beats the inventory's dns_alt_names; None keeps the master's."""
+    if value is not None:
+        return parse_alt_names(value, source="--dns-alt-names")
+    return target.alt_names
+
+
+def exits_cleanly(task_body):
+    """Library errors become a one-line message and the error's exit code; Ctrl-C exits 130."""
+
+    @functools.wraps(task_body)
+    def wrapper(*args, **kwargs):
+        try:
+            return task_body(*args, **kwargs)
+        except PeRemoteError as exc:
+            raise Exit(f"pe-remote: {exc}", exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise Exit("pe-remote: interrupted", 130) from None
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def connected(target: Target, accept_new_host_key: bool = False, console=None):
+    from pe_remote.connection import connect
+
+    remote = connect(target, accept_new_host_key=accept_new_host_key)
+    if console is not None and console.verbose:
+        remote.on_command = console.command
+    try:
+        yield remote
+    finally:
+        remote.close()

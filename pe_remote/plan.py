@@ -1,0 +1,151 @@
+"""The procedure as data: ordered steps built from the master's facts.
+
+Each step has the remote command that does it, a remote check that exits 0 only
+when its effect is really there, and the command that undoes it (where one
+exists; the rest is undone by restoring the SSL backup). Nothing here talks to a
+master: `build_plan` is a pure function, so `--dry-run` prints exactly what a
+real run executes.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from pe_remote.discovery import MasterFacts
+from pe_remote.names import san_entries
+
+SERVER_READY_TIMEOUT = 300  # seconds puppetserver may take to answer after a start
+
+
+@dataclass(frozen=True)
+class Step:
+    key: str
+    title: str
+    command: str
+    check: str | None = None
+    undo: str | None = None
+    # True for the step whose end closes the downtime window (the server answers again).
+    server_ready: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    facts: MasterFacts
+    alt_names: tuple[str, ...]
+    steps: tuple[Step, ...]
+    skipped_services: tuple[str, ...]  # in the procedure but not on this host
+    stopped_services: tuple[str, ...]  # on the host, already stopped: left stopped
+    dropped_sans: tuple[str, ...]  # in the current cert but not in the new one
+
+    @property
+    def expected_sans(self) -> frozenset[str]:
+        return san_entries(self.facts.certname, self.alt_names)
+
+    def commands(self) -> list[str]:
+        return [step.command for step in self.steps]
+
+
+def q(value: str) -> str:
+    return shlex.quote(value)
+
+
+def fill(template: tuple[str, ...], facts: MasterFacts, alt_names: tuple[str, ...]) -> str:
+    """Fill an argv template from the flavor table and quote every word."""
+    values = {
+        "puppet": facts.puppet,
+        "puppetserver": facts.puppetserver or "puppetserver",
+        "certname": facts.certname,
+        "alt_names": ",".join(alt_names),
+    }
+    words = [word.format(**values) for word in template]
+    if not alt_names:
+        # No alt names: drop the flag and its value rather than pass an empty list.
+        words = [w for w in words if not w.startswith("--dns_alt_names")]
+        if "--subject-alt-names" in words:
+            at = words.index("--subject-alt-names")
+            del words[at:at + 2]
+    return shlex.join(words)
+
+
+def service_command(facts: MasterFacts, name: str, ensure: str) -> str:
+    return shlex.join([facts.puppet, "resource", "service", name, f"ensure={ensure}"])
+
+
+def service_is_active(facts: MasterFacts, name: str) -> str:
+    if facts.init_system == "systemd":
+        return f"systemctl is-active --quiet {q(name + '.service')}"
+    return f"/etc/init.d/{q(name)} status >/dev/null 2>&1"
+
+
+def server_ready_check(timeout: int = SERVER_READY_TIMEOUT) -> str:
+    return (f"i=0; while [ $i -lt {timeout} ]; do "
+            "curl -sfk --max-time 5 https://127.0.0.1:8140/status/v1/simple 2>/dev/null | grep -qx running "
+            "&& exit 0; i=$((i+1)); sleep 1; done; exit 1")
+
+
+def cert_files(facts: MasterFacts) -> list[str]:
+    """Every file Puppet keeps for the master's own cert."""
+    name = f"{facts.certname}.pem"
+    return [f"{facts.ssldir}/{sub}/{name}" for sub in
+            ("certs", "private_keys", "public_keys", "certificate_requests")] + [f"{facts.cadir}/signed/{name}"]
+
+
+def _none_exist(paths: list[str]) -> str:
+    return "for f in " + " ".join(q(p) for p in paths) + '; do [ ! -e "$f" ] || { echo "still there: $f"; exit 1; }; done'
+
+
+def _clean_step(facts: MasterFacts, alt_names: tuple[str, ...]) -> Step:
+    command = fill(facts.flavor.clean, facts, alt_names)
+    if facts.flavor.clean_while_running:
+        # The CA answers with an error after revoking its own client cert: the
+        # clean has worked when the cert is revoked (or already gone), so
+        # the check looks at the CA's signed copy, not at the exit code.
+        command = f"{command} || test ! -e {q(facts.cadir + '/signed/' + facts.certname + '.pem')}"
+        check = _none_exist([f"{facts.cadir}/signed/{facts.certname}.pem"])
+    else:
+        check = _none_exist(cert_files(facts))
+    return Step("clean", f"Clean the cert of {facts.certname}", command, check)
+
+
+def build_plan(facts: MasterFacts, alt_names: tuple[str, ...]) -> Plan:
+    """The ordered steps for this master, its generation and the wanted alt names."""
+    flavor = facts.flavor
+    present = {s.name: s for s in facts.services if s.exists}
+    skipped = tuple(name for name in flavor.services if name not in present)
+    stopped_before = tuple(name for name in flavor.services if name in present and not present[name].active)
+    running = [name for name in flavor.services if name in present and present[name].active]
+
+    steps: list[Step] = []
+    if flavor.clean_while_running:
+        steps.append(_clean_step(facts, alt_names))
+    for name in running:
+        steps.append(Step(f"stop:{name}", f"Stop {name}", service_command(facts, name, "stopped"),
+                          check=f"! {service_is_active(facts, name)}",
+                          undo=service_command(facts, name, "running")))
+    if not flavor.clean_while_running:
+        steps.append(_clean_step(facts, alt_names))
+    if flavor.delete_leftover_files:
+        files = cert_files(facts)
+        steps.append(Step("delete-leftovers", f"Delete what is left of {facts.certname}'s cert files",
+                          "rm -f " + " ".join(q(p) for p in files), check=_none_exist(files)))
+    steps.append(Step("remove-catalog", "Remove the cached catalog", f"rm -f {q(facts.catalog_path)}",
+                      check=f"test ! -e {q(facts.catalog_path)}"))
+    new_cert = f"{facts.ssldir}/certs/{facts.certname}.pem"
+    steps.append(Step("generate", f"Generate a new cert for {facts.certname}", fill(flavor.generate, facts, alt_names),
+                      check=" && ".join(f"test -s {q(p)}" for p in
+                                        (new_cert, f"{facts.ssldir}/private_keys/{facts.certname}.pem",
+                                         f"{facts.cadir}/signed/{facts.certname}.pem"))))
+    for name in flavor.start_order:
+        if name not in running:
+            continue
+        steps.append(Step(f"start:{name}", f"Start {name}", service_command(facts, name, "running"),
+                          check=service_is_active(facts, name), undo=service_command(facts, name, "stopped")))
+        if name == flavor.server_service:
+            steps.append(Step("wait-server", f"Wait for {name} to answer on 8140", server_ready_check(),
+                              server_ready=True))
+
+    current = facts.cert.sans if facts.cert else frozenset()
+    wanted = san_entries(facts.certname, alt_names)
+    dropped = tuple(sorted(current - wanted))
+    return Plan(facts, alt_names, tuple(steps), skipped, stopped_before, dropped)

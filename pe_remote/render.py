@@ -1,0 +1,56 @@
+"""Plain-text views of facts and plans, for `discover` and for the plan shown before a regen."""
+
+from __future__ import annotations
+
+from pe_remote.discovery import MasterFacts
+from pe_remote.plan import Plan
+
+
+def render_facts(facts: MasterFacts, label: str) -> str:
+    cert = facts.cert
+    services = ", ".join(
+        f"{s.name} ({s.state})" for s in facts.services if s.exists) or "none of the known Puppet services"
+    lines = [
+        f"host:            {label} (hostname {facts.hostname})",
+        f"flavor:          {facts.flavor.name} - {facts.flavor.title}",
+        f"puppet:          {facts.puppet} (version {facts.puppet_version}"
+        + (f", PE {facts.pe_version})" if facts.pe_version else ")"),
+        f"puppetserver:    {facts.puppetserver or 'not found'}",
+        f"certname:        {facts.certname}",
+        f"dns_alt_names:   {', '.join(facts.dns_alt_names) or '(none)'}",
+        f"ssldir:          {facts.ssldir}",
+        f"cadir:           {facts.cadir} (CA key {'present' if facts.ca_key_present else 'ABSENT'})",
+        f"cached catalog:  {facts.catalog_path}",
+        f"services:        {services}",
+    ]
+    if cert:
+        lines += [
+            f"cert serial:     {cert.serial}",
+            f"cert issuer:     {cert.issuer}",
+            f"cert SANs:       {', '.join(sorted(cert.sans)) or '(none)'}",
+            f"cert expires:    {cert.not_after}",
+            f"cert sha256:     {cert.sha256}",
+        ]
+    else:
+        lines.append(f"cert:            no cert at {facts.hostcert}")
+    return "\n".join(lines)
+
+
+def render_plan(plan: Plan, backup_command: str, label: str) -> str:
+    facts = plan.facts
+    lines = [
+        f"Plan for {label}: regenerate the cert of {facts.certname} ({facts.flavor.title})",
+        f"  alt names: {', '.join(plan.alt_names) or '(none)'}",
+        f"  current serial: {facts.cert.serial if facts.cert else '(none)'}",
+    ]
+    if plan.skipped_services:
+        lines.append(f"  not on this host, skipped: {', '.join(plan.skipped_services)}")
+    if plan.stopped_services:
+        lines.append(f"  already stopped, left stopped: {', '.join(plan.stopped_services)}")
+    lines.append("  remote commands, in order:")
+    lines.append(f"   0. Back up the SSL directory\n      $ {backup_command}")
+    for number, step in enumerate(plan.steps, start=1):
+        lines.append(f"  {number:2d}. {step.title}\n      $ {step.command}")
+        if step.check:
+            lines.append(f"      check: {step.check}")
+    return "\n".join(lines)

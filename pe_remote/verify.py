@@ -1,0 +1,71 @@
+"""Verification after a regen: the cert on disk and the cert served are the new ones.
+
+One remote command reads the new cert, its key, the cert served on 8140 and the
+state of every service; `check_regen` compares them with what the plan promised.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from pe_remote.discovery import CertInfo, cert_info_script, key_matches_cert, parse_cert_info, split_sections
+from pe_remote.errors import VerificationFailed
+from pe_remote.plan import Plan, service_is_active
+
+
+@dataclass(frozen=True)
+class Verification:
+    cert: CertInfo
+    served_sha256: str
+    key_matches: bool
+    inactive_services: tuple[str, ...]
+
+
+def verification_script(plan: Plan) -> str:
+    facts = plan.facts
+    services = [name for name in facts.flavor.services
+                if name not in plan.skipped_services and name not in plan.stopped_services]
+    checks = "; ".join(f"if {service_is_active(facts, n)}; then echo {shlex.quote(n)} active; "
+                       f"else echo {shlex.quote(n)} inactive; fi" for n in services)
+    return (
+        f"HC={shlex.quote(facts.hostcert)}; HK={shlex.quote(facts.hostprivkey)}\n"
+        f'echo "==> cert <=="; {cert_info_script("HC", "HK")}\n'
+        f'echo "==> served <=="; openssl s_client -connect 127.0.0.1:8140 -servername {shlex.quote(facts.certname)} '
+        f"</dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256 2>/dev/null\n"
+        f'echo "==> services <=="; {checks or "true"}\n'
+    )
+
+
+def read_verification(remote, plan: Plan) -> Verification:
+    sections = split_sections(remote.run(verification_script(plan), check=False).stdout)
+    cert = parse_cert_info(sections.get("cert", []))
+    if cert is None:
+        raise VerificationFailed(f"no readable cert at {plan.facts.hostcert} after the regen")
+    served = "".join(sections.get("served", [])).partition("=")[2].strip().upper()
+    inactive = tuple(line.split()[0] for line in sections.get("services", []) if line.endswith(" inactive"))
+    return Verification(cert, served, key_matches_cert(sections.get("cert", [])), inactive)
+
+
+def check_regen(plan: Plan, result: Verification) -> list[str]:
+    """Every way the result differs from what the plan promised (empty: all good)."""
+    old = plan.facts.cert
+    problems = []
+    if old and result.cert.serial == old.serial:
+        problems.append(f"serial unchanged ({old.serial})")
+    if old and result.cert.issuer != old.issuer:
+        problems.append(f"issuer changed from {old.issuer!r} to {result.cert.issuer!r}")
+    if result.cert.sans != plan.expected_sans:
+        problems.append(f"SANs are {sorted(result.cert.sans)}, expected {sorted(plan.expected_sans)}")
+    if not result.key_matches:
+        problems.append("the private key does not match the new cert")
+    if result.inactive_services:
+        problems.append(f"not running: {', '.join(result.inactive_services)}")
+    server = plan.facts.flavor.server_service
+    if server not in plan.skipped_services and server not in plan.stopped_services:
+        if not result.served_sha256:
+            problems.append("nothing answers TLS on port 8140")
+        elif result.served_sha256 != result.cert.sha256:
+            problems.append(f"port 8140 serves {result.served_sha256[:23]}..., not the new cert "
+                            f"{result.cert.sha256[:23]}...")
+    return problems

@@ -1,0 +1,65 @@
+"""pe-remote tasks: regenerate a Puppet master's SSL cert over SSH.
+
+Thin layer: parse flags, call pe_remote, turn its errors into exit codes.
+The same tasks serve `fab -H root@master TASK` and `invoke TASK --host ALIAS`.
+"""
+
+from invoke import Collection, task
+
+from pe_remote.cli import TARGET_HELP, alt_names_from, connected, exits_cleanly, target_from
+from pe_remote.console import Console
+from pe_remote.discovery import discover as discover_master
+from pe_remote.regen import RegenOptions, backup_only, regen as run_regen
+from pe_remote.render import render_facts
+
+FLAVOR_HELP = "skip detection and use this generation: pe37, pe2016, puppet6, pe2019"
+BACKUP_DIR_HELP = "local folder for backups (default: the inventory's backup_dir, else ./backups)"
+
+
+@task(auto_shortflags=False, help={**TARGET_HELP, "flavor": FLAVOR_HELP})
+@exits_cleanly
+def discover(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
+             flavor=None):
+    """Show what pe-remote finds on a master (read-only): certname, alt names, paths, services, cert."""
+    target = target_from(c, host, inventory, key_file, known_hosts)
+    with connected(target, accept_new_host_key) as remote:
+        facts = discover_master(remote, flavor_override=flavor)
+        print(render_facts(facts, target.label))
+
+
+@task(auto_shortflags=False, help={**TARGET_HELP, "backup_dir": BACKUP_DIR_HELP, "flavor": FLAVOR_HELP})
+@exits_cleanly
+def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
+           backup_dir=None, flavor=None):
+    """Back up the master's SSL directory and pull the tarball back, verified (changes nothing else)."""
+    target = target_from(c, host, inventory, key_file, known_hosts)
+    with connected(target, accept_new_host_key) as remote:
+        backup_only(remote, backup_dir or target.backup_dir, Console(), flavor=flavor)
+
+
+@task(auto_shortflags=False, help={
+    **TARGET_HELP,
+    "dns_alt_names": "comma-separated alt names for the new cert (default: the master's dns_alt_names); "
+                     "dropping a name the current cert has needs confirmation or --yes",
+    "yes": "do not ask before changing the master (for CI); the plan is still printed",
+    "dry_run": "discover and print the exact remote commands in order; change nothing",
+    "backup_dir": BACKUP_DIR_HELP,
+    "flavor": FLAVOR_HELP,
+    "verbose": "print every remote command as it runs",
+})
+@exits_cleanly
+def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
+          dns_alt_names=None, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False):
+    """Regenerate the master's SSL cert: back up, stop services, clean, generate, start, verify.
+
+    Prints the plan first and asks before the first change unless --yes.
+    """
+    target = target_from(c, host, inventory, key_file, known_hosts)
+    options = RegenOptions(alt_names=alt_names_from(dns_alt_names, target), dry_run=dry_run,
+                           backup_dir=backup_dir or target.backup_dir, flavor=flavor)
+    console = Console(verbose=verbose, assume_yes=yes)
+    with connected(target, accept_new_host_key, console) as remote:
+        run_regen(remote, options, console)
+
+
+ns = Collection(discover, backup, regen)
