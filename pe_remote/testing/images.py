@@ -113,3 +113,20 @@ def ensure_image(client: docker.DockerClient, name: str) -> BuiltImage:
         tail = "\n".join(line for line in lines if line)[-3000:]
         raise ImageBuildError(f"building {tag} failed: {exc.msg}\n{tail}") from exc
     return BuiltImage(tag, built_now=True)
+
+
+def main() -> None:
+    """`python -m pe_remote.testing.images`: build every flavor's image, print tags and times."""
+    import time
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    client = docker.from_env()
+    for name in ("oss7", "pe37"):
+        started = time.monotonic()
+        image = ensure_image(client, name)
+        state = "built" if image.built_now else "reused"
+        print(f"{name}: {image.tag} ({state}, {time.monotonic() - started:.1f}s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+# pe-remote: `make test` and `make demo` set up everything they need first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup engine python test unit demo images clean
+
+setup: engine python
+
+engine:
+	sh scripts/ensure-engine.sh
+
+python: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# Build (or reuse) the staging masters' images.
+images: setup
+	$(BIN)/python -m pe_remote.testing.images
+
+# The whole suite: unit tests and end-to-end tests against containerised masters.
+test: setup
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -v $(PYTEST_ARGS)
+
+# Fast tests only (no Docker needed).
+unit: python
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -v -m "not container" $(PYTEST_ARGS)
+
+# Start a throwaway PE 3.7 staging master, run `fab ... regen --yes` against it, stop it.
+demo: setup
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pe_remote.testing.demo
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache
+	docker ps -aq --filter label=pe-remote.staging-master | xargs -r docker rm -f
