@@ -1,0 +1,37 @@
+"""Shared helpers for pe-remote's tests. The staging-master fixtures come from
+the `pe_remote.testing` pytest plugin (registered as a pytest11 entry point)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run_cli(program: str, *args: str, cwd: Path = ROOT, timeout: float = 600,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real `fab` or `invoke` executable of this environment."""
+    executable = BIN / program
+    assert executable.exists(), f"{executable} is not installed (pip install -e .)"
+    full_env = {**os.environ, "PE_REMOTE_INVENTORY": str(ROOT / "inventory.toml"), **(env or {})}
+    return subprocess.run([str(executable), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+
+
+def fab_target_args(master) -> list[str]:
+    return ["-H", master.target, "-i", str(master.key_path)]
+
+
+def describe(proc: subprocess.CompletedProcess) -> str:
+    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+
+
+@pytest.fixture
+def cli():
+    return run_cli

@@ -1,0 +1,184 @@
+"""End to end, PE 3.7: the real `fab` and `invoke` against a real staging master."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import describe, fab_target_args, run_cli
+
+pytestmark = pytest.mark.container
+
+
+def _cert_facts(master) -> dict[str, str]:
+    cert = f"{master.flavor.ssldir}/certs/{master.certname}.pem"
+    out = master.check(f"openssl x509 -in {cert} -noout -serial -issuer -nameopt RFC2253 -fingerprint -sha256; "
+                       f"openssl x509 -in {cert} -noout -text | grep -A1 'Subject Alternative Name' | tail -1")
+    lines = out.strip().splitlines()
+    facts = dict(line.split("=", 1) for line in lines[:3])
+    facts["sans"] = frozenset(s.strip() for s in lines[3].split(","))
+    return {"serial": facts["serial"], "issuer": facts["issuer"], "sha256": facts["sha256 Fingerprint"],
+            "sans": facts["sans"]}
+
+
+def _served_fingerprint(master) -> str:
+    return master.check(f"openssl s_client -connect 127.0.0.1:8140 -servername {master.certname} </dev/null "
+                        "2>/dev/null | openssl x509 -noout -fingerprint -sha256").strip().split("=", 1)[1]
+
+
+def test_fab_regen_pe37_end_to_end(fresh_master, tmp_path):
+    master = fresh_master
+    before = _cert_facts(master)
+    catalog = f"{master.flavor.catalog_dir}/{master.certname}.json"
+    assert master.exec(f"test -e {catalog}")[0] == 0, "the staging master should have a cached catalog"
+
+    proc = run_cli("fab", *fab_target_args(master), "regen", "--yes",
+                   "--known-hosts", str(master.known_hosts_path), "--backup-dir", str(tmp_path / "backups"))
+    assert proc.returncode == 0, describe(proc)
+
+    after = _cert_facts(master)
+    assert after["serial"] != before["serial"]
+    assert after["issuer"] == before["issuer"]
+    assert after["sans"] == {f"DNS:{master.certname}"} | {f"DNS:{n}" for n in master.alt_names}
+    assert master.exec(f"test -e {catalog}")[0] != 0, "cached catalog still there"
+    services = master.check("systemctl is-active " + " ".join(master.flavor.services)).split()
+    assert services == ["active"] * 4
+    assert _served_fingerprint(master) == after["sha256"]
+
+    tarballs = list((tmp_path / "backups").rglob("*.tar.gz"))
+    assert len(tarballs) == 1, tarballs
+    local = tarballs[0]
+    assert stat.S_IMODE(local.stat().st_mode) == 0o600
+    assert stat.S_IMODE(local.parent.stat().st_mode) == 0o700
+    local_sha = hashlib.sha256(local.read_bytes()).hexdigest()
+    remote_sha = master.check(f"sha256sum /root/pe-remote-backups/{local.name}").split()[0]
+    assert local_sha == remote_sha
+    assert master.check(f"stat -c %a /root/pe-remote-backups/{local.name}").strip() == "600"
+    with tarfile.open(local) as tar:
+        member = tar.extractfile(f"{master.flavor.ssldir.lstrip('/')}/certs/{master.certname}.pem")
+        old_pem = member.read()
+    (tmp_path / "old.pem").write_bytes(old_pem)
+    import subprocess
+    serial = subprocess.run(["openssl", "x509", "-in", str(tmp_path / "old.pem"), "-noout", "-serial"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert serial == f"serial={before['serial']}"
+    assert f"serial {before['serial'].lstrip('0')} -> {after['serial'].lstrip('0')}" in proc.stdout
+
+
+def _write_inventory(path: Path, master, backup_dir: Path) -> Path:
+    path.write_text(
+        'default = "staging"\n\n'
+        "[hosts.staging]\n"
+        f'address = "127.0.0.1"\nport = {master.port}\nuser = "root"\n'
+        f'key_file = "{master.key_path}"\nknown_hosts = "{master.known_hosts_path}"\n'
+        f'backup_dir = "{backup_dir}"\n'
+    )
+    return path
+
+
+def test_invoke_backup_via_inventory_changes_nothing(staging_master, tmp_path):
+    master = staging_master
+    before = master.ssl_checksums()
+    inventory = _write_inventory(tmp_path / "inventory.toml", master, tmp_path / "bk")
+    proc = run_cli("invoke", "backup", "--host", "staging", "--inventory", str(inventory))
+    assert proc.returncode == 0, describe(proc)
+    assert master.ssl_checksums() == before
+    (tarball,) = (tmp_path / "bk").rglob("*.tar.gz")
+    assert stat.S_IMODE(tarball.stat().st_mode) == 0o600
+    remote_sha = master.check(f"sha256sum /root/pe-remote-backups/{tarball.name}").split()[0]
+    assert hashlib.sha256(tarball.read_bytes()).hexdigest() == remote_sha
+    assert remote_sha in proc.stdout
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+    assert f"{master.flavor.cadir.lstrip('/')}/ca_key.pem" in names
+
+
+def test_regen_dry_run_changes_nothing(staging_master, tmp_path):
+    master = staging_master
+    before = master.ssl_checksums()
+    proc = run_cli("fab", *fab_target_args(master), "regen", "--dry-run",
+                   "--known-hosts", str(master.known_hosts_path), "--backup-dir", str(tmp_path / "bk"))
+    assert proc.returncode == 0, describe(proc)
+    assert master.ssl_checksums() == before
+    assert not (tmp_path / "bk").exists()
+    assert master.check("systemctl is-active " + " ".join(master.flavor.services)).split() == ["active"] * 4
+    expected_in_order = [
+        "puppet resource service pe-puppet ensure=stopped",
+        "puppet resource service pe-puppetserver ensure=stopped",
+        "puppet resource service pe-activemq ensure=stopped",
+        "puppet resource service pe-mcollective ensure=stopped",
+        f"/opt/puppet/bin/puppet cert clean {master.certname}",
+        f"rm -f {master.flavor.catalog_dir}/{master.certname}.json",
+        f"/opt/puppet/bin/puppet cert generate {master.certname} --dns_alt_names=puppet,puppet.pe-remote.test",
+        "puppet resource service pe-puppetserver ensure=running",
+    ]
+    positions = [proc.stdout.find(text) for text in expected_in_order]
+    assert all(p >= 0 for p in positions), (positions, proc.stdout)
+    assert positions == sorted(positions)
+    assert "Dry run: nothing was changed" in proc.stdout
+
+
+def test_unknown_host_key_is_refused(staging_master, tmp_path):
+    master = staging_master
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    proc = run_cli("fab", *fab_target_args(master), "regen", "--yes", "--known-hosts", str(empty),
+                   "--backup-dir", str(tmp_path / "bk"))
+    assert proc.returncode == 3, describe(proc)
+    assert "host key" in proc.stderr and "unknown" in proc.stderr
+    assert empty.read_text() == "", "an unknown key must not be saved without --accept-new-host-key"
+
+
+def test_changed_host_key_is_refused(staging_master, tmp_path):
+    master = staging_master
+    wrong = tmp_path / "known_hosts"
+    # A valid ed25519 key that is not the master's.
+    wrong.write_text(f"[127.0.0.1]:{master.port} ssh-ed25519 "
+                     "AAAAC3NzaC1lZDI1NTE5AAAAIJx9yD1wOWeX0a7Y1kq3r1YbF9m4Vg3sH4Hq0vJrSxXy\n")
+    proc = run_cli("fab", *fab_target_args(master), "discover", "--known-hosts", str(wrong))
+    assert proc.returncode == 3, describe(proc)
+    assert "does NOT match" in proc.stderr
+
+
+def test_non_root_login_is_refused(staging_master, tmp_path):
+    master = staging_master
+    proc = run_cli("fab", "-H", f"deploy@{master.host}:{master.port}", "-i", str(master.key_path), "regen", "--yes",
+                   "--known-hosts", str(master.known_hosts_path), "--backup-dir", str(tmp_path / "bk"))
+    assert proc.returncode == 2, describe(proc)
+    assert "logs in as root" in proc.stderr and "deploy" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_hostile_certname_is_refused_before_any_change(master_factory, tmp_path):
+    master = master_factory("pe37", server=False)
+    master.check("sed -i 's/^certname = .*/certname = evil;touch \\/tmp\\/pwned/' /etc/puppet/puppet.conf")
+    before = master.ssl_checksums()
+    proc = run_cli("fab", *fab_target_args(master), "regen", "--yes",
+                   "--known-hosts", str(master.known_hosts_path), "--backup-dir", str(tmp_path / "bk"))
+    assert proc.returncode == 4, describe(proc)
+    assert "evil;touch /tmp/pwned" in proc.stderr and "not a valid certname" in proc.stderr
+    assert master.exec("test -e /tmp/pwned")[0] != 0
+    assert master.ssl_checksums() == before
+    assert master.exec("ls /root/pe-remote-backups")[0] != 0, "no backup should even be started"
+    assert not (tmp_path / "bk").exists()
+
+
+def test_unknown_inventory_alias_gets_a_clear_error(tmp_path):
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text('[hosts.staging]\naddress = "127.0.0.1"\n')
+    proc = run_cli("invoke", "backup", "--host", "stagign", "--inventory", str(inventory))
+    assert proc.returncode == 2, describe(proc)
+    assert "unknown host alias 'stagign'" in proc.stderr and "staging" in proc.stderr
+    assert str(inventory) in proc.stderr
+
+
+def test_bad_inventory_entry_names_file_host_and_key(tmp_path):
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text('[hosts.staging]\naddress = "127.0.0.1"\nport = "22"\n')
+    proc = run_cli("invoke", "discover", "--host", "staging", "--inventory", str(inventory))
+    assert proc.returncode == 2, describe(proc)
+    assert str(inventory) in proc.stderr and "'staging'" in proc.stderr and "'port'" in proc.stderr
