@@ -165,20 +165,3 @@ def test_hostile_certname_is_refused_before_any_change(master_factory, tmp_path)
     assert master.ssl_checksums() == before
     assert master.exec("ls /root/pe-remote-backups")[0] != 0, "no backup should even be started"
     assert not (tmp_path / "bk").exists()
-
-
-def test_unknown_inventory_alias_gets_a_clear_error(tmp_path):
-    inventory = tmp_path / "inventory.toml"
-    inventory.write_text('[hosts.staging]\naddress = "127.0.0.1"\n')
-    proc = run_cli("invoke", "backup", "--host", "stagign", "--inventory", str(inventory))
-    assert proc.returncode == 2, describe(proc)
-    assert "unknown host alias 'stagign'" in proc.stderr and "staging" in proc.stderr
-    assert str(inventory) in proc.stderr
-
-
-def test_bad_inventory_entry_names_file_host_and_key(tmp_path):
-    inventory = tmp_path / "inventory.toml"
-    inventory.write_text('[hosts.staging]\naddress = "127.0.0.1"\nport = "22"\n')
-    proc = run_cli("invoke", "discover", "--host", "staging", "--inventory", str(inventory))
-    assert proc.returncode == 2, describe(proc)
-    assert str(inventory) in proc.stderr and "'staging'" in proc.stderr and "'port'" in proc.stderr
