@@ -10,7 +10,7 @@ from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, backup_name, create_comm
     prepare_local_dir, take_backup
 from pe_remote.console import Console
 from pe_remote.discovery import MasterFacts, discover
-from pe_remote.errors import Refused, StepFailed, VerificationFailed
+from pe_remote.errors import ConnectionFailed, Refused, StepFailed, VerificationFailed
 from pe_remote.executor import Execution, execute
 from pe_remote.plan import Plan, build_plan
 from pe_remote.render import render_plan
@@ -85,8 +85,11 @@ def regen(remote, options: RegenOptions, console: Console) -> RegenResult:
     console.info(f"Backup: {backup.local_path} (sha256 {backup.sha256}); on the master: {backup.remote.path}")
     try:
         execution = execute(remote, plan, console)
-    except StepFailed as exc:
-        raise StepFailed(exc.step_title, f"{exc.reason}. The SSL backup is {backup.local_path} "
+    except (StepFailed, ConnectionFailed) as exc:
+        # The master may be half-way through: say where the backup is, with the "changed" exit code.
+        title = exc.step_title if isinstance(exc, StepFailed) else "run the steps"
+        reason = exc.reason if isinstance(exc, StepFailed) else str(exc)
+        raise StepFailed(title, f"{reason}. The SSL backup is {backup.local_path} "
                          f"(on the master: {backup.remote.path}); see README 'Restoring a backup by hand'") from None
     verification = read_verification(remote, plan)
     problems = check_regen(plan, verification)

@@ -27,7 +27,7 @@ def _fabric_connection(master) -> fabric.Connection:
 @BOTH
 def test_fabric_logs_in_with_fixture_key_and_reads_certname(staging_master):
     with _fabric_connection(staging_master) as connection:
-        result = connection.run(f"{staging_master.flavor.puppet} config print certname", hide=True)
+        result = connection.run(f"{staging_master.flavor.puppet} config print certname", hide=True, in_stream=False)
     assert result.stdout.strip() == staging_master.certname
     assert staging_master.certname != staging_master.check("hostname").strip()
 
