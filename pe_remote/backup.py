@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pe_remote.discovery import MasterFacts
+from pe_remote.discovery import REMOTE_STATE_DIR, MasterFacts
 from pe_remote.errors import BackupError, RemoteCommandFailed
 
-REMOTE_BACKUP_DIR = "/root/pe-remote-backups"
+REMOTE_BACKUP_DIR = REMOTE_STATE_DIR
 # SFTP read-ahead: enough requests in flight to fill a fast link, bounded so memory stays small.
 PREFETCH_REQUESTS = 64
 
@@ -132,6 +132,11 @@ def pull_backup(remote, remote_backup: RemoteBackup, folder: Path) -> Path:
                 f"{writer.size} vs {remote_backup.size} bytes); the master's copy is kept at {remote_backup.path}")
         os.chmod(partial, 0o600)
         os.rename(partial, final)
+        # The checksum beside the tarball is what `restore` verifies it against.
+        sidecar = final.with_name(final.name + ".sha256")
+        fd = os.open(sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{remote_backup.sha256}  {final.name}\n")
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

@@ -12,10 +12,12 @@ import shlex
 from dataclasses import dataclass, field
 
 from pe_remote.errors import DiscoveryError, InvalidName, Refused
-from pe_remote.flavors import (ALL_SERVICES, FLAVORS, PE_VERSION_FILES, PUPPET_PATHS, PUPPETSERVER_PATHS, Flavor,
-                               UnknownFlavor, detect_flavor)
+from pe_remote.flavors import (ALL_SERVICES, FLAVORS, MONOLITHIC_DIRS, PE_VERSION_FILES, PUPPET_PATHS,
+                               PUPPETSERVER_PATHS, Flavor, UnknownFlavor, detect_flavor)
 from pe_remote.names import parse_alt_names, validate_certname
 
+# Where backups and run journals live on the master (root-only).
+REMOTE_STATE_DIR = "/root/pe-remote-backups"
 SETTINGS = ("cadir", "certname", "client_datadir", "dns_alt_names", "hostcert", "hostprivkey", "ssldir")
 
 
@@ -62,6 +64,10 @@ class MasterFacts:
     ca_key_present: bool
     services: tuple[ServiceState, ...]
     cert: CertInfo | None
+    ssl_kb: int = 0  # size of the ssldir (and cadir) on disk
+    backup_free_kb: int = 0  # free space where the backup goes
+    monolithic_markers: tuple[str, ...] = ()  # PuppetDB/console services or SSL folders on this host
+    unfinished_journals: tuple[tuple[str, str], ...] = ()  # (path, content) of runs that did not finish
     settings_raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -97,6 +103,8 @@ def discovery_script() -> str:
     server_paths = " ".join(shlex.quote(p) for p in PUPPETSERVER_PATHS)
     pe_files = " ".join(shlex.quote(p) for p in PE_VERSION_FILES)
     services = " ".join(shlex.quote(s) for s in ALL_SERVICES)
+    marker_dirs = " ".join(shlex.quote(d) for d in MONOLITHIC_DIRS)
+    state_dir = shlex.quote(REMOTE_STATE_DIR)
     settings = " ".join(SETTINGS)
     return f"""exec 2>&1
 sec() {{ echo "==> $1 <=="; }}
@@ -120,6 +128,13 @@ for s in {services}; do
     if "/etc/init.d/$s" status >/dev/null 2>&1; then echo "$s active"; else echo "$s inactive"; fi
   else echo "$s absent"; fi
 done
+sec dirs; for d in {marker_dirs}; do [ -d "$d" ] && echo "$d"; done
+sec space; SSL=$(get ssldir)
+echo "ssl_kb=$(du -skc "$SSL" "$CA" 2>/dev/null | tail -n1 | cut -f1)"
+B={state_dir}; [ -d "$B" ] || B=$(dirname "$B")
+echo "free_kb=$(df -Pk "$B" | tail -n1 | awk '{{print $4}}')"
+sec journals; for j in {state_dir}/*.journal; do [ -f "$j" ] || continue
+  tail -n1 "$j" | grep -q '"event": "finished"' || {{ echo "@@journal $j"; cat "$j"; }}; done
 sec cert; {cert_info_script("HC", "HK")}
 """
 
@@ -213,11 +228,21 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
         value = settings[path_setting]
         if not value.startswith("/") or not re.fullmatch(r"[A-Za-z0-9_./@+-]+", value):
             raise Refused(f"the master's {path_setting} {value!r} is not a plain absolute path; refusing to use it")
+    space = dict(line.partition("=")[::2] for line in sections.get("space", []) if "=" in line)
+    journals: list[tuple[str, list[str]]] = []
+    for line in sections.get("journals", []):
+        if line.startswith("@@journal "):
+            journals.append((line.split(" ", 1)[1], []))
+        elif journals:
+            journals[-1][1].append(line)
     services = []
     for line in sections.get("services", []):
         name, _, state = line.strip().partition(" ")
         if name:
             services.append(ServiceState(name, state != "absent", state == "active", state))
+    present = {s.name for s in services if s.exists}
+    markers = tuple(f"service {name}" for name in flavor.monolithic_services if name in present) + tuple(
+        f"folder {d}" for d in (line.strip() for line in sections.get("dirs", [])) if d in flavor.monolithic_dirs)
     return MasterFacts(
         uid=uid,
         hostname=(id_lines[1].strip() if len(id_lines) > 1 else ""),
@@ -237,8 +262,19 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
         ca_key_present=(sections.get("ca_key") or [""])[0].strip() == "present",
         services=tuple(services),
         cert=parse_cert_info(sections.get("cert", [])),
+        ssl_kb=_int(space.get("ssl_kb")),
+        backup_free_kb=_int(space.get("free_kb")),
+        monolithic_markers=markers,
+        unfinished_journals=tuple((path, "\n".join(lines)) for path, lines in journals),
         settings_raw=settings,
     )
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int((value or "").strip())
+    except ValueError:
+        return 0
 
 
 def discover(remote, *, flavor_override: str | None = None) -> MasterFacts:

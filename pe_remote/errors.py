@@ -74,9 +74,9 @@ class BackupError(PeRemoteError):
 
 
 class StepFailed(PeRemoteError):
-    """A step of the procedure failed after the master was changed."""
+    """A step of the procedure failed (internal: the job turns it into RolledBack or Incomplete)."""
 
-    exit_code = 7
+    exit_code = 8
 
     def __init__(self, step_title: str, reason: str) -> None:
         self.step_title = step_title
@@ -85,6 +85,25 @@ class StepFailed(PeRemoteError):
 
 
 class VerificationFailed(PeRemoteError):
-    """The procedure ran but the result is not what it must be."""
+    """The procedure ran but the result is not what it must be (internal: triggers a rollback)."""
+
+    exit_code = 8
+
+
+class Interrupted(StepFailed):
+    """Ctrl-C during the steps: treated as a failure, so the master is rolled back."""
+
+    def __init__(self, step_title: str) -> None:
+        super().__init__(step_title, "interrupted by the operator (Ctrl-C)")
+
+
+class RolledBack(PeRemoteError):
+    """The run failed after changing the master, and the master was put back as it was."""
 
     exit_code = 7
+
+
+class Incomplete(PeRemoteError):
+    """The run stopped part-way and the master was NOT put back (connection lost, rollback failed)."""
+
+    exit_code = 8

@@ -1,12 +1,27 @@
-"""Run a plan's steps in order; each step must pass its own check before the next starts."""
+"""Run a plan's steps in order; each step must pass its own check before the next starts.
+
+A step is ONE remote command: journal "begin", the step's command, its check,
+journal "end" only if both passed. One round trip per step keeps the downtime
+window as short as the master allows.
+
+Ctrl-C never kills a step half-way (a half-written CA is worse than a slow
+stop): the first SIGINT is noted, the current step finishes, and the run then
+fails like any other failure, so the caller rolls back.
+"""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
-from pe_remote.errors import StepFailed
-from pe_remote.plan import Plan
+from pe_remote.errors import Interrupted, StepFailed
+from pe_remote.journal import Journal, event
+from pe_remote.plan import Plan, Step
+
+RC_MARK = "@@pe-remote rc="
+CHECK_MARK = "@@pe-remote check="
 
 
 @dataclass
@@ -15,7 +30,7 @@ class StepRecord:
     title: str
     started: float
     ended: float
-    outcome: str
+    outcome: str  # ok, skipped (already done), failed
 
 
 @dataclass
@@ -30,36 +45,96 @@ class Execution:
             return None
         return self.downtime_ended - self.downtime_started
 
-    @property
-    def completed(self) -> list[str]:
-        return [r.key for r in self.records if r.outcome == "ok"]
+
+def step_script(step: Step, journal: Journal | None, *, check_first: bool = False) -> str:
+    """The remote shell for one step. With check_first (resume), a step whose effect is there is not re-run."""
+    begin = journal.append_command(event("begin", step=step.key)) + "\n" if journal else ""
+    end = journal.append_command(event("end", step=step.key)) if journal else "true"
+    check = step.check or "true"
+    body = (f"( {step.command}\n); rc=$?; echo \"{RC_MARK}$rc\"\n"
+            f"if [ $rc = 0 ]; then ( {check}\n); c=$?; echo \"{CHECK_MARK}$c\"; fi\n")
+    if check_first and step.check:
+        body = (f"if ( {step.check}\n) >/dev/null 2>&1; then echo \"{RC_MARK}0\"; echo \"{CHECK_MARK}0\"; "
+                f"echo already-done; rc=0; c=0\nelse\n{body}fi\n")
+    return f"{begin}{body}if [ \"$rc\" = 0 ] && [ \"${{c:-1}}\" = 0 ]; then {end}; fi"
 
 
-def execute(remote, plan: Plan, console) -> Execution:
+def parse_step_output(output: str) -> tuple[int | None, int | None, str, bool]:
+    """(command exit, check exit, command output, already done) from a step's output."""
+    rc = check = None
+    lines = []
+    already = False
+    for line in output.splitlines():
+        if line.startswith(RC_MARK):
+            rc = int(line[len(RC_MARK):])
+        elif line.startswith(CHECK_MARK):
+            check = int(line[len(CHECK_MARK):])
+        elif line == "already-done":
+            already = True
+        else:
+            lines.append(line)
+    return rc, check, "\n".join(lines), already
+
+
+class InterruptLatch:
+    """While active, SIGINT is noted instead of raising KeyboardInterrupt mid-step."""
+
+    def __init__(self, console) -> None:
+        self.console = console
+        self.interrupted = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if not self.interrupted:
+            self.console.warn("interrupt received: finishing the current step, then rolling back")
+        self.interrupted = True
+
+    def __enter__(self) -> "InterruptLatch":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done: tuple[str, ...] = (),
+            latch: InterruptLatch | None = None, resume: bool = False) -> Execution:
+    """Run the steps not in `done`; raise StepFailed (or Interrupted) at the first failure."""
     run = Execution()
     total = len(plan.steps)
     for number, step in enumerate(plan.steps, start=1):
+        if step.key in done:
+            console.step_finished(number, total, step.title, 0.0, "already done")
+            continue
+        if latch and latch.interrupted:
+            raise Interrupted(step.title)
         console.step_started(number, total, step.title)
         started = time.monotonic()
         if step.key.startswith("stop:") and run.downtime_started is None:
             run.downtime_started = started
         console.command(step.command)
-        result = remote.run(step.command, check=False)
+        result = remote.run(step_script(step, journal, check_first=resume), check=False)
+        rc, check, output, already = parse_step_output(result.stdout + result.stderr)
         problem = None
-        if not result.ok:
-            problem = f"exit {result.exit_status}: {_last_line(result.stdout + result.stderr)}"
-        elif step.check:
-            console.command(step.check)
-            checked = remote.run(step.check, check=False)
-            if not checked.ok:
-                problem = f"its check failed: {_last_line(checked.stdout + checked.stderr) or step.check}"
+        if rc != 0:
+            problem = f"exit {rc}: {_last_line(output)}" if rc is not None else f"did not run: {_last_line(output)}"
+        elif check != 0:
+            problem = f"its check failed: {_last_line(output) or step.check}"
         ended = time.monotonic()
-        run.records.append(StepRecord(step.key, step.title, started, ended, "failed" if problem else "ok"))
-        console.step_finished(number, total, step.title, ended - started, "FAILED" if problem else "done")
+        outcome = "failed" if problem else ("already done" if already else "ok")
+        run.records.append(StepRecord(step.key, step.title, started, ended, outcome))
+        console.step_finished(number, total, step.title, ended - started, "FAILED" if problem else
+                              ("already done" if already else "done"))
+        if journal:
+            journal.record_local(event("end" if not problem else "failed", step=step.key))
         if problem:
             raise StepFailed(step.title, problem)
         if step.server_ready:
             run.downtime_ended = ended
+    if latch and latch.interrupted:
+        raise Interrupted("the last step")
     return run
 
 

@@ -27,6 +27,10 @@ class Flavor:
     delete_leftover_files: bool
     # Settings section that holds the master's dns_alt_names and cadir.
     config_section: str = "master"
+    # On a monolithic install (PE up to 2018.1) PuppetDB and the console share the master's cert:
+    # the master-only procedure would half-do the job, so these markers make pe-remote refuse.
+    monolithic_services: tuple[str, ...] = ()
+    monolithic_dirs: tuple[str, ...] = ()
 
 
 PE37 = Flavor(
@@ -40,6 +44,8 @@ PE37 = Flavor(
     generate=("{puppet}", "cert", "generate", "{certname}", "--dns_alt_names={alt_names}"),
     clean_while_running=False,
     delete_leftover_files=False,
+    monolithic_services=("pe-puppetdb", "pe-console-services", "pe-httpd", "pe-postgresql"),
+    monolithic_dirs=("/etc/puppetlabs/puppetdb/ssl", "/opt/puppet/share/puppet-dashboard/certs"),
 )
 
 PE2016 = Flavor(
@@ -52,6 +58,8 @@ PE2016 = Flavor(
     generate=("{puppet}", "cert", "generate", "{certname}", "--dns_alt_names={alt_names}"),
     clean_while_running=False,
     delete_leftover_files=False,
+    monolithic_services=("pe-puppetdb", "pe-console-services", "pe-postgresql"),
+    monolithic_dirs=("/etc/puppetlabs/puppetdb/ssl", "/opt/puppetlabs/server/data/console-services/certs"),
 )
 
 PUPPET6 = Flavor(
@@ -87,7 +95,9 @@ PE2019 = Flavor(
 FLAVORS: dict[str, Flavor] = {f.name: f for f in (PE37, PE2016, PUPPET6, PE2019)}
 
 # Every service name any generation uses: discovery asks about all of them at once.
-ALL_SERVICES: tuple[str, ...] = tuple(dict.fromkeys(s for f in FLAVORS.values() for s in f.services))
+ALL_SERVICES: tuple[str, ...] = tuple(dict.fromkeys(
+    s for f in FLAVORS.values() for s in (*f.services, *f.monolithic_services)))
+MONOLITHIC_DIRS: tuple[str, ...] = tuple(dict.fromkeys(d for f in FLAVORS.values() for d in f.monolithic_dirs))
 
 # Where each generation keeps its binaries; commands over SSH do not read
 # /etc/profile.d, so they are looked up by absolute path.

@@ -1,7 +1,14 @@
-"""The regen job: discover, plan, confirm, back up, run the steps, verify."""
+"""The regen job: discover, preflight, plan, confirm, back up, run the steps, verify.
+
+Whatever fails after the first change (a step, the verification, puppetserver
+not answering, Ctrl-C) is rolled back from this run's backup. A lost
+connection cannot be rolled back from here: the journal on the master lets the
+next `regen` resume the run (default) or roll it back (`--rollback`).
+"""
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,10 +17,13 @@ from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, backup_name, create_comm
     prepare_local_dir, take_backup
 from pe_remote.console import Console
 from pe_remote.discovery import MasterFacts, discover
-from pe_remote.errors import ConnectionFailed, Refused, StepFailed, VerificationFailed
-from pe_remote.executor import Execution, execute
+from pe_remote.errors import (BackupError, ConnectionFailed, Incomplete, InputError, PeRemoteError, Refused,
+                              RolledBack, StepFailed, VerificationFailed)
+from pe_remote.executor import Execution, InterruptLatch, execute
+from pe_remote.journal import Journal, event, new_run_id, parse_journal
 from pe_remote.plan import Plan, build_plan
 from pe_remote.render import render_plan
+from pe_remote.restore import put_back, running_services
 from pe_remote.verify import Verification, check_regen, read_verification
 
 
@@ -23,6 +33,8 @@ class RegenOptions:
     dry_run: bool = False
     backup_dir: str = "backups"
     flavor: str | None = None
+    force: bool = False  # proceed on a monolithic-looking PE install
+    rollback: bool = False  # roll back an unfinished run instead of resuming it
 
 
 @dataclass
@@ -45,8 +57,8 @@ class RegenResult:
         return self.verification.cert.serial if self.verification else None
 
 
-def preflight(plan: Plan) -> None:
-    """Read-only checks that must pass before the first change."""
+def preflight(plan: Plan, *, force: bool = False, local_folder: Path | None = None) -> None:
+    """Read-only checks that must all pass before the first change."""
     facts = plan.facts
     if not facts.ca_key_present:
         raise Refused(f"{facts.cadir}/ca_key.pem is absent: this host is not the CA, so it cannot sign "
@@ -57,51 +69,135 @@ def preflight(plan: Plan) -> None:
     if server is None or not server.exists:
         raise Refused(f"service {facts.flavor.server_service} does not exist on this host: is it a "
                       f"{facts.flavor.title} master? (override the detection with --flavor)")
+    if facts.monolithic_markers and not force:
+        raise Refused(
+            f"this looks like a monolithic install ({', '.join(facts.monolithic_markers)}): PuppetDB and the "
+            "console share the master's cert there, so ALL certs must be regenerated, not the master's alone "
+            "(see the PE docs on monolithic installs); use --force only if those markers are leftovers")
+    needed_kb = 2 * facts.ssl_kb
+    if facts.backup_free_kb < needed_kb:
+        raise Refused(f"not enough room on the master for the backup: {REMOTE_BACKUP_DIR} has "
+                      f"{facts.backup_free_kb} KiB free, twice the SSL folders' size is {needed_kb} KiB; "
+                      "free some space and try again")
+    if local_folder is not None:
+        prepare_local_dir(local_folder)
+        free_kb = shutil.disk_usage(local_folder).free // 1024
+        if free_kb < facts.ssl_kb:
+            raise BackupError(f"not enough room in {local_folder} for the backup: {free_kb} KiB free, "
+                              f"up to {facts.ssl_kb} KiB needed; choose another with --backup-dir")
 
 
 def regen(remote, options: RegenOptions, console: Console) -> RegenResult:
     started = time.monotonic()
     facts = discover(remote, flavor_override=options.flavor)
+    if facts.unfinished_journals:
+        return _continue_unfinished(remote, facts, options, console, started)
+    if options.rollback:
+        raise InputError(f"there is no unfinished run on {remote.target.label} to roll back")
     alt_names = options.alt_names if options.alt_names is not None else facts.dns_alt_names
     plan = build_plan(facts, alt_names)
-    name = backup_name(facts.certname)
     label = remote.target.label
-    console.info(render_plan(plan, create_command(facts, f"{REMOTE_BACKUP_DIR}/{name}"), label))
+    console.info(render_plan(plan, create_command(facts, f"{REMOTE_BACKUP_DIR}/{backup_name(facts.certname)}"),
+                             label))
     if options.dry_run:
         console.info("Dry run: nothing was changed on the master.")
         return RegenResult(facts, plan, "dry-run", commands_run=remote.commands_run,
                            seconds=time.monotonic() - started)
-    preflight(plan)
+    folder = local_backup_dir(options.backup_dir, label)
+    preflight(plan, force=options.force, local_folder=folder)
     if plan.dropped_sans:
         console.warn(f"the new cert will NOT carry {', '.join(plan.dropped_sans)}, which the current cert has: "
                      "agents reaching the master by those names will fail")
         console.confirm(f"Drop {', '.join(plan.dropped_sans)} from {facts.certname}'s cert?")
     console.confirm(f"Regenerate the cert of {facts.certname} on {label} with alt names "
                     f"{', '.join(alt_names) or '(none)'}? Puppet services stop until it is done.")
-    folder = local_backup_dir(options.backup_dir, label)
-    prepare_local_dir(folder)
     console.info("Backing up the SSL directory ...")
     backup = take_backup(remote, facts, folder)
     console.info(f"Backup: {backup.local_path} (sha256 {backup.sha256}); on the master: {backup.remote.path}")
-    try:
-        execution = execute(remote, plan, console)
-    except (StepFailed, ConnectionFailed) as exc:
-        # The master may be half-way through: say where the backup is, with the "changed" exit code.
-        title = exc.step_title if isinstance(exc, StepFailed) else "run the steps"
-        reason = exc.reason if isinstance(exc, StepFailed) else str(exc)
-        raise StepFailed(title, f"{reason}. The SSL backup is {backup.local_path} "
-                         f"(on the master: {backup.remote.path}); see README 'Restoring a backup by hand'") from None
-    verification = read_verification(remote, plan)
-    problems = check_regen(plan, verification)
-    if problems:
-        raise VerificationFailed(f"the regen ran but the result is wrong: {'; '.join(problems)}. "
-                                 f"The SSL backup is {backup.local_path} (on the master: {backup.remote.path})")
+    journal = Journal(new_run_id(facts.certname), facts, alt_names, backup.remote, str(backup.local_path),
+                      local_path=backup.local_path.with_name(backup.local_path.name + ".journal"))
+    remote.run(journal.start_command())
+    journal.record_local(journal.header())
+    return _run_steps(remote, plan, journal, console, started, backup=backup)
+
+
+def _run_steps(remote, plan: Plan, journal: Journal, console: Console, started: float, *,
+               backup: Backup | None = None, resume: bool = False) -> RegenResult:
+    with InterruptLatch(console) as latch:
+        try:
+            execution = execute(remote, plan, console, journal=journal, done=tuple(journal.done),
+                                latch=latch, resume=resume)
+            verification = read_verification(remote, plan)
+            problems = check_regen(plan, verification)
+            if problems:
+                raise VerificationFailed("the new cert or the services are not right: " + "; ".join(problems))
+        except (StepFailed, VerificationFailed) as exc:
+            rollback(remote, journal, console, reason=str(exc))
+        except ConnectionFailed as exc:
+            raise Incomplete(
+                f"{exc}. The master may be part-way through the run {journal.run_id}; its journal is "
+                f"{journal.remote_path}. Run `regen` again on it to resume (or `regen --rollback` to put the "
+                f"old cert back); backup: {journal.backup.path} on the master, {journal.local_backup} here"
+            ) from None
+        _finish(remote, journal, "ok")
+    facts = plan.facts
     result = RegenResult(facts, plan, "ok", backup, execution, verification, remote.commands_run,
                          time.monotonic() - started)
     downtime = f"{execution.downtime:.1f}s" if execution.downtime is not None else "n/a"
     console.info(f"Regenerated {facts.certname}: serial {result.old_serial} -> {result.new_serial}; "
-                 f"downtime {downtime}; {result.commands_run} remote commands; backup {backup.local_path}")
+                 f"downtime {downtime}; {result.commands_run} remote commands; backup {journal.local_backup}")
     return result
+
+
+def _finish(remote, journal: Journal, outcome: str) -> None:
+    line = event("finished", outcome=outcome)
+    remote.run(journal.append_command(line))
+    journal.record_local(line)
+
+
+def rollback(remote, journal: Journal, console: Console, *, reason: str) -> None:
+    """Put this run's backup back and prove the old cert is served again; always raises."""
+    facts = journal.facts
+    console.warn(f"{reason}")
+    console.info(f"Rolling back: restoring the SSL backup {journal.backup.path} ...")
+    try:
+        outcome = put_back(remote, facts, journal.backup.path, journal.backup.sha256, running_services(facts),
+                           console)
+    except PeRemoteError as exc:
+        raise Incomplete(f"{reason}; then the ROLLBACK FAILED too: {exc}. Restore by hand from "
+                         f"{journal.backup.path} on the master ({journal.local_backup} here); "
+                         "see README 'Restoring a backup by hand'") from None
+    old = facts.cert.sha256 if facts.cert else ""
+    server_runs = facts.flavor.server_service in running_services(facts)
+    if outcome.disk_sha256 != old or (server_runs and outcome.served_sha256 != old):
+        raise Incomplete(f"{reason}; the backup was put back but the master does not serve the old cert "
+                         f"(disk {outcome.disk_sha256[:23]}, served {outcome.served_sha256[:23] or 'nothing'}); "
+                         f"check the master by hand; backup {journal.backup.path}")
+    _finish(remote, journal, "rolled-back")
+    raise RolledBack(f"rolled back: {reason}. The master serves its old cert (serial "
+                     f"{facts.cert.serial if facts.cert else '?'}) again; the failed SSL folders are kept as "
+                     f"{', '.join(outcome.moved_aside)}; backup {journal.local_backup or journal.backup.path}")
+
+
+def _continue_unfinished(remote, current: MasterFacts, options: RegenOptions, console: Console,
+                         started: float) -> RegenResult:
+    path, text = current.unfinished_journals[-1]
+    journal = parse_journal(path, text)
+    plan = build_plan(journal.facts, journal.alt_names)
+    done = ", ".join(journal.done) or "none"
+    console.info(f"Found an unfinished run {journal.run_id} on {remote.target.label} (journal {path}); "
+                 f"completed steps: {done}. Its backup: {journal.backup.path}.")
+    if options.dry_run:
+        action = "roll it back" if options.rollback else "resume it from the first step not completed"
+        console.info(f"Dry run: would {action}; nothing was changed on the master.")
+        return RegenResult(journal.facts, plan, "dry-run", commands_run=remote.commands_run)
+    if options.rollback:
+        console.confirm(f"Roll back run {journal.run_id}: put the backup back and start the services?")
+        with InterruptLatch(console):
+            rollback(remote, journal, console, reason=f"run {journal.run_id} rolled back on request")
+    console.confirm(f"Resume run {journal.run_id} (no new backup is taken)?")
+    console.info("Resuming: steps whose effect is already there are not run again.")
+    return _run_steps(remote, plan, journal, console, started, resume=True)
 
 
 def backup_only(remote, backup_dir: str, console: Console, flavor: str | None = None) -> Backup:

@@ -11,6 +11,7 @@ from pe_remote.console import Console
 from pe_remote.discovery import discover as discover_master
 from pe_remote.regen import RegenOptions, backup_only, regen as run_regen
 from pe_remote.render import render_facts
+from pe_remote.restore import restore_backup
 
 FLAVOR_HELP = "skip detection and use this generation: pe37, pe2016, puppet6, pe2019"
 BACKUP_DIR_HELP = "local folder for backups (default: the inventory's backup_dir, else ./backups)"
@@ -46,20 +47,44 @@ def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
     "backup_dir": BACKUP_DIR_HELP,
     "flavor": FLAVOR_HELP,
     "verbose": "print every remote command as it runs",
+    "force": "proceed although the master looks like a monolithic PE install (PuppetDB/console on it)",
+    "rollback": "an earlier run on this master did not finish: roll it back instead of resuming it",
 })
 @exits_cleanly
 def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
-          dns_alt_names=None, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False):
+          dns_alt_names=None, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False,
+          force=False, rollback=False):
     """Regenerate the master's SSL cert: back up, stop services, clean, generate, start, verify.
 
-    Prints the plan first and asks before the first change unless --yes.
+    Prints the plan first and asks before the first change unless --yes. Any failure after the
+    first change is rolled back from the run's backup. If an earlier run was cut off (lost
+    connection), this resumes it, or rolls it back with --rollback; no second backup is taken.
     """
     target = target_from(c, host, inventory, key_file, known_hosts)
     options = RegenOptions(alt_names=alt_names_from(dns_alt_names, target), dry_run=dry_run,
-                           backup_dir=backup_dir or target.backup_dir, flavor=flavor)
+                           backup_dir=backup_dir or target.backup_dir, flavor=flavor, force=force,
+                           rollback=rollback)
     console = Console(verbose=verbose, assume_yes=yes)
     with connected(target, accept_new_host_key, console) as remote:
         run_regen(remote, options, console)
 
 
-ns = Collection(discover, backup, regen)
+@task(auto_shortflags=False, help={
+    **TARGET_HELP,
+    "tarball": "the local backup (.tar.gz taken by backup or regen) to put back",
+    "sha256": "expected sha256 of the tarball (default: the .sha256 file written beside it)",
+    "yes": "do not ask before stopping the services",
+    "flavor": FLAVOR_HELP,
+})
+@exits_cleanly
+def restore(c, tarball, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
+            sha256=None, yes=False, flavor=None):
+    """Put a local SSL backup back on a master (checksum verified first; services stopped and started)."""
+    from pathlib import Path
+
+    target = target_from(c, host, inventory, key_file, known_hosts)
+    with connected(target, accept_new_host_key) as remote:
+        restore_backup(remote, Path(tarball).expanduser(), Console(assume_yes=yes), sha256=sha256, flavor=flavor)
+
+
+ns = Collection(discover, backup, regen, restore)

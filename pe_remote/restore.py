@@ -1,0 +1,157 @@
+"""Put an SSL backup back on a master: rollback after a failed run, and the `restore` task.
+
+The current SSL folders are moved aside (kept for diagnosis, never deleted),
+the tarball is checked against its sha256 and extracted in place, and the
+services are started again. Success means the master serves the cert that is
+in the backup.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pe_remote.backup import REMOTE_BACKUP_DIR, backup_paths, sha256_file
+from pe_remote.discovery import MasterFacts, parse_cert_info, split_sections
+from pe_remote.errors import BackupError, InputError, RemoteCommandFailed
+from pe_remote.plan import q, server_ready_check, service_command
+
+
+@dataclass(frozen=True)
+class RestoreOutcome:
+    moved_aside: tuple[str, ...]
+    served_sha256: str
+    disk_sha256: str
+
+
+def stop_services_command(facts: MasterFacts) -> str:
+    present = {s.name for s in facts.services if s.exists}
+    names = [n for n in facts.flavor.services if n in present]
+    return " && ".join(service_command(facts, n, "stopped") for n in names) or "true"
+
+
+def start_services_command(facts: MasterFacts, names: list[str]) -> str:
+    commands = []
+    for name in facts.flavor.start_order:
+        if name in names:
+            commands.append(service_command(facts, name, "running"))
+            if name == facts.flavor.server_service:
+                commands.append(server_ready_check())
+    return " && ".join(commands) or "true"
+
+
+def put_back_command(facts: MasterFacts, tarball: str, sha256: str, suffix: str) -> str:
+    """Verify the tarball, move the current SSL folders aside, extract the backup in place."""
+    moves = " && ".join(f"{{ [ ! -e {q(p)} ] || mv {q(p)} {q(p + suffix)}; }}" for p in backup_paths(facts))
+    return (f"echo {q(sha256 + '  ' + tarball)} | sha256sum -c --status "
+            f"|| {{ echo 'backup {tarball} does not match its sha256'; exit 3; }}; "
+            f"{moves} && tar -xzpf {q(tarball)} -C /")
+
+
+def served_cert_command(facts: MasterFacts) -> str:
+    return (f"HC={q(facts.hostcert)}; echo '==> disk <=='; "
+            f"openssl x509 -in \"$HC\" -noout -serial -fingerprint -sha256; echo '==> served <=='; "
+            f"openssl s_client -connect 127.0.0.1:8140 -servername {q(facts.certname)} </dev/null 2>/dev/null "
+            f"| openssl x509 -noout -serial -fingerprint -sha256 2>/dev/null")
+
+
+def put_back(remote, facts: MasterFacts, tarball: str, sha256: str, start: list[str], console) -> RestoreOutcome:
+    """Stop, restore the SSL folders from `tarball` (on the master), start `start`, read what is served."""
+    suffix = f".pe-remote-failed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    console.info("  stopping the services ...")
+    remote.run(stop_services_command(facts))
+    console.info(f"  putting back {', '.join(backup_paths(facts))} from {tarball} ...")
+    remote.run(put_back_command(facts, tarball, sha256, suffix))
+    console.info(f"  starting {', '.join(start) or 'nothing'} ...")
+    remote.run(start_services_command(facts, start))
+    sections = split_sections(remote.run(served_cert_command(facts), check=False).stdout)
+    disk = parse_cert_info(sections.get("disk", []))
+    served = parse_cert_info(sections.get("served", []))
+    return RestoreOutcome(tuple(p + suffix for p in backup_paths(facts)),
+                          served.sha256 if served else "", disk.sha256 if disk else "")
+
+
+def running_services(facts: MasterFacts) -> list[str]:
+    return [s.name for s in facts.services if s.exists and s.active and s.name in facts.flavor.services]
+
+
+# --- the `restore` task: a local tarball back onto a master ---------------------------------
+
+def expected_sha256(tarball: Path, given: str | None) -> str:
+    if given:
+        return given.strip().lower()
+    sidecar = tarball.with_name(tarball.name + ".sha256")
+    if sidecar.exists():
+        return sidecar.read_text().split()[0].lower()
+    raise InputError(f"no checksum to verify {tarball} against: {sidecar.name} is missing; "
+                     "pass --sha256 with the value pe-remote printed when it took the backup")
+
+
+def cert_sha256_in_tarball(tarball: Path, hostcert: str) -> str:
+    """sha256 fingerprint (openssl's format) of the master's cert inside the tarball."""
+    from cryptography import x509  # paramiko depends on cryptography
+    from cryptography.hazmat.primitives import hashes
+
+    with tarfile.open(tarball) as tar:
+        try:
+            member = tar.extractfile(hostcert.lstrip("/"))
+        except KeyError:
+            member = None
+        if member is None:
+            raise InputError(f"{tarball} holds no {hostcert}: it is not an SSL backup of this master")
+        cert = x509.load_pem_x509_certificate(member.read())
+    return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
+
+
+def upload_backup(remote, tarball: Path, sha256: str) -> str:
+    """Copy the tarball into the master's root-only state folder (0600) and check its sha256 there."""
+    target = f"{REMOTE_BACKUP_DIR}/restore-{tarball.name}"
+    remote.run(f"umask 077 && mkdir -p {q(REMOTE_BACKUP_DIR)} && chmod 700 {q(REMOTE_BACKUP_DIR)}")
+    sftp = remote.sftp()
+    with open(tarball, "rb") as fh:
+        sftp.putfo(fh, target, file_size=os.path.getsize(tarball), confirm=True)
+    sftp.chmod(target, 0o600)
+    try:
+        remote.run(f"echo {q(sha256 + '  ' + target)} | sha256sum -c --status")
+    except RemoteCommandFailed:
+        raise BackupError(f"the uploaded copy {target} does not match sha256 {sha256}") from None
+    return target
+
+
+def verify_local(tarball: Path, sha256: str) -> None:
+    if not tarball.is_file():
+        raise InputError(f"backup {tarball} does not exist or is not a file")
+    actual = sha256_file(tarball)
+    if actual != sha256:
+        raise InputError(f"backup {tarball} does not match its sha256 ({actual[:16]}... is not {sha256[:16]}...): "
+                         "it is damaged or not the backup you meant")
+
+
+
+def restore_backup(remote, tarball: Path, console, *, sha256: str | None = None,
+                   flavor: str | None = None) -> RestoreOutcome:
+    """The `restore` task: verify a local backup, upload it, put it back, prove its cert is served."""
+    from pe_remote.discovery import discover
+
+    expected = expected_sha256(tarball, sha256)
+    verify_local(tarball, expected)
+    facts = discover(remote, flavor_override=flavor)
+    cert_sha = cert_sha256_in_tarball(tarball, facts.hostcert)
+    start = [s.name for s in facts.services if s.exists and s.name in facts.flavor.services
+             and (s.active or s.name == facts.flavor.server_service)]
+    console.info(f"Restore {tarball.name} onto {remote.target.label}: replaces {', '.join(backup_paths(facts))} "
+                 f"(moved aside, not deleted); the cert in the backup has sha256 {cert_sha}.")
+    console.confirm(f"Stop the Puppet services on {remote.target.label} and put this backup back?")
+    uploaded = upload_backup(remote, tarball, expected)
+    outcome = put_back(remote, facts, uploaded, expected, start, console)
+    if outcome.disk_sha256 != cert_sha:
+        raise BackupError(f"after the restore the cert on disk is {outcome.disk_sha256[:23]}..., not the backup's")
+    if facts.flavor.server_service in start and outcome.served_sha256 != cert_sha:
+        raise BackupError(f"after the restore port 8140 serves {outcome.served_sha256[:23] or 'nothing'}, "
+                          "not the backup's cert")
+    console.info(f"Restored: {facts.certname} serves the cert from {tarball.name} again; "
+                 f"the replaced folders are kept as {', '.join(outcome.moved_aside)}")
+    return outcome

@@ -1,0 +1,344 @@
+"""Unit tests for pe_remote.discovery: parsing a real recorded discovery output and hostile variants of it,
+and `discover()` end to end through a fabric Connection backed by fabric.testing's doubles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fabric import Config, Connection
+from fabric.testing.fixtures import remote  # noqa: F401  (pytest fixture)
+
+from pe_remote.connection import Remote
+from pe_remote.discovery import (SETTINGS, CertInfo, ServiceState, discover, discovery_script, key_matches_cert,
+                                 parse_cert_info, parse_discovery, split_sections)
+from pe_remote.errors import DiscoveryError, Refused
+from pe_remote.flavors import PE37, PUPPET6
+from pe_remote.inventory import Target
+
+DATA = Path(__file__).parent / "data"
+OSS7 = (DATA / "discovery-oss7.txt").read_text()
+PE37_FILE = DATA / "discovery-pe37.txt"
+
+CERTNAME = "master.pe-remote.test"
+
+
+def sub(text: str, old: str, new: str) -> str:
+    """Replace exactly one occurrence, so a variant never silently equals the original."""
+    assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times"
+    return text.replace(old, new)
+
+
+def set_setting(text: str, name: str, value: str) -> str:
+    line = next(line for line in text.splitlines() if line.startswith(f"{name} = "))
+    return sub(text, line + "\n", f"{name} = {value}\n")
+
+
+def drop_setting(text: str, name: str) -> str:
+    line = next(line for line in text.splitlines() if line.startswith(f"{name} = "))
+    return sub(text, line + "\n", "")
+
+
+def pe37_variant(text: str = OSS7) -> str:
+    """A PE 3.7 master derived from the recorded open-source one."""
+    text = sub(text, "puppet=/usr/bin/puppet\n", "puppet=/opt/puppet/bin/puppet\n")
+    text = sub(text, "puppetserver=/usr/bin/puppetserver\n", "puppetserver=\n")
+    text = sub(text, "==> pe_version <==\n", "==> pe_version <==\n3.7.2\n")
+    text = sub(text, "==> puppet_version <==\n7.23.0\n", "==> puppet_version <==\n3.7.4 (Puppet Enterprise 3.7.2)\n")
+    for name in ("pe-puppet", "pe-puppetserver", "pe-activemq", "pe-mcollective"):
+        text = sub(text, f"\n{name} absent\n", f"\n{name} active\n")
+    text = sub(text, "\npuppet active\n", "\npuppet absent\n")
+    text = sub(text, "\npuppetserver active\n", "\npuppetserver absent\n")
+    text = set_setting(text, "ssldir", "/etc/puppetlabs/puppet/ssl")
+    text = set_setting(text, "cadir", "/etc/puppetlabs/puppet/ssl/ca")
+    text = set_setting(text, "client_datadir", "/var/opt/lib/pe-puppet/client_data")
+    text = set_setting(text, "hostcert", f"/etc/puppetlabs/puppet/ssl/certs/{CERTNAME}.pem")
+    text = set_setting(text, "hostprivkey", f"/etc/puppetlabs/puppet/ssl/private_keys/{CERTNAME}.pem")
+    return text
+
+
+# --- the recorded Puppet 7 master --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def facts():
+    return parse_discovery(OSS7)
+
+
+def test_recorded_oss7_flavor_and_identity(facts):
+    assert facts.flavor is PUPPET6
+    assert facts.uid == 0
+    assert facts.hostname == "staging-node"
+    assert facts.init_system == "systemd"
+    assert facts.puppet == "/usr/bin/puppet"
+    assert facts.puppetserver == "/usr/bin/puppetserver"
+    assert facts.puppet_version == "7.23.0"
+    assert facts.pe_version is None
+
+
+def test_recorded_oss7_names(facts):
+    assert facts.certname == CERTNAME
+    assert facts.dns_alt_names == ("puppet", "puppet.pe-remote.test")
+
+
+def test_recorded_oss7_paths(facts):
+    assert facts.ssldir == "/var/lib/puppet/ssl"
+    assert facts.cadir == "/etc/puppet/puppetserver/ca"
+    assert not facts.cadir_inside_ssldir
+    assert facts.client_datadir == "/var/cache/puppet/client_data"
+    assert facts.hostcert == f"/var/lib/puppet/ssl/certs/{CERTNAME}.pem"
+    assert facts.hostprivkey == f"/var/lib/puppet/ssl/private_keys/{CERTNAME}.pem"
+    assert facts.catalog_path == f"/var/cache/puppet/client_data/catalog/{CERTNAME}.json"
+    assert facts.ca_key_present is True
+
+
+def test_recorded_oss7_services(facts):
+    assert facts.service("puppet") == ServiceState("puppet", True, True, "active")
+    assert facts.service("puppetserver") == ServiceState("puppetserver", True, True, "active")
+    assert facts.service("pe-puppetserver") == ServiceState("pe-puppetserver", False, False, "absent")
+    assert facts.service("no-such-service") is None
+    assert {s.name for s in facts.services if s.exists} == {"puppet", "puppetserver"}
+
+
+def test_recorded_oss7_cert(facts):
+    cert = facts.cert
+    assert cert is not None
+    # NB: the recording prints serial=02 (the brief expected '1'); leading zeros are stripped.
+    assert cert.serial == "2"
+    assert cert.subject == f"CN={CERTNAME}"
+    assert cert.issuer == f"CN=Puppet CA: {CERTNAME}"
+    assert cert.not_after == "Nov 23 05:37:26 2041 GMT"
+    assert cert.sha256.startswith("3E:34:B0:D3")
+    assert len(cert.sha256.split(":")) == 32
+    assert cert.sans == frozenset({f"DNS:{CERTNAME}", "DNS:puppet", "DNS:puppet.pe-remote.test"})
+    assert len(cert.sans) == 3
+    assert cert.pubkey_sha256 == "5894591d9567df4b6c571c93f0fe1023b8b9d3458f6e0837f9ea975f9100a28a"
+
+
+def test_recorded_oss7_key_matches_cert():
+    assert key_matches_cert(split_sections(OSS7)["cert"]) is True
+
+
+def test_key_mismatch_is_detected():
+    text = sub(OSS7, "keypub=5894591d", "keypub=0000591d")
+    assert key_matches_cert(split_sections(text)["cert"]) is False
+
+
+def test_key_missing_is_not_a_match():
+    text = sub(OSS7, "keypub=5894591d9567df4b6c571c93f0fe1023b8b9d3458f6e0837f9ea975f9100a28a\n", "")
+    assert key_matches_cert(split_sections(text)["cert"]) is False
+
+
+def test_settings_raw_keeps_every_setting(facts):
+    assert set(SETTINGS) <= set(facts.settings_raw)
+
+
+def test_split_sections_ignores_text_before_the_first_marker():
+    sections = split_sections("motd noise\n==> a <==\n1\n==> b <==\n==> c <==\nx\ny\n")
+    assert sections == {"a": ["1"], "b": [], "c": ["x", "y"]}
+
+
+# --- PE 3.7 -------------------------------------------------------------------------------------
+
+PE37_SAMPLES = [pytest.param(pe37_variant(), id="derived-from-oss7")]
+if PE37_FILE.exists():
+    PE37_SAMPLES.append(pytest.param(PE37_FILE.read_text(), id="recorded-pe37"))
+
+
+@pytest.mark.parametrize("text", PE37_SAMPLES)
+def test_pe37_is_detected(text):
+    facts = parse_discovery(text)
+    assert facts.flavor is PE37
+    assert facts.pe_version == "3.7.2"
+    assert facts.puppet == "/opt/puppet/bin/puppet"
+    assert facts.certname == CERTNAME
+    assert facts.ssldir == "/etc/puppetlabs/puppet/ssl"
+    assert facts.cadir_inside_ssldir
+    for name in ("pe-puppet", "pe-puppetserver", "pe-activemq", "pe-mcollective"):
+        assert facts.service(name).active, name
+    assert not facts.service("puppetserver").active
+    assert facts.cert is not None and facts.cert.issuer == f"CN=Puppet CA: {CERTNAME}"
+
+
+@pytest.mark.skipif(not PE37_FILE.exists(), reason="tests/data/discovery-pe37.txt not recorded")
+def test_recorded_pe37_cert_serial():
+    assert parse_discovery(PE37_FILE.read_text()).cert.serial == "1"
+
+
+def test_derived_pe37_has_no_puppetserver_binary():
+    assert parse_discovery(pe37_variant()).puppetserver is None
+
+
+def test_pe_version_beats_puppet_version():
+    # A PE 3.7 marker wins even if puppet reports a version that alone would mean Puppet 6+.
+    text = sub(OSS7, "==> pe_version <==\n", "==> pe_version <==\n\n3.7.2\n")
+    assert parse_discovery(text).flavor is PE37
+
+
+def test_flavor_override():
+    assert parse_discovery(OSS7, flavor_override="pe37").flavor is PE37
+
+
+def test_unknown_flavor_override_is_a_discovery_error():
+    with pytest.raises(DiscoveryError, match="'pe99'"):
+        parse_discovery(OSS7, flavor_override="pe99")
+
+
+def test_unsupported_puppet_version_is_refused():
+    text = sub(OSS7, "==> puppet_version <==\n7.23.0\n", "==> puppet_version <==\n5.5.22\n")
+    with pytest.raises(Refused, match="5.5.22"):
+        parse_discovery(text)
+
+
+def test_unsupported_pe_version_is_refused():
+    text = sub(OSS7, "==> pe_version <==\n", "==> pe_version <==\n2.8.1\n")
+    with pytest.raises(Refused, match="2.8.1"):
+        parse_discovery(text)
+
+
+# --- hostile or broken masters -------------------------------------------------------------------
+
+@pytest.mark.parametrize("certname", ["x;touch /tmp/p", "$(id)", "`id`", "a b", "Master.pe-remote.test", "a|b",
+                                      "-rf"])
+def test_hostile_certname_is_refused(certname):
+    with pytest.raises(Refused) as info:
+        parse_discovery(set_setting(OSS7, "certname", certname))
+    assert repr(certname) in str(info.value)
+    assert "refusing" in str(info.value)
+
+
+@pytest.mark.parametrize("alt", ["puppet,x;touch /tmp/p", "$(id)", "*.pe-remote.test", "puppet,a b"])
+def test_hostile_dns_alt_names_are_refused(alt):
+    with pytest.raises(Refused, match="dns_alt_names"):
+        parse_discovery(set_setting(OSS7, "dns_alt_names", alt))
+
+
+def test_empty_dns_alt_names_is_no_alt_names():
+    assert parse_discovery(set_setting(OSS7, "dns_alt_names", "")).dns_alt_names == ()
+
+
+def test_alt_names_with_prefixes_are_normalised():
+    facts = parse_discovery(set_setting(OSS7, "dns_alt_names", "DNS:Puppet, IP:10.0.0.1,puppet"))
+    assert facts.dns_alt_names == ("puppet", "10.0.0.1")
+
+
+@pytest.mark.parametrize("uid", ["1000", "33"])
+def test_non_root_is_refused(uid):
+    with pytest.raises(Refused, match=f"uid {uid}"):
+        parse_discovery(sub(OSS7, "==> id <==\n0\n", f"==> id <==\n{uid}\n"))
+
+
+def test_unreadable_uid_is_a_discovery_error():
+    with pytest.raises(DiscoveryError, match="user id"):
+        parse_discovery(sub(OSS7, "==> id <==\n0\n", "==> id <==\nid: not found\n"))
+
+
+def test_no_puppet_binary_as_the_script_prints_it():
+    # The script stops right after pe_version when it finds no puppet.
+    text = OSS7[:OSS7.index("==> puppet_version <==")]
+    text = sub(text, "puppet=/usr/bin/puppet\n", "puppet=\n")
+    with pytest.raises(DiscoveryError, match="no puppet binary") as info:
+        parse_discovery(text)
+    assert "/opt/puppetlabs/bin/puppet" in str(info.value)  # says where it looked
+
+
+def test_no_puppet_binary_even_with_the_rest_present():
+    with pytest.raises(DiscoveryError, match="no puppet binary"):
+        parse_discovery(sub(OSS7, "puppet=/usr/bin/puppet\n", "puppet=\n"))
+
+
+@pytest.mark.parametrize("setting", ["ssldir", "cadir", "client_datadir", "hostcert", "hostprivkey"])
+@pytest.mark.parametrize("bad", ["/var/lib/puppet/my ssl", "/var/lib/puppet/ssl;reboot", "relative/ssl",
+                                 "/var/$(id)/ssl", "/var/lib/puppet/ssl`id`"])
+def test_path_setting_that_is_not_a_plain_absolute_path_is_refused(setting, bad):
+    with pytest.raises(Refused) as info:
+        parse_discovery(set_setting(OSS7, setting, bad))
+    assert setting in str(info.value)
+    assert repr(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_missing_setting_is_a_discovery_error(setting):
+    with pytest.raises(DiscoveryError) as info:
+        parse_discovery(drop_setting(OSS7, setting))
+    assert setting in str(info.value)
+
+
+def test_empty_settings_section_names_every_missing_setting():
+    start = OSS7.index("==> settings <==\n") + len("==> settings <==\n")
+    end = OSS7.index("==> ca_key <==")
+    with pytest.raises(DiscoveryError) as info:
+        parse_discovery(OSS7[:start] + OSS7[end:])
+    for setting in SETTINGS:
+        assert setting in str(info.value)
+
+
+@pytest.mark.parametrize("output", ["", "bash: sh: command not found\n", "Permission denied\n"])
+def test_output_without_sections_is_a_discovery_error(output):
+    with pytest.raises(DiscoveryError, match="nothing usable"):
+        parse_discovery(output)
+
+
+def test_absent_ca_key():
+    facts = parse_discovery(sub(OSS7, "==> ca_key <==\npresent\n", "==> ca_key <==\nabsent\n"))
+    assert facts.ca_key_present is False
+
+
+def test_no_cert_section_means_no_cert():
+    text = OSS7[:OSS7.index("==> cert <==")] + "==> cert <==\n"
+    assert parse_discovery(text).cert is None
+
+
+def test_inactive_and_failed_services():
+    text = sub(OSS7, "\npuppet active\n", "\npuppet inactive\n")
+    text = sub(text, "\npuppetserver active\n", "\npuppetserver failed\n")
+    facts = parse_discovery(text)
+    assert facts.service("puppet") == ServiceState("puppet", True, False, "inactive")
+    assert facts.service("puppetserver") == ServiceState("puppetserver", True, False, "failed")
+
+
+def test_parse_cert_info_without_serial_is_none():
+    assert parse_cert_info(["subject=CN=x", "garbage"]) is None
+
+
+def test_parse_cert_info_openssl_1_1_fingerprint_spelling():
+    info = parse_cert_info(["serial=0A", "SHA256 Fingerprint=ab:cd", "sans=DNS:a, IP Address:10.0.0.1"])
+    assert info == CertInfo(serial="A", subject="", issuer="", not_after="", sha256="AB:CD",
+                            sans=frozenset({"DNS:a", "IP Address:10.0.0.1"}))
+
+
+# --- discover() through a real fabric Connection on fabric.testing's doubles -------------------
+
+def fabric_remote() -> Remote:
+    config = Config(overrides={"load_ssh_configs": False})
+    return Remote(Connection("host", user="root", port=22, config=config), Target(address="host"))
+
+
+def test_discover_runs_exactly_one_command_through_fabric(remote):  # noqa: F811
+    channel = remote.expect(host="host", cmd=discovery_script(), out=OSS7.encode())
+    r = fabric_remote()
+    facts = discover(r)
+    assert facts == parse_discovery(OSS7)
+    assert facts.flavor is PUPPET6
+    assert facts.certname == CERTNAME
+    assert r.commands_run == 1
+    channel.exec_command.assert_called_once_with(discovery_script())
+    # The `remote` fixture's teardown also checks one session was opened, for that command.
+
+
+def test_discover_with_flavor_override_through_fabric(remote):  # noqa: F811
+    remote.expect(host="host", cmd=discovery_script(), out=OSS7.encode())
+    assert discover(fabric_remote(), flavor_override="pe37").flavor is PE37
+
+
+def test_discover_failing_without_sections_is_a_discovery_error(remote):  # noqa: F811
+    remote.expect(host="host", cmd=discovery_script(), out=b"", err=b"sh: 1: exec: not found\n", exit=127)
+    with pytest.raises(DiscoveryError) as info:
+        discover(fabric_remote())
+    assert "exit 127" in str(info.value)
+    assert "not found" in str(info.value)
+
+
+def test_discover_refuses_a_hostile_master_through_fabric(remote):  # noqa: F811
+    remote.expect(host="host", cmd=discovery_script(), out=set_setting(OSS7, "certname", "$(id)").encode())
+    with pytest.raises(Refused):
+        discover(fabric_remote())
