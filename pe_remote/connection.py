@@ -71,6 +71,10 @@ class Remote:
             result = self.connection.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
         except (paramiko.SSHException, socket.error, EOFError) as exc:
             raise ConnectionFailed(f"lost the SSH connection to {self.target.label}: {exc}") from exc
+        transport = self.connection.transport
+        if result.exited == -1 or transport is None or not transport.is_active():
+            # The channel closed without an exit status: the connection is gone, not the command failed.
+            raise ConnectionFailed(f"lost the SSH connection to {self.target.label} during a remote command")
         outcome = CommandResult(command, result.exited, result.stdout, result.stderr)
         if check and not outcome.ok:
             raise RemoteCommandFailed(command, outcome.exit_status, outcome.stdout + outcome.stderr)

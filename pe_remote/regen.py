@@ -163,6 +163,9 @@ def rollback(remote, journal: Journal, console: Console, *, reason: str) -> None
     try:
         outcome = put_back(remote, facts, journal.backup.path, journal.backup.sha256, running_services(facts),
                            console)
+    except ConnectionFailed as exc:
+        raise Incomplete(f"{reason}; then {exc} before the rollback finished. Run `regen --rollback` on it "
+                         f"again when it answers; journal {journal.remote_path}, backup {journal.backup.path}") from None
     except PeRemoteError as exc:
         raise Incomplete(f"{reason}; then the ROLLBACK FAILED too: {exc}. Restore by hand from "
                          f"{journal.backup.path} on the master ({journal.local_backup} here); "

@@ -1,0 +1,270 @@
+"""Fault injection, end to end: whatever happens, the master ends up serving a valid cert.
+
+Every test ends by checking: services active, port 8140 serving the cert on disk
+(the old one after a rollback, the new one after a resume), the backup intact
+with matching sha256 on both ends, and the exit code and message of the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, ROOT, describe, fab_target_args, run_cli
+from test_regen_pe37 import _cert_facts, _served_fingerprint
+
+pytestmark = pytest.mark.container
+
+
+def _regen_args(master, tmp_path: Path, *extra: str) -> list[str]:
+    return [*fab_target_args(master), "regen", "--yes", "--known-hosts", str(master.known_hosts_path),
+            "--backup-dir", str(tmp_path / "bk"), *extra]
+
+
+def _start_fab(master, tmp_path: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([str(BIN / "fab"), *_regen_args(master, tmp_path, *extra)], cwd=ROOT, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_line(proc: subprocess.Popen, needle: str, seen: list[str], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"fab ended before printing {needle!r}:\n{''.join(seen)}")
+        seen.append(line)
+        if needle in line:
+            return
+    raise AssertionError(f"no {needle!r} within {timeout}s:\n{''.join(seen)}")
+
+
+def _finish(proc: subprocess.Popen, seen: list[str], timeout: float = 600) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    return "".join(seen) + out
+
+
+def assert_serves(master, expected_sha256: str) -> None:
+    active = master.check("systemctl is-active " + " ".join(master.flavor.services) + " || true").split()
+    assert active == ["active"] * len(master.flavor.services), active
+    disk = _cert_facts(master)["sha256"]
+    assert disk == expected_sha256, "the cert on disk is not the expected one"
+    assert _served_fingerprint(master) == expected_sha256, "port 8140 does not serve the expected cert"
+
+
+def assert_backup_intact(master, tmp_path: Path) -> Path:
+    tarballs = list((tmp_path / "bk").rglob("*.tar.gz"))
+    assert len(tarballs) == 1, f"expected exactly one backup, found {tarballs}"
+    local = tarballs[0]
+    sha = hashlib.sha256(local.read_bytes()).hexdigest()
+    assert local.with_name(local.name + ".sha256").read_text().split()[0] == sha
+    remote = master.check("sha256sum /root/pe-remote-backups/*.tar.gz").split()
+    assert remote[0] == sha and len(remote) == 2, f"master holds {remote}"
+    return local
+
+
+def _ro_bind(master, path: str) -> None:
+    master.check(f"mkdir -p {path} && mount --bind {path} {path} && mount -o remount,bind,ro {path}")
+
+
+# 1. clean or generate fails for real on the master -------------------------------------------
+
+def test_pe37_generate_fails_rolls_back(fresh_master, tmp_path):
+    master = fresh_master
+    old = _cert_facts(master)
+    # Puppet 3's generate writes the CSR here first; clean has nothing to delete in it.
+    _ro_bind(master, f"{master.flavor.ssldir}/certificate_requests")
+    proc = run_cli("fab", *_regen_args(master, tmp_path))
+    assert proc.returncode == 7, describe(proc)
+    assert "rolled back" in proc.stderr and "Generate" in proc.stderr
+    assert_serves(master, old["sha256"])
+    assert_backup_intact(master, tmp_path)
+
+
+@pytest.mark.parametrize("fresh_master", ["oss7"], indirect=True)
+def test_puppet6_clean_fails_rolls_back(fresh_master, tmp_path):
+    master = fresh_master
+    old = _cert_facts(master)
+    _ro_bind(master, f"{master.flavor.cadir}/signed")  # the CA cannot delete the signed cert
+    proc = run_cli("fab", *_regen_args(master, tmp_path))
+    assert proc.returncode == 7, describe(proc)
+    assert "rolled back" in proc.stderr and "Clean" in proc.stderr
+    assert_serves(master, old["sha256"])
+    crl = master.check(f"openssl crl -in {master.flavor.cadir}/ca_crl.pem -noout -text")
+    assert f"Serial Number: {old['serial']}" not in crl, "the rollback must restore the CRL too"
+    assert_backup_intact(master, tmp_path)
+
+
+# 2. puppetserver does not start with what the run put in place --------------------------------
+
+def test_server_not_starting_rolls_back(fresh_master, tmp_path):
+    master = fresh_master
+    old = _cert_facts(master)
+    key = f"{master.flavor.ssldir}/private_keys/{master.certname}.pem"
+    proc = _start_fab(master, tmp_path)
+    seen: list[str] = []
+    _wait_for_line(proc, "Generate a new cert for master.pe-remote.test: done", seen)
+    master.check(f"echo 'this is not a key' > {key}")  # broken SSL state, put in place during the run
+    out = _finish(proc, seen)
+    assert proc.returncode == 7, out
+    assert "rolled back" in out and "pe-puppetserver" in out
+    assert_serves(master, old["sha256"])
+    assert_backup_intact(master, tmp_path)
+
+
+# 3. the SSH connection is cut after the services were stopped ---------------------------------
+
+def _cut_connection_after_stops(master, tmp_path) -> str:
+    proc = _start_fab(master, tmp_path)
+    seen: list[str] = []
+    _wait_for_line(proc, "Stop pe-mcollective: done", seen)
+    master.check("pkill -KILL -f 'sshd: root' || true")
+    out = _finish(proc, seen)
+    assert proc.returncode == 8, out
+    assert "resume" in out and "--rollback" in out
+    return out
+
+
+def test_connection_cut_then_resume(fresh_master, tmp_path):
+    master = fresh_master
+    old = _cert_facts(master)
+    _cut_connection_after_stops(master, tmp_path)
+    proc = run_cli("fab", *_regen_args(master, tmp_path))
+    assert proc.returncode == 0, describe(proc)
+    assert "Found an unfinished run" in proc.stdout and "Resuming" in proc.stdout
+    new = _cert_facts(master)
+    assert new["serial"] != old["serial"] and new["issuer"] == old["issuer"]
+    assert_serves(master, new["sha256"])
+    local = assert_backup_intact(master, tmp_path)  # exactly one backup: none taken on resume
+    with tarfile.open(local) as tar:
+        assert tar.extractfile(f"{master.flavor.ssldir.lstrip('/')}/certs/{master.certname}.pem").read()
+
+
+def test_connection_cut_then_rollback(fresh_master, tmp_path):
+    master = fresh_master
+    old = _cert_facts(master)
+    _cut_connection_after_stops(master, tmp_path)
+    proc = run_cli("fab", *_regen_args(master, tmp_path, "--rollback"))
+    assert proc.returncode == 7, describe(proc)
+    assert "rolled back" in proc.stderr
+    assert_serves(master, old["sha256"])
+    assert_backup_intact(master, tmp_path)
+    again = run_cli("fab", *fab_target_args(master), "regen", "--dry-run", "--known-hosts",
+                    str(master.known_hosts_path))
+    assert "unfinished run" not in again.stdout, "a rolled-back run must be closed in the journal"
+
+
+# 4. no room on the master for the backup: stops in preflight ----------------------------------
+
+def test_no_room_on_master_stops_in_preflight(staging_master, tmp_path):
+    master = staging_master
+    old = _cert_facts(master)
+    master.check("mkdir -p /root/pe-remote-backups && mount -t tmpfs -o size=16k tmpfs /root/pe-remote-backups")
+    try:
+        proc = run_cli("fab", *_regen_args(master, tmp_path))
+        listing = master.check("ls -A /root/pe-remote-backups")
+    finally:
+        master.check("umount /root/pe-remote-backups")
+    assert proc.returncode == 4, describe(proc)
+    assert "not enough room on the master" in proc.stderr
+    assert listing.strip() == "", "nothing may be written in preflight"
+    assert not (tmp_path / "bk").exists() or not list((tmp_path / "bk").rglob("*.tar.gz"))
+    assert_serves(master, old["sha256"])
+
+
+# 5. the local backup folder cannot be written: stops before any change ------------------------
+
+def test_local_backup_path_is_a_file(staging_master, tmp_path):
+    master = staging_master
+    old = _cert_facts(master)
+    blocker = tmp_path / "bk"
+    blocker.write_text("a file where the backup folder should be")
+    before = master.exec("ls /root/pe-remote-backups 2>/dev/null")[1]
+    proc = run_cli("fab", *_regen_args(master, tmp_path))
+    assert proc.returncode == 6, describe(proc)
+    assert "is not writable" in proc.stderr and "--backup-dir" in proc.stderr
+    assert master.exec("ls /root/pe-remote-backups 2>/dev/null")[1] == before
+    assert_serves(master, old["sha256"])
+
+
+def test_local_backup_folder_on_read_only_mount(staging_master, tmp_path):
+    master = staging_master
+    old = _cert_facts(master)
+    folder = tmp_path / "bk"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], check=True)
+    try:
+        proc = run_cli("fab", *_regen_args(master, tmp_path))
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+    assert proc.returncode == 6, describe(proc)
+    assert "is not writable" in proc.stderr
+    assert_serves(master, old["sha256"])
+
+
+# 6. SIGINT to the running fab during generate -------------------------------------------------
+
+def test_sigint_during_generate_rolls_back(fresh_master, tmp_path):
+    master = fresh_master
+    old = _cert_facts(master)
+    proc = _start_fab(master, tmp_path)
+    seen: list[str] = []
+    _wait_for_line(proc, "Generate a new cert for master.pe-remote.test ...", seen)
+    proc.send_signal(signal.SIGINT)
+    out = _finish(proc, seen)
+    assert proc.returncode == 7, out
+    assert "interrupt" in out and "rolled back" in out
+    assert_serves(master, old["sha256"])
+    assert_backup_intact(master, tmp_path)
+
+
+# restore, and the monolithic refusal ----------------------------------------------------------
+
+def test_restore_brings_back_the_old_cert_byte_for_byte(fresh_master, tmp_path):
+    master = fresh_master
+    cert = f"{master.flavor.ssldir}/certs/{master.certname}.pem"
+    original = master.check(f"cat {cert}")
+    proc = run_cli("fab", *fab_target_args(master), "backup", "--known-hosts", str(master.known_hosts_path),
+                   "--backup-dir", str(tmp_path / "bk"))
+    assert proc.returncode == 0, describe(proc)
+    (tarball,) = (tmp_path / "bk").rglob("*.tar.gz")
+    # Replace the cert behind pe-remote's back (the PE 3.x commands, via the stand-in).
+    puppet = master.flavor.puppet
+    master.check(f"{puppet} cert clean {master.certname} && {puppet} cert generate {master.certname} "
+                 "--dns_alt_names=puppet")
+    assert master.check(f"cat {cert}") != original
+    proc = run_cli("fab", *fab_target_args(master), "restore", str(tarball), "--yes",
+                   "--known-hosts", str(master.known_hosts_path))
+    assert proc.returncode == 0, describe(proc)
+    assert master.check(f"cat {cert}") == original
+    assert_serves(master, _cert_facts(master)["sha256"])
+
+
+def test_restore_refuses_a_damaged_tarball(staging_master, tmp_path):
+    master = staging_master
+    tarball = tmp_path / "x-ssl.tar.gz"
+    tarball.write_bytes(b"not a backup")
+    (tmp_path / "x-ssl.tar.gz.sha256").write_text("0" * 64 + "  x-ssl.tar.gz\n")
+    proc = run_cli("fab", *fab_target_args(master), "restore", str(tarball), "--yes",
+                   "--known-hosts", str(master.known_hosts_path))
+    assert proc.returncode == 2, describe(proc)
+    assert "does not match its sha256" in proc.stderr
+
+
+def test_monolithic_looking_pe37_is_refused(staging_master, tmp_path):
+    master = staging_master
+    master.check("mkdir -p /etc/puppetlabs/puppetdb/ssl")
+    try:
+        proc = run_cli("fab", *_regen_args(master, tmp_path))
+    finally:
+        master.check("rm -r /etc/puppetlabs/puppetdb")
+    assert proc.returncode == 4, describe(proc)
+    assert "monolithic" in proc.stderr and "/etc/puppetlabs/puppetdb/ssl" in proc.stderr
+    assert not (tmp_path / "bk").exists()
