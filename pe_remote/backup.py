@@ -88,6 +88,10 @@ def local_backup_dir(base: str | os.PathLike, host_label: str) -> Path:
 
 def prepare_local_dir(folder: Path) -> None:
     """Create the 0700 folder now, so an unwritable destination stops the run before any change."""
+    for parent in (folder, *folder.parents):
+        if parent.exists() and not parent.is_dir():
+            raise BackupError(f"backup folder {folder} is not writable: {parent} is a file, not a folder; "
+                              "choose another with --backup-dir")
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         folder.chmod(0o700)

@@ -34,12 +34,11 @@ def target_from(c, host: str | None = None, inventory: str | None = None, key_fi
     inv = load_inventory(inventory or os.environ.get("PE_REMOTE_INVENTORY", DEFAULT_INVENTORY))
     fab_host = getattr(c, "original_host", None)  # set only on a fabric Connection (fab -H)
     if fab_host:
+        given = c.connect_kwargs.get("key_filename") or ()
+        keys = (given,) if isinstance(given, str) else tuple(given)
         if fab_host in inv.hosts:
-            target = inv.hosts[fab_host]
+            target = inv.hosts[fab_host].with_overrides(key_files=keys or None)
         else:
-            keys = tuple(c.connect_kwargs.get("key_filename") or ())
-            if isinstance(c.connect_kwargs.get("key_filename"), str):
-                keys = (c.connect_kwargs["key_filename"],)
             target = Target(address=c.host, port=int(c.port), user=c.user, key_files=keys)
     else:
         target = resolve_target(host, inv)

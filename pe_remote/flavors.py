@@ -25,6 +25,8 @@ class Flavor:
     clean_while_running: bool
     # `puppetserver ca clean` leaves the host's own copies behind: delete them after the stop.
     delete_leftover_files: bool
+    # `puppetserver ca generate` takes `IP:a.b.c.d`; `puppet cert generate` makes every alt name DNS:.
+    ip_alt_names: bool = False
     # Settings section that holds the master's dns_alt_names and cadir.
     config_section: str = "master"
     # On a monolithic install (PE up to 2018.1) PuppetDB and the console share the master's cert:
@@ -73,6 +75,7 @@ PUPPET6 = Flavor(
               "--subject-alt-names", "{alt_names}", "--ca-client"),
     clean_while_running=True,
     delete_leftover_files=True,
+    ip_alt_names=True,
     config_section="server",
 )
 
@@ -89,6 +92,7 @@ PE2019 = Flavor(
               "--subject-alt-names", "{alt_names}", "--ca-client"),
     clean_while_running=True,
     delete_leftover_files=True,
+    ip_alt_names=True,
     config_section="server",
 )
 

@@ -66,25 +66,22 @@ def _check_address(address: str, where: str) -> str:
     return bare
 
 
+_TARGET = re.compile(r"\A(?:(?P<user>[^@]+)@)?(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]@]+))(?::(?P<port>[0-9]{1,5}))?\Z")
+
+
 def parse_target(spec: str) -> Target:
-    """`[user@]host[:port]` (IPv6 as `[::1]:22`) -> Target."""
-    user, _, hostport = spec.rpartition("@")
-    port = 22
-    if hostport.startswith("["):
-        host, _, rest = hostport[1:].partition("]")
-        if rest.startswith(":"):
-            port_text = rest[1:]
-        else:
-            port_text = ""
-    elif hostport.count(":") == 1:
-        host, _, port_text = hostport.partition(":")
-    else:
-        host, port_text = hostport, ""
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise InputError(f"target {spec!r}: port {port_text!r} is not a number from 1 to 65535")
-        port = int(port_text)
-    return Target(address=_check_address(host, f"target {spec!r}"), port=port, user=user or "root")
+    """`[user@]host[:port]` (IPv6 as `[::1]:22`, or bare without a port) -> Target."""
+    user, _, bare = spec.rpartition("@")
+    if ":" in bare and is_ip_address(bare):
+        return Target(address=bare, user=user or "root")
+    match = _TARGET.match(spec)
+    if not match:
+        raise InputError(f"target {spec!r} is not [user@]host[:port] (an IPv6 address goes in brackets: [::1]:22)")
+    port = int(match["port"]) if match["port"] else 22
+    if not 0 < port < 65536:
+        raise InputError(f"target {spec!r}: port {match['port']!r} is not a number from 1 to 65535")
+    host = match["v6"] or match["host"]
+    return Target(address=_check_address(host, f"target {spec!r}"), port=port, user=match["user"] or "root")
 
 
 def _entry(path: Path, alias: str, raw: object) -> Target:

@@ -13,7 +13,8 @@ import shlex
 from dataclasses import dataclass
 
 from pe_remote.discovery import MasterFacts
-from pe_remote.names import san_entries
+from pe_remote.errors import InvalidName
+from pe_remote.names import is_ip_address, san_entries
 
 SERVER_READY_TIMEOUT = 300  # seconds puppetserver may take to answer after a start
 
@@ -56,7 +57,9 @@ def fill(template: tuple[str, ...], facts: MasterFacts, alt_names: tuple[str, ..
         "puppet": facts.puppet,
         "puppetserver": facts.puppetserver or "puppetserver",
         "certname": facts.certname,
-        "alt_names": ",".join(alt_names),
+        # puppetserver-ca-cli reads an unprefixed name as DNS: an IP must say so.
+        "alt_names": ",".join(f"IP:{n}" if facts.flavor.ip_alt_names and is_ip_address(n) else n
+                              for n in alt_names),
     }
     words = [word.format(**values) for word in template]
     if not alt_names:
@@ -111,6 +114,10 @@ def _clean_step(facts: MasterFacts, alt_names: tuple[str, ...]) -> Step:
 def build_plan(facts: MasterFacts, alt_names: tuple[str, ...]) -> Plan:
     """The ordered steps for this master, its generation and the wanted alt names."""
     flavor = facts.flavor
+    ips = [name for name in alt_names if is_ip_address(name)]
+    if ips and not flavor.ip_alt_names:
+        raise InvalidName(f"{flavor.title} cannot put IP addresses in a cert (`puppet cert generate` makes every "
+                          f"alt name a DNS name): drop {', '.join(ips)} from the alt names")
     present = {s.name: s for s in facts.services if s.exists}
     skipped = tuple(name for name in flavor.services if name not in present)
     stopped_before = tuple(name for name in flavor.services if name in present and not present[name].active)

@@ -70,17 +70,15 @@ def assert_backup_intact(master, tmp_path: Path) -> Path:
     return local
 
 
-def _ro_bind(master, path: str) -> None:
-    master.check(f"mkdir -p {path} && mount --bind {path} {path} && mount -o remount,bind,ro {path}")
-
-
 # 1. clean or generate fails for real on the master -------------------------------------------
 
 def test_pe37_generate_fails_rolls_back(fresh_master, tmp_path):
     master = fresh_master
     old = _cert_facts(master)
-    # Puppet 3's generate writes the CSR here first; clean has nothing to delete in it.
-    _ro_bind(master, f"{master.flavor.ssldir}/certificate_requests")
+    # Puppet 3's generate writes the CSR into ssl/certificate_requests first: a FILE in the
+    # folder's place makes that fail for real (root ignores modes); clean has nothing to delete there.
+    master.check(f"rm -rf {master.flavor.ssldir}/certificate_requests && "
+                 f"echo blocker > {master.flavor.ssldir}/certificate_requests")
     proc = run_cli("fab", *_regen_args(master, tmp_path))
     assert proc.returncode == 7, describe(proc)
     assert "rolled back" in proc.stderr and "Generate" in proc.stderr
@@ -92,7 +90,8 @@ def test_pe37_generate_fails_rolls_back(fresh_master, tmp_path):
 def test_puppet6_clean_fails_rolls_back(fresh_master, tmp_path):
     master = fresh_master
     old = _cert_facts(master)
-    _ro_bind(master, f"{master.flavor.cadir}/signed")  # the CA cannot delete the signed cert
+    # puppetserver runs as `puppet`: a root-owned signed/ folder is a CA folder it cannot write.
+    master.check(f"chown root:root {master.flavor.cadir}/signed && chmod 0755 {master.flavor.cadir}/signed")
     proc = run_cli("fab", *_regen_args(master, tmp_path))
     assert proc.returncode == 7, describe(proc)
     assert "rolled back" in proc.stderr and "Clean" in proc.stderr

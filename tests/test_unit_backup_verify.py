@@ -301,9 +301,6 @@ def test_prepare_local_dir_below_an_existing_file(tmp_path):
     assert str(path / "host") in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: when the backup folder is an existing file the message reads 'is not writable (File exists)', "
-    "which does not tell the operator that the path is a file and not a folder"))
 def test_prepare_local_dir_on_a_file_says_it_is_not_a_folder(tmp_path):
     path = tmp_path / "backups"
     path.write_text("I am a file")

@@ -433,11 +433,6 @@ def test_models_agree_with_plan_for_host_names():
     assert _puppet_cert_sans(CERTNAME, value) == plan37.expected_sans
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: validate_alt_name strips the 'IP:' prefix and fill() passes the bare address to "
-    "`puppetserver ca generate --subject-alt-names`, which turns unprefixed names into DNS: entries, "
-    "so the new cert gets 'DNS:10.0.0.1' while plan.expected_sans promises 'IP Address:10.0.0.1' "
-    "(verification fails after the master was changed)"))
 @pytest.mark.parametrize("flavor", [PUPPET6, PE2019], ids=["puppet6", "pe2019"])
 def test_ip_alt_name_reaches_puppetserver_ca_as_an_ip(flavor):
     plan = build_plan(facts_for(flavor), ("puppet", "10.0.0.1"))
@@ -446,10 +441,6 @@ def test_ip_alt_name_reaches_puppetserver_ca_as_an_ip(flavor):
     assert produced == plan.expected_sans
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: `puppet cert generate --dns_alt_names` (PE 3.7 / 2016-2018) makes every alt name a DNS: entry, so an "
-    "IP alt name can never give the 'IP Address:' SAN the plan expects; the plan should refuse IP alt names "
-    "for these flavors (or expect 'DNS:<ip>')"))
 @pytest.mark.parametrize("flavor", [PE37, PE2016], ids=["pe37", "pe2016"])
 def test_ip_alt_name_with_puppet_cert_is_refused_or_expected_as_dns(flavor):
     from pe_remote.errors import InputError

@@ -252,18 +252,12 @@ def test_parse_target_bad_hosts(spec):
     assert repr(spec) in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: parse_target ignores what follows ']' unless it starts with ':' ('[::1]x', '[h' are accepted as "
-    "port 22) and treats an empty port ('h:', '[::1]:') as 22 instead of refusing it"))
 @pytest.mark.parametrize("spec", ["[::1]x", "[::1]22", "[h.example.com", "h:", "[::1]:"])
 def test_parse_target_refuses_malformed_brackets_and_empty_ports(spec):
     with pytest.raises(InputError):
         parse_target(spec)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "BUG: parse_target checks the port with str.isdigit(), which accepts '²' that int() rejects: "
-    "a ValueError escapes instead of an InputError"))
 def test_parse_target_non_ascii_digit_port_is_an_input_error():
     with pytest.raises(InputError):
         parse_target("h:²")

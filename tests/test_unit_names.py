@@ -199,10 +199,6 @@ def test_san_entries_ipv6_is_an_ip_entry():
     assert any(e.startswith("IP Address:") for e in entries)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: openssl x509 -text prints IPv6 SANs uncompressed and upper-case "
-    "('IP Address:0:0:0:0:0:0:0:1', 'IP Address:2001:DB8:0:0:0:0:0:1'); san_entries gives 'IP Address:::1', so "
-    "a cert with an IPv6 alt name never matches the plan's expected SANs (verification fails, dropped_sans is wrong)"))
 def test_san_entries_ipv6_matches_what_openssl_prints():
     # What `openssl x509 -noout -text` prints (checked with OpenSSL 3.0) for IP:::1 and IP:2001:db8::1.
     assert san_entries("m", ("::1", "2001:db8::1")) == frozenset(
