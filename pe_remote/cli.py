@@ -45,6 +45,18 @@ def target_from(c, host: str | None = None, inventory: str | None = None, key_fi
     return target.with_overrides(key_files=(key_file,) if key_file else None, known_hosts=known_hosts)
 
 
+def run_log_path(target: Target, task: str):
+    """Each run's log: $XDG_STATE_HOME/pe-remote/logs (default ~/.local/state/pe-remote/logs)."""
+    import re
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", target.label)
+    return Path(state) / "pe-remote" / "logs" / f"{stamp}-{host}-{task}.log"
+
+
 def alt_names_from(value: str | None, target: Target) -> tuple[str, ...] | None:
     """--dns-alt-names beats the inventory's dns_alt_names; None keeps the master's."""
     if value is not None:

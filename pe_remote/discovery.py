@@ -64,6 +64,7 @@ class MasterFacts:
     ca_key_present: bool
     services: tuple[ServiceState, ...]
     cert: CertInfo | None
+    ca_subject: str = ""  # subject of the CA cert that signs (first in ca_crt.pem)
     ssl_kb: int = 0  # size of the ssldir (and cadir) on disk
     backup_free_kb: int = 0  # free space where the backup goes
     monolithic_markers: tuple[str, ...] = ()  # PuppetDB/console services or SSL folders on this host
@@ -120,6 +121,7 @@ sec settings; CFG=$("$P" config print {settings} --section master 2>/dev/null); 
 get() {{ printf "%s\\n" "$CFG" | sed -n "s/^$1 = //p"; }}
 HC=$(get hostcert); HK=$(get hostprivkey); CA=$(get cadir)
 sec ca_key; if [ -f "$CA/ca_key.pem" ]; then echo present; else echo absent; fi
+sec ca_cert; [ -f "$CA/ca_crt.pem" ] && openssl x509 -in "$CA/ca_crt.pem" -noout -subject -nameopt RFC2253
 sec services
 for s in {services}; do
   if [ -d /run/systemd/system ]; then
@@ -262,6 +264,8 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
         ca_key_present=(sections.get("ca_key") or [""])[0].strip() == "present",
         services=tuple(services),
         cert=parse_cert_info(sections.get("cert", [])),
+        ca_subject=next((line.split("=", 1)[1].strip() for line in sections.get("ca_cert", [])
+                         if line.startswith("subject=")), ""),
         ssl_kb=_int(space.get("ssl_kb")),
         backup_free_kb=_int(space.get("free_kb")),
         monolithic_markers=markers,

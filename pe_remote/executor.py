@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pe_remote.errors import Interrupted, StepFailed
 from pe_remote.journal import Journal, event
 from pe_remote.plan import Plan, Step
+from pe_remote.report import utc_now
 
 RC_MARK = "@@pe-remote rc="
 CHECK_MARK = "@@pe-remote check="
@@ -30,7 +31,9 @@ class StepRecord:
     title: str
     started: float
     ended: float
-    outcome: str  # ok, skipped (already done), failed
+    outcome: str  # ok, already-done, failed
+    started_at: str = ""
+    ended_at: str = ""
 
 
 @dataclass
@@ -100,9 +103,12 @@ class InterruptLatch:
 
 
 def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done: tuple[str, ...] = (),
-            latch: InterruptLatch | None = None, resume: bool = False) -> Execution:
-    """Run the steps not in `done`; raise StepFailed (or Interrupted) at the first failure."""
-    run = Execution()
+            latch: InterruptLatch | None = None, resume: bool = False, run: Execution | None = None) -> Execution:
+    """Run the steps not in `done`; raise StepFailed (or Interrupted) at the first failure.
+
+    Pass `run` to keep the records of the steps that ran when a step fails.
+    """
+    run = run if run is not None else Execution()
     total = len(plan.steps)
     for number, step in enumerate(plan.steps, start=1):
         if step.key in done:
@@ -111,11 +117,12 @@ def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done
         if latch and latch.interrupted:
             raise Interrupted(step.title)
         console.step_started(number, total, step.title)
-        started = time.monotonic()
+        started, started_at = time.monotonic(), utc_now()
         if step.key.startswith("stop:") and run.downtime_started is None:
             run.downtime_started = started
         console.command(step.command)
-        result = remote.run(step_script(step, journal, check_first=resume), check=False)
+        with console.waiting(step.title):
+            result = remote.run(step_script(step, journal, check_first=resume), check=False)
         rc, check, output, already = parse_step_output(result.stdout + result.stderr)
         problem = None
         if rc != 0:
@@ -123,8 +130,8 @@ def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done
         elif check != 0:
             problem = f"its check failed: {_last_line(output) or step.check}"
         ended = time.monotonic()
-        outcome = "failed" if problem else ("already done" if already else "ok")
-        run.records.append(StepRecord(step.key, step.title, started, ended, outcome))
+        outcome = "failed" if problem else ("already-done" if already else "ok")
+        run.records.append(StepRecord(step.key, step.title, started, ended, outcome, started_at, utc_now()))
         console.step_finished(number, total, step.title, ended - started, "FAILED" if problem else
                               ("already done" if already else "done"))
         if journal:

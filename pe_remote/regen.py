@@ -24,7 +24,8 @@ from pe_remote.journal import Journal, event, new_run_id, parse_journal
 from pe_remote.plan import Plan, build_plan
 from pe_remote.render import render_plan
 from pe_remote.restore import put_back, running_services
-from pe_remote.verify import Verification, check_regen, read_verification
+from pe_remote.report import RunReport, StepEntry, utc_now
+from pe_remote.verify import Verification, check_regen, read_verification, services_that_ran
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class RegenResult:
     verification: Verification | None = None
     commands_run: int = 0
     seconds: float = 0.0
+    backup_seconds: float = 0.0
 
     @property
     def old_serial(self) -> str | None:
@@ -87,20 +89,51 @@ def preflight(plan: Plan, *, force: bool = False, local_folder: Path | None = No
                               f"up to {facts.ssl_kb} KiB needed; choose another with --backup-dir")
 
 
-def regen(remote, options: RegenOptions, console: Console) -> RegenResult:
+def regen(remote, options: RegenOptions, console: Console, report: RunReport | None = None) -> RegenResult:
+    """Run the job; `report` (if given) is filled in as it goes, whatever the outcome."""
+    report = report if report is not None else RunReport(remote.target.label)
+    try:
+        result = _regen(remote, options, console, report)
+        report.outcome = result.outcome
+        return result
+    except RolledBack as exc:
+        report.outcome, report.error, report.exit_code = "rolled-back", str(exc), exc.exit_code
+        raise
+    except PeRemoteError as exc:
+        report.outcome, report.error, report.exit_code = "failed", str(exc), exc.exit_code
+        raise
+    except KeyboardInterrupt:
+        report.outcome, report.error, report.exit_code = "failed", "interrupted before any change", 130
+        raise
+    finally:
+        report.ended = utc_now()
+        report.remote_commands = remote.commands_run
+
+
+def _describe(report: RunReport, facts: MasterFacts, alt_names: tuple[str, ...]) -> None:
+    report.flavor, report.certname = facts.flavor.name, facts.certname
+    report.alt_names = list(alt_names)
+    report.old_cert = RunReport.cert_dict(facts.cert)
+
+
+def _regen(remote, options: RegenOptions, console: Console, report: RunReport) -> RegenResult:
     started = time.monotonic()
     facts = discover(remote, flavor_override=options.flavor)
     if facts.unfinished_journals:
-        return _continue_unfinished(remote, facts, options, console, started)
+        return _continue_unfinished(remote, facts, options, console, started, report)
     if options.rollback:
         raise InputError(f"there is no unfinished run on {remote.target.label} to roll back")
     alt_names = options.alt_names if options.alt_names is not None else facts.dns_alt_names
+    _describe(report, facts, alt_names)
     plan = build_plan(facts, alt_names)
     label = remote.target.label
     console.info(render_plan(plan, create_command(facts, f"{REMOTE_BACKUP_DIR}/{backup_name(facts.certname)}"),
                              label))
     if options.dry_run:
-        console.info("Dry run: nothing was changed on the master.")
+        if not (console.interactive or console.verbose):
+            console.notice(render_plan(plan, create_command(
+                facts, f"{REMOTE_BACKUP_DIR}/{backup_name(facts.certname)}"), label))
+        console.notice("Dry run: nothing was changed on the master.")
         return RegenResult(facts, plan, "dry-run", commands_run=remote.commands_run,
                            seconds=time.monotonic() - started)
     folder = local_backup_dir(options.backup_dir, label)
@@ -111,29 +144,40 @@ def regen(remote, options: RegenOptions, console: Console) -> RegenResult:
         console.confirm(f"Drop {', '.join(plan.dropped_sans)} from {facts.certname}'s cert?")
     console.confirm(f"Regenerate the cert of {facts.certname} on {label} with alt names "
                     f"{', '.join(alt_names) or '(none)'}? Puppet services stop until it is done.")
-    console.info("Backing up the SSL directory ...")
+    console.notice(f"Backing up {facts.ssldir} on {label} ...")
+    backup_started = time.monotonic()
     backup = take_backup(remote, facts, folder)
-    console.info(f"Backup: {backup.local_path} (sha256 {backup.sha256}); on the master: {backup.remote.path}")
+    backup_seconds = time.monotonic() - backup_started
+    console.notice(f"Backup: {backup.local_path} (sha256 {backup.sha256}, {backup_seconds:.1f}s); "
+                   f"on the master: {backup.remote.path}")
     journal = Journal(new_run_id(facts.certname), facts, alt_names, backup.remote, str(backup.local_path),
                       local_path=backup.local_path.with_name(backup.local_path.name + ".journal"))
+    report.run_id = journal.run_id
+    report.backup = {"local_path": str(backup.local_path), "remote_path": backup.remote.path,
+                     "sha256": backup.sha256, "size": backup.remote.size}
     remote.run(journal.start_command())
     journal.record_local(journal.header())
-    return _run_steps(remote, plan, journal, console, started, backup=backup)
+    result = _run_steps(remote, plan, journal, console, started, report, backup=backup)
+    result.backup_seconds = backup_seconds
+    return result
 
 
-def _run_steps(remote, plan: Plan, journal: Journal, console: Console, started: float, *,
+def _run_steps(remote, plan: Plan, journal: Journal, console: Console, started: float, report: RunReport, *,
                backup: Backup | None = None, resume: bool = False) -> RegenResult:
+    execution = Execution()
     with InterruptLatch(console) as latch:
         try:
-            execution = execute(remote, plan, console, journal=journal, done=tuple(journal.done),
-                                latch=latch, resume=resume)
-            verification = read_verification(remote, plan)
+            execute(remote, plan, console, journal=journal, done=tuple(journal.done), latch=latch,
+                    resume=resume, run=execution)
+            verification = read_verification(remote, plan.facts, services_that_ran(plan))
             problems = check_regen(plan, verification)
             if problems:
                 raise VerificationFailed("the new cert or the services are not right: " + "; ".join(problems))
         except (StepFailed, VerificationFailed) as exc:
+            _record_steps(report, execution)
             rollback(remote, journal, console, reason=str(exc))
         except ConnectionFailed as exc:
+            _record_steps(report, execution)
             raise Incomplete(
                 f"{exc}. The master may be part-way through the run {journal.run_id}; its journal is "
                 f"{journal.remote_path}. Run `regen` again on it to resume (or `regen --rollback` to put the "
@@ -141,12 +185,21 @@ def _run_steps(remote, plan: Plan, journal: Journal, console: Console, started: 
             ) from None
         _finish(remote, journal, "ok")
     facts = plan.facts
+    _record_steps(report, execution)
+    report.new_cert = RunReport.cert_dict(verification.cert)
+    report.downtime_seconds = round(execution.downtime, 3) if execution.downtime is not None else None
     result = RegenResult(facts, plan, "ok", backup, execution, verification, remote.commands_run,
                          time.monotonic() - started)
     downtime = f"{execution.downtime:.1f}s" if execution.downtime is not None else "n/a"
-    console.info(f"Regenerated {facts.certname}: serial {result.old_serial} -> {result.new_serial}; "
+    console.notice(f"Regenerated {facts.certname}: serial {result.old_serial} -> {result.new_serial}; "
                  f"downtime {downtime}; {result.commands_run} remote commands; backup {journal.local_backup}")
     return result
+
+
+def _record_steps(report: RunReport, execution: Execution) -> None:
+    report.steps = [StepEntry(r.key, r.title, r.started_at, r.ended_at, r.outcome) for r in execution.records]
+    if execution.downtime is not None:
+        report.downtime_seconds = round(execution.downtime, 3)
 
 
 def _finish(remote, journal: Journal, outcome: str) -> None:
@@ -159,7 +212,7 @@ def rollback(remote, journal: Journal, console: Console, *, reason: str) -> None
     """Put this run's backup back and prove the old cert is served again; always raises."""
     facts = journal.facts
     console.warn(f"{reason}")
-    console.info(f"Rolling back: restoring the SSL backup {journal.backup.path} ...")
+    console.notice(f"Rolling back: restoring the SSL backup {journal.backup.path} ...")
     try:
         outcome = put_back(remote, facts, journal.backup.path, journal.backup.sha256, running_services(facts),
                            console)
@@ -183,24 +236,28 @@ def rollback(remote, journal: Journal, console: Console, *, reason: str) -> None
 
 
 def _continue_unfinished(remote, current: MasterFacts, options: RegenOptions, console: Console,
-                         started: float) -> RegenResult:
+                         started: float, report: RunReport) -> RegenResult:
     path, text = current.unfinished_journals[-1]
     journal = parse_journal(path, text)
+    _describe(report, journal.facts, journal.alt_names)
+    report.run_id = journal.run_id
+    report.backup = {"local_path": journal.local_backup, "remote_path": journal.backup.path,
+                     "sha256": journal.backup.sha256, "size": journal.backup.size}
     plan = build_plan(journal.facts, journal.alt_names)
     done = ", ".join(journal.done) or "none"
-    console.info(f"Found an unfinished run {journal.run_id} on {remote.target.label} (journal {path}); "
+    console.notice(f"Found an unfinished run {journal.run_id} on {remote.target.label} (journal {path}); "
                  f"completed steps: {done}. Its backup: {journal.backup.path}.")
     if options.dry_run:
         action = "roll it back" if options.rollback else "resume it from the first step not completed"
-        console.info(f"Dry run: would {action}; nothing was changed on the master.")
+        console.notice(f"Dry run: would {action}; nothing was changed on the master.")
         return RegenResult(journal.facts, plan, "dry-run", commands_run=remote.commands_run)
     if options.rollback:
         console.confirm(f"Roll back run {journal.run_id}: put the backup back and start the services?")
         with InterruptLatch(console):
             rollback(remote, journal, console, reason=f"run {journal.run_id} rolled back on request")
     console.confirm(f"Resume run {journal.run_id} (no new backup is taken)?")
-    console.info("Resuming: steps whose effect is already there are not run again.")
-    return _run_steps(remote, plan, journal, console, started, resume=True)
+    console.notice("Resuming: steps whose effect is already there are not run again.")
+    return _run_steps(remote, plan, journal, console, started, report, resume=True)
 
 
 def backup_only(remote, backup_dir: str, console: Console, flavor: str | None = None) -> Backup:
@@ -209,6 +266,6 @@ def backup_only(remote, backup_dir: str, console: Console, flavor: str | None = 
     folder = local_backup_dir(backup_dir, remote.target.label)
     prepare_local_dir(folder)
     backup = take_backup(remote, facts, folder)
-    console.info(f"Backup of {facts.ssldir} from {remote.target.label}: {backup.local_path}")
-    console.info(f"sha256 {backup.sha256} (matches the master's copy {backup.remote.path})")
+    console.notice(f"Backup of {facts.ssldir} from {remote.target.label}: {backup.local_path}")
+    console.notice(f"sha256 {backup.sha256} (matches the master's copy {backup.remote.path})")
     return backup

@@ -39,7 +39,7 @@ def start_services_command(facts: MasterFacts, names: list[str]) -> str:
         if name in names:
             commands.append(service_command(facts, name, "running"))
             if name == facts.flavor.server_service:
-                commands.append(server_ready_check())
+                commands.append(f"( {server_ready_check()} )")  # it ends in `exit`
     return " && ".join(commands) or "true"
 
 
@@ -61,11 +61,11 @@ def served_cert_command(facts: MasterFacts) -> str:
 def put_back(remote, facts: MasterFacts, tarball: str, sha256: str, start: list[str], console) -> RestoreOutcome:
     """Stop, restore the SSL folders from `tarball` (on the master), start `start`, read what is served."""
     suffix = f".pe-remote-failed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    console.info("  stopping the services ...")
+    console.notice("  stopping the services ...")
     remote.run(stop_services_command(facts))
-    console.info(f"  putting back {', '.join(backup_paths(facts))} from {tarball} ...")
+    console.notice(f"  putting back {', '.join(backup_paths(facts))} from {tarball} ...")
     remote.run(put_back_command(facts, tarball, sha256, suffix))
-    console.info(f"  starting {', '.join(start) or 'nothing'} ...")
+    console.notice(f"  starting {', '.join(start) or 'nothing'} ...")
     remote.run(start_services_command(facts, start))
     sections = split_sections(remote.run(served_cert_command(facts), check=False).stdout)
     disk = parse_cert_info(sections.get("disk", []))
@@ -142,7 +142,7 @@ def restore_backup(remote, tarball: Path, console, *, sha256: str | None = None,
     cert_sha = cert_sha256_in_tarball(tarball, facts.hostcert)
     start = [s.name for s in facts.services if s.exists and s.name in facts.flavor.services
              and (s.active or s.name == facts.flavor.server_service)]
-    console.info(f"Restore {tarball.name} onto {remote.target.label}: replaces {', '.join(backup_paths(facts))} "
+    console.notice(f"Restore {tarball.name} onto {remote.target.label}: replaces {', '.join(backup_paths(facts))} "
                  f"(moved aside, not deleted); the cert in the backup has sha256 {cert_sha}.")
     console.confirm(f"Stop the Puppet services on {remote.target.label} and put this backup back?")
     uploaded = upload_backup(remote, tarball, expected)
@@ -152,6 +152,6 @@ def restore_backup(remote, tarball: Path, console, *, sha256: str | None = None,
     if facts.flavor.server_service in start and outcome.served_sha256 != cert_sha:
         raise BackupError(f"after the restore port 8140 serves {outcome.served_sha256[:23] or 'nothing'}, "
                           "not the backup's cert")
-    console.info(f"Restored: {facts.certname} serves the cert from {tarball.name} again; "
+    console.notice(f"Restored: {facts.certname} serves the cert from {tarball.name} again; "
                  f"the replaced folders are kept as {', '.join(outcome.moved_aside)}")
     return outcome

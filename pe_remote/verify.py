@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from pe_remote.discovery import CertInfo, cert_info_script, key_matches_cert, parse_cert_info, split_sections
 from pe_remote.errors import VerificationFailed
+from pe_remote.names import san_entries
 from pe_remote.plan import Plan, service_is_active
 
 
@@ -22,10 +24,12 @@ class Verification:
     inactive_services: tuple[str, ...]
 
 
-def verification_script(plan: Plan) -> str:
-    facts = plan.facts
-    services = [name for name in facts.flavor.services
-                if name not in plan.skipped_services and name not in plan.stopped_services]
+def services_that_ran(plan: Plan) -> list[str]:
+    return [name for name in plan.facts.flavor.services
+            if name not in plan.skipped_services and name not in plan.stopped_services]
+
+
+def verification_script(facts, services: list[str]) -> str:
     checks = "; ".join(f"if {service_is_active(facts, n)}; then echo {shlex.quote(n)} active; "
                        f"else echo {shlex.quote(n)} inactive; fi" for n in services)
     return (
@@ -37,11 +41,11 @@ def verification_script(plan: Plan) -> str:
     )
 
 
-def read_verification(remote, plan: Plan) -> Verification:
-    sections = split_sections(remote.run(verification_script(plan), check=False).stdout)
+def read_verification(remote, facts, services: list[str]) -> Verification:
+    sections = split_sections(remote.run(verification_script(facts, services), check=False).stdout)
     cert = parse_cert_info(sections.get("cert", []))
     if cert is None:
-        raise VerificationFailed(f"no readable cert at {plan.facts.hostcert} after the regen")
+        raise VerificationFailed(f"no readable cert at {facts.hostcert}")
     served = "".join(sections.get("served", [])).partition("=")[2].strip().upper()
     inactive = tuple(line.split()[0] for line in sections.get("services", []) if line.endswith(" inactive"))
     return Verification(cert, served, key_matches_cert(sections.get("cert", [])), inactive)
@@ -69,3 +73,45 @@ def check_regen(plan: Plan, result: Verification) -> list[str]:
             problems.append(f"port 8140 serves {result.served_sha256[:23]}..., not the new cert "
                             f"{result.cert.sha256[:23]}...")
     return problems
+
+
+def _expired(not_after: str) -> bool:
+    try:
+        when = datetime.strptime(not_after.replace("  ", " "), "%b %d %H:%M:%S %Y %Z").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return False
+    return when <= datetime.now(timezone.utc)
+
+
+def check_master(facts, result: Verification, alt_names: tuple[str, ...]) -> list[str]:
+    """`verify`: every way the master's current cert and services are not right (empty: healthy)."""
+    problems = []
+    cert = result.cert
+    if facts.ca_subject and cert.issuer != facts.ca_subject:
+        problems.append(f"issuer is {cert.issuer!r}, not the CA {facts.ca_subject!r}")
+    wanted = san_entries(facts.certname, alt_names)
+    if cert.sans != wanted:
+        missing, extra = sorted(wanted - cert.sans), sorted(cert.sans - wanted)
+        problems.append("SANs differ from the certname + alt names:"
+                        + (f" missing {', '.join(missing)}" if missing else "")
+                        + (f" unexpected {', '.join(extra)}" if extra else ""))
+    if _expired(cert.not_after):
+        problems.append(f"the cert expired on {cert.not_after}")
+    if not result.key_matches:
+        problems.append(f"the private key {facts.hostprivkey} does not match the cert")
+    if result.inactive_services:
+        problems.append(f"not running: {', '.join(result.inactive_services)}")
+    server = facts.service(facts.flavor.server_service)
+    if server and server.exists:
+        if not result.served_sha256:
+            problems.append("nothing answers TLS on port 8140")
+        elif result.served_sha256 != cert.sha256:
+            problems.append(f"port 8140 serves {result.served_sha256[:23]}..., not the cert on disk "
+                            f"{cert.sha256[:23]}...")
+    return problems
+
+
+def verify_master(remote, facts, alt_names: tuple[str, ...] | None = None) -> tuple[Verification, list[str]]:
+    services = [s.name for s in facts.services if s.exists and s.name in facts.flavor.services]
+    result = read_verification(remote, facts, services)
+    return result, check_master(facts, result, facts.dns_alt_names if alt_names is None else alt_names)

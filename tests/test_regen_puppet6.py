@@ -27,7 +27,6 @@ def test_fab_regen_puppet6_end_to_end(fresh_master, tmp_path):
     assert _served_fingerprint(master) == after["sha256"]
     code, out = master.exec("puppet agent -t --waitforlock 2 --maxwaitforlock 120")
     assert code in (0, 2), out[-2000:]
-    assert "Puppet 6+" in proc.stdout  # the plan names the detected generation
 
 
 @pytest.mark.parametrize("staging_master", ["oss7"], indirect=True)
