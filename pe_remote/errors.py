@@ -107,3 +107,9 @@ class Incomplete(PeRemoteError):
     """The run stopped part-way and the master was NOT put back (connection lost, rollback failed)."""
 
     exit_code = 8
+
+
+class Mismatch(PeRemoteError):
+    """`verify` found the master's cert or services not as they must be (nothing was changed)."""
+
+    exit_code = 9

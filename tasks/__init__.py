@@ -8,7 +8,7 @@ from invoke import Collection, task
 
 from pe_remote.cli import TARGET_HELP, alt_names_from, connected, exits_cleanly, run_log_path, target_from
 from pe_remote.console import Console
-from pe_remote.errors import VerificationFailed
+from pe_remote.errors import Mismatch
 from pe_remote.report import RunReport
 from pe_remote.discovery import discover as discover_master
 from pe_remote.regen import RegenOptions, backup_only, regen as run_regen
@@ -124,7 +124,7 @@ def verify(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
     print(f"{target.label}: {facts.certname} serial {result.cert.serial}, issuer {result.cert.issuer}, "
           f"SANs {', '.join(sorted(result.cert.sans))}, expires {result.cert.not_after}")
     if problems:
-        raise VerificationFailed(f"{target.label} fails verification: " + "; ".join(problems))
+        raise Mismatch(f"{target.label} fails verification: " + "; ".join(problems))
     print(f"{target.label}: OK (issuer, SANs, expiry, key, 8140, services)")
 
 

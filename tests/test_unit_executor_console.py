@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from pe_remote.errors import InputError
+
 import pe_remote.executor as executor
 from pe_remote.connection import CommandResult
 from pe_remote.console import Console
@@ -221,13 +223,45 @@ def test_confirm_yes_passes(answer):
     assert out.getvalue() == "Regenerate? [y/N] "
 
 
-def test_console_info_warn_and_quiet_command():
+def test_console_on_a_terminal_shows_info_and_hides_commands():
     out = io.StringIO()
-    console = Console(out)
+    console = Console(out, interactive=True)
     console.info("hello")
     console.warn("careful")
     console.command("rm -rf /nothing")  # not verbose: not shown
     assert out.getvalue() == "hello\nWARNING: careful\n"
+
+
+def test_console_off_a_terminal_shows_only_steps_notices_and_warnings(tmp_path):
+    out = io.StringIO()
+    console = Console(out, interactive=False, log_path=tmp_path / "logs" / "run.log")
+    console.info("the plan")
+    console.notice("backup at X")
+    console.step_started(1, 2, "Stop puppet")
+    console.step_finished(1, 2, "Stop puppet", 1.25)
+    console.warn("careful")
+    console.command("systemctl stop puppet")
+    console.close()
+    assert out.getvalue() == ("backup at X\n[1/2] Stop puppet ...\n[1/2] Stop puppet: done (1.2s)\n"
+                              "WARNING: careful\n")
+    logged = (tmp_path / "logs" / "run.log").read_text()
+    for text in ("the plan", "backup at X", "Stop puppet: done", "careful", "systemctl stop puppet"):
+        assert text in logged, f"{text!r} missing from the log"
+
+
+def test_console_verbose_shows_commands_and_info():
+    out = io.StringIO()
+    console = Console(out, interactive=False, verbose=True)
+    console.info("the plan")
+    console.command("systemctl stop puppet")
+    assert out.getvalue() == "the plan\n    $ systemctl stop puppet\n"
+
+
+def test_console_log_file_that_cannot_be_written_is_an_input_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="--log-file"):
+        Console(io.StringIO(), log_path=blocker / "run.log")
 
 
 def test_console_step_lines():
