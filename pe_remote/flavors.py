@@ -27,6 +27,8 @@ class Flavor:
     delete_leftover_files: bool
     # `puppetserver ca generate` takes `IP:a.b.c.d`; `puppet cert generate` makes every alt name DNS:.
     ip_alt_names: bool = False
+    # Verification ends with an agent run (--noop) on the master against itself.
+    agent_check: bool = False
     # Settings section that holds the master's dns_alt_names and cadir.
     config_section: str = "master"
     # On a monolithic install (PE up to 2018.1) PuppetDB and the console share the master's cert:
@@ -76,6 +78,7 @@ PUPPET6 = Flavor(
     clean_while_running=True,
     delete_leftover_files=True,
     ip_alt_names=True,
+    agent_check=True,
     config_section="server",
 )
 
@@ -93,6 +96,7 @@ PE2019 = Flavor(
     clean_while_running=True,
     delete_leftover_files=True,
     ip_alt_names=True,
+    agent_check=True,
     config_section="server",
 )
 

@@ -169,7 +169,8 @@ def _run_steps(remote, plan: Plan, journal: Journal, console: Console, started: 
         try:
             execute(remote, plan, console, journal=journal, done=tuple(journal.done), latch=latch,
                     resume=resume, run=execution)
-            verification = read_verification(remote, plan.facts, services_that_ran(plan))
+            verification = read_verification(remote, plan.facts, services_that_ran(plan),
+                                             agent=plan.facts.flavor.agent_check)
             problems = check_regen(plan, verification)
             if problems:
                 raise VerificationFailed("the new cert or the services are not right: " + "; ".join(problems))

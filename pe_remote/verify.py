@@ -22,6 +22,8 @@ class Verification:
     served_sha256: str
     key_matches: bool
     inactive_services: tuple[str, ...]
+    revoked_serials: frozenset[str] = frozenset()
+    agent_exit: int | None = None  # None: no agent run asked for
 
 
 def services_that_ran(plan: Plan) -> list[str]:
@@ -29,26 +31,36 @@ def services_that_ran(plan: Plan) -> list[str]:
             if name not in plan.skipped_services and name not in plan.stopped_services]
 
 
-def verification_script(facts, services: list[str]) -> str:
+def verification_script(facts, services: list[str], *, agent: bool = False) -> str:
     checks = "; ".join(f"if {service_is_active(facts, n)}; then echo {shlex.quote(n)} active; "
                        f"else echo {shlex.quote(n)} inactive; fi" for n in services)
+    crl = shlex.quote(f"{facts.cadir}/ca_crl.pem")
+    agent_run = (f'echo "==> agent <=="; {shlex.quote(facts.puppet)} agent -t --noop --waitforlock 2 '
+                 f'--maxwaitforlock 120 >/dev/null 2>&1; echo "exit=$?"\n') if agent else ""
     return (
         f"HC={shlex.quote(facts.hostcert)}; HK={shlex.quote(facts.hostprivkey)}\n"
         f'echo "==> cert <=="; {cert_info_script("HC", "HK")}\n'
         f'echo "==> served <=="; openssl s_client -connect 127.0.0.1:8140 -servername {shlex.quote(facts.certname)} '
         f"</dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256 2>/dev/null\n"
         f'echo "==> services <=="; {checks or "true"}\n'
+        f'echo "==> crl <=="; openssl crl -in {crl} -noout -text 2>/dev/null | sed -n "s/^ *Serial Number: //p"\n'
+        f"{agent_run}"
     )
 
 
-def read_verification(remote, facts, services: list[str]) -> Verification:
-    sections = split_sections(remote.run(verification_script(facts, services), check=False).stdout)
+def read_verification(remote, facts, services: list[str], *, agent: bool = False) -> Verification:
+    sections = split_sections(remote.run(verification_script(facts, services, agent=agent), check=False).stdout)
     cert = parse_cert_info(sections.get("cert", []))
     if cert is None:
         raise VerificationFailed(f"no readable cert at {facts.hostcert}")
     served = "".join(sections.get("served", [])).partition("=")[2].strip().upper()
     inactive = tuple(line.split()[0] for line in sections.get("services", []) if line.endswith(" inactive"))
-    return Verification(cert, served, key_matches_cert(sections.get("cert", [])), inactive)
+    revoked = frozenset(line.strip().upper().lstrip("0") or "0" for line in sections.get("crl", []) if line.strip())
+    agent_exit = None
+    for line in sections.get("agent", []):
+        if line.startswith("exit="):
+            agent_exit = int(line[5:])
+    return Verification(cert, served, key_matches_cert(sections.get("cert", [])), inactive, revoked, agent_exit)
 
 
 def check_regen(plan: Plan, result: Verification) -> list[str]:
@@ -57,6 +69,10 @@ def check_regen(plan: Plan, result: Verification) -> list[str]:
     problems = []
     if old and result.cert.serial == old.serial:
         problems.append(f"serial unchanged ({old.serial})")
+    if old and old.serial not in result.revoked_serials:
+        problems.append(f"the old serial {old.serial} is not in the CA's CRL")
+    if result.agent_exit not in (None, 0, 2):
+        problems.append(f"an agent run on the master against itself failed (exit {result.agent_exit})")
     if old and result.cert.issuer != old.issuer:
         problems.append(f"issuer changed from {old.issuer!r} to {result.cert.issuer!r}")
     if result.cert.sans != plan.expected_sans:

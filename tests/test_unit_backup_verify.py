@@ -332,11 +332,27 @@ NEW_SHA = "AA:" * 31 + "AA"
 def good_result(**cert_changes) -> Verification:
     cert = CertInfo(serial="3", subject=RECORDED.cert.subject, issuer=RECORDED.cert.issuer,
                     not_after="Nov 23 05:37:26 2046 GMT", sha256=NEW_SHA, sans=PLAN.expected_sans)
-    return Verification(dataclasses.replace(cert, **cert_changes), NEW_SHA, True, ())
+    return Verification(dataclasses.replace(cert, **cert_changes), NEW_SHA, True, (),
+                        revoked_serials=frozenset({RECORDED.cert.serial}), agent_exit=2)
 
 
 def test_matching_result_has_no_problems():
     assert check_regen(PLAN, good_result()) == []
+
+
+def test_old_serial_missing_from_the_crl_is_a_problem():
+    problems = check_regen(PLAN, dataclasses.replace(good_result(), revoked_serials=frozenset({"7"})))
+    assert problems == [f"the old serial {RECORDED.cert.serial} is not in the CA's CRL"]
+
+
+@pytest.mark.parametrize("code", [1, 4, 6])
+def test_failed_agent_run_is_a_problem(code):
+    problems = check_regen(PLAN, dataclasses.replace(good_result(), agent_exit=code))
+    assert problems == [f"an agent run on the master against itself failed (exit {code})"]
+
+
+def test_agent_run_not_asked_for_is_not_a_problem():
+    assert check_regen(PLAN, dataclasses.replace(good_result(), agent_exit=None)) == []
 
 
 def test_same_serial():
@@ -393,7 +409,7 @@ def test_8140_not_checked_when_the_server_was_left_stopped():
 
 def test_several_problems_are_all_reported():
     result = Verification(dataclasses.replace(good_result().cert, serial="2", issuer="CN=x"), "", False, ("puppet",))
-    assert len(check_regen(PLAN, result)) == 5
+    assert len(check_regen(PLAN, result)) == 6  # those five and the old serial not in the CRL
 
 
 # --- verify.read_verification -----------------------------------------------------------------
@@ -435,3 +451,15 @@ def test_verification_script_asks_only_about_running_services():
     script = verification_script(plan.facts, services_that_ran(plan))
     assert "puppetserver.service" in script
     assert "'puppet.service'" not in script and " puppet.service" not in script
+
+
+def test_read_verification_parses_crl_serials_and_the_agent_run():
+    cert_lines = (DATA / "discovery-oss7.txt").read_text().split("==> cert <==\n")[1]
+    output = (f"==> cert <==\n{cert_lines}==> served <==\nsha256 Fingerprint={RECORDED.cert.sha256}\n"
+              "==> services <==\npuppet active\n==> crl <==\n01\n0A\n==> agent <==\nexit=2\n")
+    remote = ScriptedRemote(output)
+    result = read_verification(remote, PLAN.facts, ["puppet"], agent=True)
+    assert result.revoked_serials == frozenset({"1", "A"})
+    assert result.agent_exit == 2
+    assert "agent -t --noop" in remote.commands[0]
+    assert "agent -t" not in verification_script(PLAN.facts, ["puppet"], agent=False)
