@@ -37,6 +37,14 @@ class Flavor:
     monolithic_dirs: tuple[str, ...] = ()
 
 
+# The two ways of cleaning and generating: PE 3.x-2018's `puppet cert` (offline, on the files) and
+# Puppet 6+'s `puppetserver ca` (clean through the running CA; generate offline, signing as the CA).
+PUPPET_CERT_CLEAN = ("{puppet}", "cert", "clean", "{certname}")
+PUPPET_CERT_GENERATE = ("{puppet}", "cert", "generate", "{certname}", "--dns_alt_names={alt_names}")
+CA_CLI_CLEAN = ("{puppetserver}", "ca", "clean", "--certname", "{certname}")
+CA_CLI_GENERATE = ("{puppetserver}", "ca", "generate", "--certname", "{certname}",
+                   "--subject-alt-names", "{alt_names}", "--ca-client")
+
 PE37 = Flavor(
     name="pe37",
     title="Puppet Enterprise 3.7 (puppet cert)",
@@ -44,8 +52,8 @@ PE37 = Flavor(
     # Server first, agent last: the agent's first run then finds the server up.
     start_order=("pe-puppetserver", "pe-activemq", "pe-mcollective", "pe-puppet"),
     server_service="pe-puppetserver",
-    clean=("{puppet}", "cert", "clean", "{certname}"),
-    generate=("{puppet}", "cert", "generate", "{certname}", "--dns_alt_names={alt_names}"),
+    clean=PUPPET_CERT_CLEAN,
+    generate=PUPPET_CERT_GENERATE,
     clean_while_running=False,
     delete_leftover_files=False,
     monolithic_services=("pe-puppetdb", "pe-console-services", "pe-httpd", "pe-postgresql"),
@@ -58,8 +66,8 @@ PE2016 = Flavor(
     services=("puppet", "pe-puppetserver", "pe-activemq", "mcollective", "pe-orchestration-services", "pxp-agent"),
     start_order=("pe-puppetserver", "pe-orchestration-services", "pe-activemq", "mcollective", "pxp-agent", "puppet"),
     server_service="pe-puppetserver",
-    clean=("{puppet}", "cert", "clean", "{certname}"),
-    generate=("{puppet}", "cert", "generate", "{certname}", "--dns_alt_names={alt_names}"),
+    clean=PUPPET_CERT_CLEAN,
+    generate=PUPPET_CERT_GENERATE,
     clean_while_running=False,
     delete_leftover_files=False,
     monolithic_services=("pe-puppetdb", "pe-console-services", "pe-postgresql"),
@@ -72,9 +80,8 @@ PUPPET6 = Flavor(
     services=("puppet", "puppetserver"),
     start_order=("puppetserver", "puppet"),
     server_service="puppetserver",
-    clean=("{puppetserver}", "ca", "clean", "--certname", "{certname}"),
-    generate=("{puppetserver}", "ca", "generate", "--certname", "{certname}",
-              "--subject-alt-names", "{alt_names}", "--ca-client"),
+    clean=CA_CLI_CLEAN,
+    generate=CA_CLI_GENERATE,
     clean_while_running=True,
     delete_leftover_files=True,
     ip_alt_names=True,
@@ -90,9 +97,8 @@ PE2019 = Flavor(
     start_order=("pe-postgresql", "pe-puppetdb", "pe-puppetserver", "pe-orchestration-services",
                  "pe-console-services", "pe-nginx", "pxp-agent", "puppet"),
     server_service="pe-puppetserver",
-    clean=("{puppetserver}", "ca", "clean", "--certname", "{certname}"),
-    generate=("{puppetserver}", "ca", "generate", "--certname", "{certname}",
-              "--subject-alt-names", "{alt_names}", "--ca-client"),
+    clean=CA_CLI_CLEAN,
+    generate=CA_CLI_GENERATE,
     clean_while_running=True,
     delete_leftover_files=True,
     ip_alt_names=True,
