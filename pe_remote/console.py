@@ -32,7 +32,7 @@ class Console:
         self.stdin = stdin or sys.stdin
         self.interactive = (hasattr(self.out, "isatty") and self.out.isatty()) if interactive is None else interactive
         self._log = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.log_path = None
         if log_path:
             path = Path(log_path)

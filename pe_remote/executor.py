@@ -88,8 +88,8 @@ class InterruptLatch:
         self._previous = None
 
     def _handler(self, signum, frame) -> None:
-        if not self.interrupted:
-            self.console.warn("interrupt received: finishing the current step, then rolling back")
+        # Only set the flag: the handler runs between any two bytecodes of the main thread,
+        # which may be holding the console's lock in the middle of a print.
         self.interrupted = True
 
     def __enter__(self) -> "InterruptLatch":
@@ -140,8 +140,9 @@ def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done
             raise StepFailed(step.title, problem)
         if step.server_ready:
             run.downtime_ended = ended
-    if latch and latch.interrupted:
-        raise Interrupted("the last step")
+        if latch and latch.interrupted:
+            console.warn(f"interrupt received during '{step.title}': the step was finished; rolling back")
+            raise Interrupted(step.title)
     return run
 
 

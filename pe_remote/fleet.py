@@ -178,7 +178,7 @@ def render_table(results: Sequence[HostResult], *, describe: Callable[[Any], str
     for host, result, seconds, detail in rows:
         lines.append(f"{host:<{widths[0]}}  {result:<{widths[1]}}  {seconds:>{widths[2]}}  {detail}".rstrip())
     counts = {status: sum(1 for r in results if r.status == status) for status in (OK, FAILED, SKIPPED)}
-    summary = f"{len(results)} hosts: {counts[OK]} ok, {counts[FAILED]} failed"
+    summary = f"{len(results)} host{'' if len(results) == 1 else 's'}: {counts[OK]} ok, {counts[FAILED]} failed"
     if counts[SKIPPED]:
         summary += f", {counts[SKIPPED]} skipped"
     lines.append(summary)
