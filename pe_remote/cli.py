@@ -21,7 +21,8 @@ from pe_remote.names import parse_alt_names
 
 # help= texts shared by every task that takes the flag.
 TARGET_HELP = {
-    "host": "master to work on: an alias from the inventory or [root@]host[:port] (invoke; with fab use -H)",
+    "host": "master(s) to work on: an alias from the inventory or [root@]host[:port]; several: a,b,c "
+            "(invoke; with fab use -H)",
     "inventory": f"inventory file with named hosts (default {DEFAULT_INVENTORY}; env PE_REMOTE_INVENTORY)",
     "key_file": "private key that logs in as root (with fab, -i works too)",
     "known_hosts": "known_hosts file to check the master's host key against (default ~/.ssh/known_hosts)",
@@ -57,6 +58,16 @@ def run_log_path(target: Target, task: str):
     return Path(state) / "pe-remote" / "logs" / f"{stamp}-{host}-{task}.log"
 
 
+def report_path(report: str, label: str) -> str:
+    """FILE.json -> FILE-<host>.json, for one report per host."""
+    import re
+    from pathlib import Path
+
+    path = Path(report)
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", label)
+    return str(path.with_name(f"{path.stem}-{host}{path.suffix or '.json'}"))
+
+
 def alt_names_from(value: str | None, target: Target) -> tuple[str, ...] | None:
     """--dns-alt-names beats the inventory's dns_alt_names; None keeps the master's."""
     if value is not None:
@@ -90,3 +101,39 @@ def connected(target: Target, accept_new_host_key: bool = False, console=None):
         yield remote
     finally:
         remote.close()
+
+
+def targets_from(c, host: str | None = None, inventory: str | None = None, key_file: str | None = None,
+                 known_hosts: str | None = None) -> list[Target]:
+    """One target (fab -H gives one per task call), or several from `--host a,b,c`."""
+    if getattr(c, "original_host", None) or not host or "," not in host:
+        return [target_from(c, host, inventory, key_file, known_hosts)]
+    names = [name.strip() for name in host.split(",") if name.strip()]
+    return [target_from(c, name, inventory, key_file, known_hosts) for name in names]
+
+
+def for_each_host(targets: list[Target], per_host, *, accept_new_host_key: bool = False, parallel: int = 4,
+                  changing: bool = False, wave: int = 1, title: str = "", describe=str) -> list:
+    """Run `per_host(remote)` on every target and return the values.
+
+    One target: directly, errors propagate as they are. Several: read-only work runs
+    `parallel` hosts at a time; changing work runs in waves of `wave` hosts and stops at the
+    first failure. A per-host table is printed, and any failure raises FleetFailed.
+    """
+    from pe_remote.errors import FleetFailed
+    from pe_remote.fleet import OK, render_table, run_in_waves, run_parallel
+
+    if len(targets) == 1:
+        with connected(targets[0], accept_new_host_key) as remote:
+            return [per_host(remote)]
+    if changing:
+        results = run_in_waves(targets, per_host, wave_size=wave, accept_new_host_key=accept_new_host_key)
+    else:
+        results = run_parallel(targets, per_host, max_workers=parallel, accept_new_host_key=accept_new_host_key)
+    print(render_table(results, describe=describe, title=title))
+    bad = [r for r in results if r.status != OK]
+    if bad:
+        first = next((r for r in bad if r.exit_code is not None), bad[0])
+        raise FleetFailed(f"{len(bad)} of {len(results)} hosts did not succeed; first: {first.label}: {first.error}",
+                          first.exit_code or 1)
+    return [r.value for r in results]

@@ -113,3 +113,11 @@ class Mismatch(PeRemoteError):
     """`verify` found the master's cert or services not as they must be (nothing was changed)."""
 
     exit_code = 9
+
+
+class FleetFailed(PeRemoteError):
+    """One or more hosts of a multi-host run failed; carries the first failure's exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

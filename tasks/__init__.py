@@ -6,10 +6,11 @@ The same tasks serve `fab -H root@master TASK` and `invoke TASK --host ALIAS`.
 
 from invoke import Collection, task
 
-from pe_remote.cli import TARGET_HELP, alt_names_from, connected, exits_cleanly, run_log_path, target_from
+from pe_remote.cli import (TARGET_HELP, alt_names_from, connected, exits_cleanly, for_each_host, report_path,
+                           run_log_path, target_from, targets_from)
 from pe_remote.console import Console
-from pe_remote.errors import Mismatch
-from pe_remote.report import RunReport
+from pe_remote.errors import Mismatch, PeRemoteError
+from pe_remote.report import RunReport, utc_now
 from pe_remote.discovery import discover as discover_master
 from pe_remote.regen import RegenOptions, backup_only, regen as run_regen
 from pe_remote.render import render_facts
@@ -20,25 +21,35 @@ FLAVOR_HELP = "skip detection and use this generation: pe37, pe2016, puppet6, pe
 BACKUP_DIR_HELP = "local folder for backups (default: the inventory's backup_dir, else ./backups)"
 
 
-@task(auto_shortflags=False, help={**TARGET_HELP, "flavor": FLAVOR_HELP})
+PARALLEL_HELP = "with several hosts, how many to work on at once (default 4)"
+
+
+@task(auto_shortflags=False, help={**TARGET_HELP, "flavor": FLAVOR_HELP, "parallel": PARALLEL_HELP})
 @exits_cleanly
 def discover(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
-             flavor=None):
+             flavor=None, parallel=4):
     """Show what pe-remote finds on a master (read-only): certname, alt names, paths, services, cert."""
-    target = target_from(c, host, inventory, key_file, known_hosts)
-    with connected(target, accept_new_host_key) as remote:
-        facts = discover_master(remote, flavor_override=flavor)
-        print(render_facts(facts, target.label))
+    targets = targets_from(c, host, inventory, key_file, known_hosts)
+    found = for_each_host(targets, lambda remote: (remote.target.label, discover_master(remote, flavor_override=flavor)),
+                          accept_new_host_key=accept_new_host_key, parallel=parallel, title="discover",
+                          describe=lambda value: f"{value[1].flavor.name} {value[1].certname} serial "
+                                                 f"{value[1].cert.serial if value[1].cert else '-'}")
+    for label, facts in found:
+        print(render_facts(facts, label))
 
 
-@task(auto_shortflags=False, help={**TARGET_HELP, "backup_dir": BACKUP_DIR_HELP, "flavor": FLAVOR_HELP})
+@task(auto_shortflags=False, help={**TARGET_HELP, "backup_dir": BACKUP_DIR_HELP, "flavor": FLAVOR_HELP,
+                                   "parallel": PARALLEL_HELP})
 @exits_cleanly
 def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
-           backup_dir=None, flavor=None):
+           backup_dir=None, flavor=None, parallel=4):
     """Back up the master's SSL directory and pull the tarball back, verified (changes nothing else)."""
-    target = target_from(c, host, inventory, key_file, known_hosts)
-    with connected(target, accept_new_host_key) as remote:
-        backup_only(remote, backup_dir or target.backup_dir, Console(), flavor=flavor)
+    targets = targets_from(c, host, inventory, key_file, known_hosts)
+    console = Console()
+    for_each_host(targets, lambda remote: backup_only(remote, backup_dir or remote.target.backup_dir, console,
+                                                      flavor=flavor),
+                  accept_new_host_key=accept_new_host_key, parallel=parallel, title="backup",
+                  describe=lambda b: f"{b.local_path} sha256 {b.sha256[:16]}...")
 
 
 @task(auto_shortflags=False, help={
@@ -52,38 +63,56 @@ def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
     "verbose": "print every remote command as it runs",
     "force": "proceed although the master looks like a monolithic PE install (PuppetDB/console on it)",
     "rollback": "an earlier run on this master did not finish: roll it back instead of resuming it",
-    "report": "write a JSON report of the run to this file, whatever the outcome (schema: README, Report)",
+    "report": "write a JSON report of the run to this file, whatever the outcome (schema: README, Report); "
+              "with several hosts, one file each, named FILE-<host>.json",
     "log_file": "log of the run (default: ~/.local/state/pe-remote/logs/<UTC time>-<host>-regen.log)",
+    "wave": "with several hosts, how many to regenerate at once (default 1); nothing starts after a failure",
 })
 @exits_cleanly
 def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
           dns_alt_names=None, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False,
-          force=False, rollback=False, report=None, log_file=None):
+          force=False, rollback=False, report=None, log_file=None, wave=1):
     """Regenerate the master's SSL cert: back up, stop services, clean, generate, start, verify.
 
     Prints the plan first and asks before the first change unless --yes. Any failure after the
     first change is rolled back from the run's backup. If an earlier run was cut off (lost
     connection), this resumes it, or rolls it back with --rollback; no second backup is taken.
+    Several hosts (--host a,b) go one at a time (--wave N), stopping at the first failure.
     """
-    target = target_from(c, host, inventory, key_file, known_hosts)
-    options = RegenOptions(alt_names=alt_names_from(dns_alt_names, target), dry_run=dry_run,
-                           backup_dir=backup_dir or target.backup_dir, flavor=flavor, force=force,
-                           rollback=rollback)
-    console = Console(verbose=verbose, assume_yes=yes,
-                      log_path=log_file or run_log_path(target, "regen"))
-    record = RunReport(target.label)
+    targets = targets_from(c, host, inventory, key_file, known_hosts)
+    several = len(targets) > 1
+    written: list[str] = []
+
+    def one_master(remote):
+        target = remote.target
+        options = RegenOptions(alt_names=alt_names_from(dns_alt_names, target), dry_run=dry_run,
+                               backup_dir=backup_dir or target.backup_dir, flavor=flavor, force=force,
+                               rollback=rollback)
+        console = Console(verbose=verbose, assume_yes=yes,
+                          log_path=(log_file if log_file and not several else run_log_path(target, "regen")))
+        if verbose:
+            remote.on_command = console.command
+        record = RunReport(target.label)
+        try:
+            return run_regen(remote, options, console, record)
+        except Exception as exc:
+            record.error = record.error or str(exc)
+            record.exit_code = record.exit_code or getattr(exc, "exit_code", 1)
+            raise
+        finally:
+            console.info(f"Log: {console.log_path}")
+            console.close()
+            if report:
+                record.write(report_path(report, target.label) if several else report)
+                written.append(target.label)
+
     try:
-        with connected(target, accept_new_host_key, console) as remote:
-            run_regen(remote, options, console, record)
-    except Exception as exc:
-        record.error = record.error or str(exc)
-        record.exit_code = record.exit_code or getattr(exc, "exit_code", 1)
+        for_each_host(targets, one_master, accept_new_host_key=accept_new_host_key, changing=True, wave=wave,
+                      title="regen", describe=lambda r: f"{r.outcome}: serial {r.old_serial} -> {r.new_serial}")
+    except PeRemoteError as exc:
+        if report and not several and not written:  # refused before a connection: still leave a report
+            RunReport(targets[0].label, ended=utc_now(), error=str(exc), exit_code=exc.exit_code).write(report)
         raise
-    finally:
-        console.info(f"Log: {console.log_path}")
-        console.close()
-        if report:
-            record.write(report)
 
 
 @task(auto_shortflags=False, help={
@@ -108,24 +137,29 @@ def restore(c, tarball, host=None, inventory=None, key_file=None, known_hosts=No
     **TARGET_HELP,
     "dns_alt_names": "alt names the cert must carry besides the certname (default: the master's dns_alt_names)",
     "flavor": FLAVOR_HELP,
+    "parallel": PARALLEL_HELP,
 })
 @exits_cleanly
 def verify(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
-           dns_alt_names=None, flavor=None):
+           dns_alt_names=None, flavor=None, parallel=4):
     """Check a master's cert and services (read-only); exit non-zero naming every mismatch.
 
     Checks: issuer is the CA, SANs = certname + alt names, not expired, key matches the cert,
     port 8140 presents the cert on disk, every Puppet service of the master is running.
     """
-    target = target_from(c, host, inventory, key_file, known_hosts)
-    with connected(target, accept_new_host_key) as remote:
+    def one_master(remote):
+        label = remote.target.label
         facts = discover_master(remote, flavor_override=flavor)
-        result, problems = verify_master(remote, facts, alt_names_from(dns_alt_names, target))
-    print(f"{target.label}: {facts.certname} serial {result.cert.serial}, issuer {result.cert.issuer}, "
-          f"SANs {', '.join(sorted(result.cert.sans))}, expires {result.cert.not_after}")
-    if problems:
-        raise Mismatch(f"{target.label} fails verification: " + "; ".join(problems))
-    print(f"{target.label}: OK (issuer, SANs, expiry, key, 8140, services)")
+        result, problems = verify_master(remote, facts, alt_names_from(dns_alt_names, remote.target))
+        print(f"{label}: {facts.certname} serial {result.cert.serial}, issuer {result.cert.issuer}, "
+              f"SANs {', '.join(sorted(result.cert.sans))}, expires {result.cert.not_after}")
+        if problems:
+            raise Mismatch(f"{label} fails verification: " + "; ".join(problems))
+        print(f"{label}: OK (issuer, SANs, expiry, key, 8140, services)")
+        return "OK"
+
+    for_each_host(targets_from(c, host, inventory, key_file, known_hosts), one_master,
+                  accept_new_host_key=accept_new_host_key, parallel=parallel, title="verify")
 
 
 ns = Collection(discover, backup, regen, restore, verify)
