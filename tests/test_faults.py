@@ -90,8 +90,9 @@ def test_pe37_generate_fails_rolls_back(fresh_master, tmp_path):
 def test_puppet6_clean_fails_rolls_back(fresh_master, tmp_path):
     master = fresh_master
     old = _cert_facts(master)
-    # puppetserver runs as `puppet`: a root-owned signed/ folder is a CA folder it cannot write.
-    master.check(f"chown root:root {master.flavor.cadir}/signed && chmod 0755 {master.flavor.cadir}/signed")
+    # puppetserver runs as `puppet`: a root-owned CA folder is one it cannot write its new CRL into,
+    # so the revocation fails for real (the old serial never reaches the CRL).
+    master.check(f"chown root:root {master.flavor.cadir} && chmod 0755 {master.flavor.cadir}")
     proc = run_cli("fab", *_regen_args(master, tmp_path))
     assert proc.returncode == 7, describe(proc)
     assert "rolled back" in proc.stderr and "Clean" in proc.stderr
