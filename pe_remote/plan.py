@@ -72,7 +72,12 @@ def fill(template: tuple[str, ...], facts: MasterFacts, alt_names: tuple[str, ..
 
 
 def service_command(facts: MasterFacts, name: str, ensure: str) -> str:
-    return shlex.join([facts.puppet, "resource", "service", name, f"ensure={ensure}"])
+    command = shlex.join([facts.puppet, "resource", "service", name, f"ensure={ensure}"])
+    if ensure == "running":
+        # One retry: a start can fail transiently on a loaded master (Debian's puppetserver unit
+        # races its own privilege drop); a real failure fails twice and the step's check says so.
+        return f"{command} || {{ sleep 3; {command}; }}"
+    return command
 
 
 def service_is_active(facts: MasterFacts, name: str) -> str:

@@ -205,8 +205,13 @@ def wait_until_ready(master: StagingMaster, timeout: float = 300, server: bool =
                     "systemctl is-system-running --wait >/dev/null 2>&1; "
                     "systemctl is-system-running | grep -qE 'running|degraded'", deadline)
         if server:
+            unit = master.flavor.server_service
+            # A start that failed at boot (a loaded machine) is retried once, not waited on.
             _wait_until(master, "puppetserver /status/v1/simple = running",
-                        "curl -sfk https://localhost:8140/status/v1/simple | grep -qx running", deadline)
+                        f"curl -sfk https://localhost:8140/status/v1/simple | grep -qx running && exit 0; "
+                        f"if systemctl is-failed --quiet {unit} && [ ! -e /run/pe-remote-restarted ]; then "
+                        f"touch /run/pe-remote-restarted; systemctl restart --no-block {unit}; fi; exit 1",
+                        deadline)
     except TimeoutError as exc:
         raise MasterNotReady(f"{exc} (flavor {master.flavor.name}, after {timeout:.0f}s); "
                              f"last log lines:\n{_last_logs(master)}") from None
