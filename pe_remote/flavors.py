@@ -44,6 +44,9 @@ PUPPET_CERT_GENERATE = ("{puppet}", "cert", "generate", "{certname}", "--dns_alt
 CA_CLI_CLEAN = ("{puppetserver}", "ca", "clean", "--certname", "{certname}")
 CA_CLI_GENERATE = ("{puppetserver}", "ca", "generate", "--certname", "{certname}",
                    "--subject-alt-names", "{alt_names}", "--ca-client")
+# What every `puppetserver ca` generation shares.
+CA_CLI_GENERATION = dict(clean=CA_CLI_CLEAN, generate=CA_CLI_GENERATE, clean_while_running=True,
+                         delete_leftover_files=True, ip_alt_names=True, agent_check=True, config_section="server")
 
 PE37 = Flavor(
     name="pe37",
@@ -80,13 +83,7 @@ PUPPET6 = Flavor(
     services=("puppet", "puppetserver"),
     start_order=("puppetserver", "puppet"),
     server_service="puppetserver",
-    clean=CA_CLI_CLEAN,
-    generate=CA_CLI_GENERATE,
-    clean_while_running=True,
-    delete_leftover_files=True,
-    ip_alt_names=True,
-    agent_check=True,
-    config_section="server",
+    **CA_CLI_GENERATION,
 )
 
 PE2019 = Flavor(
@@ -97,13 +94,7 @@ PE2019 = Flavor(
     start_order=("pe-postgresql", "pe-puppetdb", "pe-puppetserver", "pe-orchestration-services",
                  "pe-console-services", "pe-nginx", "pxp-agent", "puppet"),
     server_service="pe-puppetserver",
-    clean=CA_CLI_CLEAN,
-    generate=CA_CLI_GENERATE,
-    clean_while_running=True,
-    delete_leftover_files=True,
-    ip_alt_names=True,
-    agent_check=True,
-    config_section="server",
+    **CA_CLI_GENERATION,
 )
 
 FLAVORS: dict[str, Flavor] = {f.name: f for f in (PE37, PE2016, PUPPET6, PE2019)}
