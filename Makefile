@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(CURDIR)/$(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup engine python test unit demo images clean
+.PHONY: setup engine python test unit demo images clean bench
 
 setup: engine python
 
@@ -38,3 +38,10 @@ demo: setup
 clean:
 	rm -rf $(VENV) .demo .pytest_cache
 	docker ps -aq --filter label=pe-remote.staging-master | xargs -r docker rm -f
+
+# Measure pe-remote against its targets (downtime, overhead, backup, fleet, RSS) on staging masters
+# it starts itself (at most 4 at once, all removed again); 10-20 minutes. The backup is compared
+# with the OpenSSH client, installed here if missing.
+bench: setup
+	command -v ssh >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q openssh-client; }
+	PATH="$(BIN):$$PATH" $(BIN)/python -m benchmarks

@@ -10,11 +10,13 @@ How it travels (measured by `python -m benchmarks`): `take_backup` streams. One
 remote command runs `tar -czf -` through `tee` into the master's copy while the
 same bytes come back over a raw SSH channel of the existing connection, so
 making the tarball and pulling it overlap instead of following each other; the
-master then renames its copy and prints its sha256 and size. On a master whose
-CA holds 50,000 agent certs (78 MB tarball) that is as fast as
-`ssh master 'tar czf - SSLDIR' > file`, where tar-then-SFTP took about 1.6 times
-as long. `pull_backup` (an existing tarball, over SFTP) stays for copies that
-already sit on the master.
+master then renames its copy and prints the sha256 and size of the file as
+stored. On a master whose CA holds 50,000 agent certs (78.5 MB tarball, gzip on
+the master is the bottleneck) that takes 1.08-1.12 times
+`ssh master 'tar czf - SSLDIR' > file` (the difference: writing the master's copy
+and hashing it, 0.15 s), where the former tar-to-file-then-SFTP pull took 1.8-5
+times as long. `pull_backup` (an existing tarball, over SFTP) stays for copies
+that already sit on the master, and for remotes without an SSH transport.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from pe_remote.errors import BackupError, ConnectionFailed, RemoteCommandFailed
 REMOTE_BACKUP_DIR = REMOTE_STATE_DIR
 # SFTP read-ahead for pull_backup. paramiko's bounded prefetch falls back to one
 # synchronous 32 KiB read per round trip whenever the reader overtakes the
-# requests in flight: 64 took 2.6-5.4 s for 78 MB here, 1024 (at most 32 MiB
-# buffered) about 0.6 s, as fast as unbounded.
+# requests in flight: with 64, pulling 78 MB took 2.6-15 s here; with 1024 (at
+# most 32 MiB buffered) about 0.6 s, as fast as unbounded.
 PREFETCH_REQUESTS = 1024
 # The streamed backup (take_backup): read the channel in 1 MiB pieces (hashing
 # and writing each as it arrives), with a 16 MiB channel window so the master
@@ -48,8 +50,10 @@ STREAM_WINDOW = 16 << 20
 # as a lost connection (tar produces output steadily while it works).
 STREAM_IDLE_TIMEOUT = 300
 # Ciphers to offer first. paramiko prefers aes*-ctr with hmac-sha2-256; AES-GCM
-# (AEAD, no separate MAC pass) moved a raw channel at 225-250 MB/s here against
-# 140-190 MB/s. A server without GCM (OpenSSH < 6.2) still gets its ctr cipher.
+# (AEAD, no separate MAC pass) moved a raw channel at 310-470 MB/s here against
+# 170-340 MB/s. That does not change the streamed backup (gzip on the master makes
+# ~20 MB/s) but does change SFTP copies (pull_backup, restore's upload). A server
+# without GCM (OpenSSH < 6.2) still gets its ctr cipher.
 FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 

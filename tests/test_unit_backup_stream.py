@@ -1,0 +1,107 @@
+"""stream_backup (the backup as `regen` and `backup` take it): success, tar failure, corruption, lost connection."""
+import dataclasses, hashlib, subprocess, threading
+from pathlib import Path
+import paramiko, pytest
+import pe_remote.backup as backup
+from pe_remote.backup import Backup, sha256_file, stream_backup, take_backup
+from pe_remote.errors import BackupError, ConnectionFailed
+from test_unit_backup_verify import RECORDED, mode, leftovers
+
+
+class LocalChannel:
+    """A channel whose command runs in a local `sh`; `cut_after` bytes of stdout simulate a lost connection."""
+    def __init__(self, cut_after=None, tamper=False):
+        self.cut_after, self.tamper = cut_after, tamper
+        self.status_event = threading.Event()
+    def settimeout(self, t): pass
+    def exec_command(self, command):
+        self.command = command
+        proc = subprocess.run(["sh", "-c", command], capture_output=True)
+        self.out, self.err, self.rc = proc.stdout, proc.stderr, proc.returncode
+        if self.tamper: self.out = self.out[:-1] + bytes([self.out[-1] ^ 1])
+        if self.cut_after is not None: self.out, self.err, self.rc = self.out[:self.cut_after], b"", -1
+        self.status_event.set()
+    def recv(self, n):
+        data, self.out = self.out[:min(n, 1000)], self.out[min(n, 1000):]
+        return data
+    def recv_stderr_ready(self): return False
+    def recv_stderr(self, n):
+        data, self.err = self.err[:n], self.err[n:]
+        return data
+    def recv_exit_status(self): return self.rc
+    def close(self): pass
+
+
+class LocalTransport(paramiko.Transport):
+    def __init__(self, **channel_kwargs):  # no socket: only what stream_backup uses
+        self.channel_kwargs, self.active, self.channels = channel_kwargs, True, []
+    def is_active(self): return self.active
+    def open_session(self, window_size=None, max_packet_size=None, timeout=None):
+        self.channels.append(LocalChannel(**self.channel_kwargs))
+        return self.channels[-1]
+
+
+class StreamRemote:
+    def __init__(self, **channel_kwargs):
+        self.connection = type("C", (), {"transport": LocalTransport(**channel_kwargs)})()
+        self.commands_run, self.on_command, self.seen = 0, None, []
+    def run(self, *a, **k): raise AssertionError("the streamed backup runs no other command")
+
+
+def tree(tmp_path):
+    ssl = tmp_path / "master" / "ssl"
+    (ssl / "certs").mkdir(parents=True)
+    (ssl / "certs" / "m.pem").write_text("cert\n" * 5000)
+    return dataclasses.replace(RECORDED, ssldir=str(ssl), cadir=str(ssl / "ca"))
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    monkeypatch.setattr(backup, "REMOTE_BACKUP_DIR", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+def test_stream_backup_end_to_end(tmp_path, state):
+    facts, remote = tree(tmp_path), StreamRemote()
+    remote.on_command = remote.seen.append
+    result = take_backup(remote, facts, tmp_path / "local" / "host")
+    assert isinstance(result, Backup)
+    assert remote.commands_run == 1 and remote.seen == [remote.connection.transport.channels[0].command]
+    assert result.local_path.read_bytes() == Path(result.remote.path).read_bytes()
+    assert sha256_file(result.local_path) == result.sha256 == hashlib.sha256(Path(result.remote.path).read_bytes()).hexdigest()
+    assert result.remote.size == result.local_path.stat().st_size
+    assert mode(result.local_path) == 0o600 and mode(result.local_path.parent) == 0o700
+    assert mode(Path(result.remote.path)) == 0o600 and mode(state) == 0o700
+    assert (result.local_path.parent / (result.local_path.name + ".sha256")).read_text() == f"{result.sha256}  {result.local_path.name}\n"
+    assert sorted(p.name for p in state.iterdir()) == [result.local_path.name]  # no .partial, no .rc
+    assert leftovers(result.local_path.parent) == []
+
+
+def test_stream_backup_tar_failure(tmp_path, state):
+    facts = dataclasses.replace(RECORDED, ssldir=str(tmp_path / "missing"), cadir=str(tmp_path / "missing" / "ca"))
+    with pytest.raises(BackupError, match="could not create the SSL backup.*tar exit status 2"):
+        stream_backup(StreamRemote(), facts, tmp_path / "local")
+    assert list((tmp_path / "local").iterdir()) == []
+    assert list(state.iterdir()) == []
+
+
+def test_stream_backup_corrupted_in_transit(tmp_path, state):
+    with pytest.raises(BackupError, match="does not match") as info:
+        stream_backup(StreamRemote(tamper=True), tree(tmp_path), tmp_path / "local")
+    assert str(state) in str(info.value)
+    assert list((tmp_path / "local").iterdir()) == []
+
+
+def test_stream_backup_connection_lost(tmp_path, state):
+    with pytest.raises(ConnectionFailed, match="during the backup"):
+        stream_backup(StreamRemote(cut_after=100), tree(tmp_path), tmp_path / "local")
+    assert list((tmp_path / "local").iterdir()) == []
+
+
+def test_stream_backup_refuses_to_overwrite_before_running_anything(tmp_path, state):
+    folder = tmp_path / "local"; folder.mkdir()
+    (folder / "b.tar.gz").write_bytes(b"older")
+    remote = StreamRemote()
+    with pytest.raises(BackupError, match="exists already"):
+        stream_backup(remote, tree(tmp_path), folder, name="b.tar.gz")
+    assert remote.connection.transport.channels == [] and remote.commands_run == 0
