@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, backup_name, create_command, local_backup_dir, \
+from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, backup_name, local_backup_dir, stream_command, \
     prepare_local_dir, take_backup
 from pe_remote.console import Console
 from pe_remote.discovery import MasterFacts, discover
@@ -127,11 +127,11 @@ def _regen(remote, options: RegenOptions, console: Console, report: RunReport) -
     _describe(report, facts, alt_names)
     plan = build_plan(facts, alt_names)
     label = remote.target.label
-    console.info(render_plan(plan, create_command(facts, f"{REMOTE_BACKUP_DIR}/{backup_name(facts.certname)}"),
+    console.info(render_plan(plan, stream_command(facts, f"{REMOTE_BACKUP_DIR}/{backup_name(facts.certname)}"),
                              label))
     if options.dry_run:
         if not (console.interactive or console.verbose):
-            console.notice(render_plan(plan, create_command(
+            console.notice(render_plan(plan, stream_command(
                 facts, f"{REMOTE_BACKUP_DIR}/{backup_name(facts.certname)}"), label))
         console.notice("Dry run: nothing was changed on the master.")
         return RegenResult(facts, plan, "dry-run", commands_run=remote.commands_run,
