@@ -104,6 +104,10 @@ def test_puppet6_clean_fails_rolls_back(fresh_master, tmp_path):
 
 # 2. puppetserver does not start with what the run put in place --------------------------------
 
+BOTH = pytest.mark.parametrize("fresh_master", ["pe37", "oss7"], indirect=True)
+
+
+@BOTH
 def test_server_not_starting_rolls_back(fresh_master, tmp_path):
     master = fresh_master
     old = _cert_facts(master)
@@ -114,7 +118,7 @@ def test_server_not_starting_rolls_back(fresh_master, tmp_path):
     master.check(f"echo 'this is not a key' > {key}")  # broken SSL state, put in place during the run
     out = _finish(proc, seen)
     assert proc.returncode == 7, out
-    assert "rolled back" in out and "pe-puppetserver" in out
+    assert "rolled back" in out and master.flavor.server_service in out
     assert_serves(master, old["sha256"])
     assert_backup_intact(master, tmp_path)
 
@@ -124,7 +128,7 @@ def test_server_not_starting_rolls_back(fresh_master, tmp_path):
 def _cut_connection_after_stops(master, tmp_path) -> str:
     proc = _start_fab(master, tmp_path)
     seen: list[str] = []
-    _wait_for_line(proc, "Stop pe-mcollective: done", seen)
+    _wait_for_line(proc, f"Stop {master.flavor.services[-1]}: done", seen)  # the last stop
     master.check("pkill -KILL -f '[s]shd: root' || true")  # [s]: do not match this shell itself
     out = _finish(proc, seen)
     assert proc.returncode == 8, out
@@ -132,6 +136,7 @@ def _cut_connection_after_stops(master, tmp_path) -> str:
     return out
 
 
+@BOTH
 def test_connection_cut_then_resume(fresh_master, tmp_path):
     master = fresh_master
     old = _cert_facts(master)
@@ -147,6 +152,7 @@ def test_connection_cut_then_resume(fresh_master, tmp_path):
         assert tar.extractfile(f"{master.flavor.ssldir.lstrip('/')}/certs/{master.certname}.pem").read()
 
 
+@BOTH
 def test_connection_cut_then_rollback(fresh_master, tmp_path):
     master = fresh_master
     old = _cert_facts(master)
@@ -211,6 +217,7 @@ def test_local_backup_folder_on_read_only_mount(staging_master, tmp_path):
 
 # 6. SIGINT to the running fab during generate -------------------------------------------------
 
+@BOTH
 def test_sigint_during_generate_rolls_back(fresh_master, tmp_path):
     master = fresh_master
     old = _cert_facts(master)
