@@ -91,12 +91,10 @@ def exits_cleanly(task_body):
 
 
 @contextlib.contextmanager
-def connected(target: Target, accept_new_host_key: bool = False, console=None):
+def connected(target: Target, accept_new_host_key: bool = False):
     from pe_remote.connection import connect
 
     remote = connect(target, accept_new_host_key=accept_new_host_key)
-    if console is not None and console.verbose:
-        remote.on_command = console.command
     try:
         yield remote
     finally:

@@ -75,6 +75,12 @@ class MasterFacts:
     def catalog_path(self) -> str:
         return f"{self.client_datadir}/catalog/{self.certname}.json"
 
+    @property
+    def running_services(self) -> list[str]:
+        """The generation's services that exist here and run, in its stop order."""
+        running = {s.name for s in self.services if s.exists and s.active}
+        return [name for name in self.flavor.services if name in running]
+
     def service(self, name: str) -> ServiceState | None:
         return next((s for s in self.services if s.name == name), None)
 

@@ -135,7 +135,7 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...]) -> Plan:
     present = {s.name: s for s in facts.services if s.exists}
     skipped = tuple(name for name in flavor.services if name not in present)
     stopped_before = tuple(name for name in flavor.services if name in present and not present[name].active)
-    running = [name for name in flavor.services if name in present and present[name].active]
+    running = facts.running_services
 
     steps: list[Step] = []
     if flavor.clean_while_running:

@@ -23,9 +23,9 @@ from pe_remote.executor import Execution, InterruptLatch, execute
 from pe_remote.journal import Journal, event, new_run_id, parse_journal
 from pe_remote.plan import Plan, build_plan
 from pe_remote.render import render_plan
-from pe_remote.restore import put_back, running_services
+from pe_remote.restore import put_back
 from pe_remote.report import RunReport, StepEntry, utc_now
-from pe_remote.verify import Verification, check_regen, read_verification, services_that_ran
+from pe_remote.verify import Verification, check_regen, read_verification
 
 
 @dataclass(frozen=True)
@@ -127,12 +127,10 @@ def _regen(remote, options: RegenOptions, console: Console, report: RunReport) -
     _describe(report, facts, alt_names)
     plan = build_plan(facts, alt_names)
     label = remote.target.label
-    console.info(render_plan(plan, stream_command(facts, f"{REMOTE_BACKUP_DIR}/{backup_name(facts.certname)}"),
-                             label))
+    shown = render_plan(plan, stream_command(facts, f"{REMOTE_BACKUP_DIR}/{backup_name(facts.certname)}"), label)
+    # The plan is detail on a real run (terminal and log only); a dry run exists to show it.
+    (console.notice if options.dry_run else console.info)(shown)
     if options.dry_run:
-        if not (console.interactive or console.verbose):
-            console.notice(render_plan(plan, stream_command(
-                facts, f"{REMOTE_BACKUP_DIR}/{backup_name(facts.certname)}"), label))
         console.notice("Dry run: nothing was changed on the master.")
         return RegenResult(facts, plan, "dry-run", commands_run=remote.commands_run,
                            seconds=time.monotonic() - started)
@@ -169,7 +167,7 @@ def _run_steps(remote, plan: Plan, journal: Journal, console: Console, started: 
         try:
             execute(remote, plan, console, journal=journal, done=tuple(journal.done), latch=latch,
                     resume=resume, run=execution)
-            verification = read_verification(remote, plan.facts, services_that_ran(plan),
+            verification = read_verification(remote, plan.facts, plan.facts.running_services,
                                              agent=plan.facts.flavor.agent_check)
             problems = check_regen(plan, verification)
             if problems:
@@ -215,7 +213,7 @@ def rollback(remote, journal: Journal, console: Console, *, reason: str) -> None
     console.warn(f"{reason}")
     console.notice(f"Rolling back: restoring the SSL backup {journal.backup.path} ...")
     try:
-        outcome = put_back(remote, facts, journal.backup.path, journal.backup.sha256, running_services(facts),
+        outcome = put_back(remote, facts, journal.backup.path, journal.backup.sha256, facts.running_services,
                            console)
     except ConnectionFailed as exc:
         raise Incomplete(f"{reason}; then {exc} before the rollback finished. Run `regen --rollback` on it "
@@ -225,7 +223,7 @@ def rollback(remote, journal: Journal, console: Console, *, reason: str) -> None
                          f"{journal.backup.path} on the master ({journal.local_backup} here); "
                          "see README 'Restoring a backup by hand'") from None
     old = facts.cert.sha256 if facts.cert else ""
-    server_runs = facts.flavor.server_service in running_services(facts)
+    server_runs = facts.flavor.server_service in facts.running_services
     if outcome.disk_sha256 != old or (server_runs and outcome.served_sha256 != old):
         raise Incomplete(f"{reason}; the backup was put back but the master does not serve the old cert "
                          f"(disk {outcome.disk_sha256[:23]}, served {outcome.served_sha256[:23] or 'nothing'}); "

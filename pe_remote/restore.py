@@ -74,10 +74,6 @@ def put_back(remote, facts: MasterFacts, tarball: str, sha256: str, start: list[
                           served.sha256 if served else "", disk.sha256 if disk else "")
 
 
-def running_services(facts: MasterFacts) -> list[str]:
-    return [s.name for s in facts.services if s.exists and s.active and s.name in facts.flavor.services]
-
-
 # --- the `restore` task: a local tarball back onto a master ---------------------------------
 
 def expected_sha256(tarball: Path, given: str | None) -> str:

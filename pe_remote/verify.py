@@ -26,11 +26,6 @@ class Verification:
     agent_exit: int | None = None  # None: no agent run asked for
 
 
-def services_that_ran(plan: Plan) -> list[str]:
-    return [name for name in plan.facts.flavor.services
-            if name not in plan.skipped_services and name not in plan.stopped_services]
-
-
 def verification_script(facts, services: list[str], *, agent: bool = False) -> str:
     checks = "; ".join(f"if {service_is_active(facts, n)}; then echo {shlex.quote(n)} active; "
                        f"else echo {shlex.quote(n)} inactive; fi" for n in services)
@@ -63,6 +58,15 @@ def read_verification(remote, facts, services: list[str], *, agent: bool = False
     return Verification(cert, served, key_matches_cert(sections.get("cert", [])), inactive, revoked, agent_exit)
 
 
+def served_problems(result: Verification, expected: str) -> list[str]:
+    """What is wrong with what port 8140 presents, compared with the cert read from disk."""
+    if not result.served_sha256:
+        return ["nothing answers TLS on port 8140"]
+    if result.served_sha256 != result.cert.sha256:
+        return [f"port 8140 serves {result.served_sha256[:23]}..., not {expected} {result.cert.sha256[:23]}..."]
+    return []
+
+
 def check_regen(plan: Plan, result: Verification) -> list[str]:
     """Every way the result differs from what the plan promised (empty: all good)."""
     old = plan.facts.cert
@@ -83,11 +87,7 @@ def check_regen(plan: Plan, result: Verification) -> list[str]:
         problems.append(f"not running: {', '.join(result.inactive_services)}")
     server = plan.facts.flavor.server_service
     if server not in plan.skipped_services and server not in plan.stopped_services:
-        if not result.served_sha256:
-            problems.append("nothing answers TLS on port 8140")
-        elif result.served_sha256 != result.cert.sha256:
-            problems.append(f"port 8140 serves {result.served_sha256[:23]}..., not the new cert "
-                            f"{result.cert.sha256[:23]}...")
+        problems += served_problems(result, "the new cert")
     return problems
 
 
@@ -119,11 +119,7 @@ def check_master(facts, result: Verification, alt_names: tuple[str, ...]) -> lis
         problems.append(f"not running: {', '.join(result.inactive_services)}")
     server = facts.service(facts.flavor.server_service)
     if server and server.exists:
-        if not result.served_sha256:
-            problems.append("nothing answers TLS on port 8140")
-        elif result.served_sha256 != cert.sha256:
-            problems.append(f"port 8140 serves {result.served_sha256[:23]}..., not the cert on disk "
-                            f"{cert.sha256[:23]}...")
+        problems += served_problems(result, "the cert on disk")
     return problems
 
 

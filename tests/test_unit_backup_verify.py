@@ -21,8 +21,7 @@ from pe_remote.discovery import CertInfo, parse_discovery
 from pe_remote.errors import BackupError, RemoteCommandFailed, VerificationFailed
 from pe_remote.flavors import PE37
 from pe_remote.plan import build_plan
-from pe_remote.verify import (Verification, check_regen, read_verification, services_that_ran,
-                              verification_script)
+from pe_remote.verify import Verification, check_regen, read_verification, verification_script
 
 DATA = Path(__file__).parent / "data"
 RECORDED = parse_discovery((DATA / "discovery-oss7.txt").read_text())
@@ -429,8 +428,8 @@ def test_read_verification_parses_the_script_output():
     output = (f"==> cert <==\n{cert_lines}==> served <==\nsha256 Fingerprint={RECORDED.cert.sha256}\n"
               "==> services <==\npuppet active\npuppetserver inactive\n")
     remote = ScriptedRemote(output)
-    result = read_verification(remote, PLAN.facts, services_that_ran(PLAN))
-    assert remote.commands == [verification_script(PLAN.facts, services_that_ran(PLAN))]
+    result = read_verification(remote, PLAN.facts, PLAN.facts.running_services)
+    assert remote.commands == [verification_script(PLAN.facts, PLAN.facts.running_services)]
     assert result.cert == RECORDED.cert
     assert result.served_sha256 == RECORDED.cert.sha256
     assert result.key_matches is True
@@ -440,7 +439,7 @@ def test_read_verification_parses_the_script_output():
 def test_read_verification_without_a_cert_fails():
     with pytest.raises(VerificationFailed, match=RECORDED.hostcert):
         read_verification(ScriptedRemote("==> cert <==\n==> served <==\n==> services <==\n"), PLAN.facts,
-                          services_that_ran(PLAN))
+                          PLAN.facts.running_services)
 
 
 def test_verification_script_asks_only_about_running_services():
@@ -448,7 +447,7 @@ def test_verification_script_asks_only_about_running_services():
         dataclasses.replace(s, active=False, state="inactive") if s.name == "puppet" else s
         for s in RECORDED.services))
     plan = build_plan(facts, ALT)
-    script = verification_script(plan.facts, services_that_ran(plan))
+    script = verification_script(plan.facts, plan.facts.running_services)
     assert "puppetserver.service" in script
     assert "'puppet.service'" not in script and " puppet.service" not in script
 
