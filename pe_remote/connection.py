@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,10 +61,12 @@ class Remote:
         self.connection = connection
         self.target = target
         self.commands_run = 0
+        self._count_lock = threading.Lock()  # the executor runs overlapping steps from threads
         self.on_command = None  # optional callback(command) for --verbose
 
     def run(self, command: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
-        self.commands_run += 1
+        with self._count_lock:
+            self.commands_run += 1
         if self.on_command:
             self.on_command(command)
         log.debug("remote: %s", command)

@@ -120,9 +120,10 @@ sec init; if [ -d /run/systemd/system ]; then echo systemd; else echo sysv; fi
 P=; for p in {puppet_paths}; do if [ -x "$p" ]; then P=$p; break; fi; done
 S=; for p in {server_paths}; do if [ -x "$p" ]; then S=$p; break; fi; done
 sec binaries; echo "puppet=$P"; echo "puppetserver=$S"
-sec pe_version; for f in {pe_files}; do [ -f "$f" ] && head -c 64 "$f" && echo; done
+sec pe_version; PE=; for f in {pe_files}; do [ -f "$f" ] && PE=1 && head -c 64 "$f" && echo; done
 [ -n "$P" ] || exit 0
-sec puppet_version; "$P" --version 2>&1
+# The PE marker decides the generation; only open-source Puppet pays a second Ruby start for it.
+sec puppet_version; [ -n "$PE" ] || "$P" --version 2>&1
 sec settings; CFG=$("$P" config print {settings} --section master 2>/dev/null); echo "$CFG"
 get() {{ printf "%s\\n" "$CFG" | sed -n "s/^$1 = //p"; }}
 HC=$(get hostcert); HK=$(get hostprivkey); CA=$(get cadir)

@@ -1,8 +1,9 @@
 """Run a plan's steps in order; each step must pass its own check before the next starts.
 
 A step is ONE remote command: journal "begin", the step's command, its check,
-journal "end" only if both passed. One round trip per step keeps the downtime
-window as short as the master allows.
+journal "end" only if both passed. One round trip per step, and steps the plan
+lets overlap run at the same time, keep the downtime window as short as the
+master allows.
 
 Ctrl-C never kills a step half-way (a half-written CA is worse than a slow
 stop): the first SIGINT is noted, the current step finishes, and the run then
@@ -11,6 +12,7 @@ fails like any other failure, so the caller rolls back.
 
 from __future__ import annotations
 
+import queue
 import signal
 import threading
 import time
@@ -106,44 +108,98 @@ def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done
             latch: InterruptLatch | None = None, resume: bool = False, run: Execution | None = None) -> Execution:
     """Run the steps not in `done`; raise StepFailed (or Interrupted) at the first failure.
 
+    A step starts once the steps it needs are done (by default: the step listed before it), so
+    steps the plan lets overlap run at the same time, each on its own channel of the one SSH
+    connection. After a failure or a Ctrl-C no step starts; the running ones are let finish.
     Pass `run` to keep the records of the steps that ran when a step fails.
     """
     run = run if run is not None else Execution()
     total = len(plan.steps)
-    for number, step in enumerate(plan.steps, start=1):
-        if step.key in done:
-            console.step_finished(number, total, step.title, 0.0, "already done")
+    needs = plan.needs()
+    finished: set[str] = set()
+    waiting = list(enumerate(plan.steps, start=1))
+    running: dict[str, tuple[int, Step, float, str]] = {}
+    results: queue.Queue = queue.Queue()
+    failure: BaseException | None = None
+    interrupted_at: str | None = None
+
+    def one(step: Step) -> None:
+        try:
+            with console.waiting(step.title):
+                output = remote.run(step_script(step, journal, check_first=resume), check=False)
+            results.put((step.key, output, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            results.put((step.key, None, exc))
+
+    while waiting or running:
+        if failure is None and interrupted_at is None:
+            for entry in list(waiting):
+                number, step = entry
+                if step.key in done:
+                    waiting.remove(entry)
+                    finished.add(step.key)
+                    console.step_finished(number, total, step.title, 0.0, "already done")
+                    continue
+                if not all(key in finished for key in needs[step.key]):
+                    continue
+                if latch and latch.interrupted:
+                    interrupted_at = step.title
+                    break
+                waiting.remove(entry)
+                console.step_started(number, total, step.title)
+                started = time.monotonic()
+                if step.key.startswith("stop:") and run.downtime_started is None:
+                    run.downtime_started = started
+                console.command(step.command)
+                running[step.key] = (number, step, started, utc_now())
+                threading.Thread(target=one, args=(step,), name=f"step {step.key}", daemon=True).start()
+        if not running:
+            if waiting and failure is None and interrupted_at is None:
+                raise RuntimeError(f"no step can start: {[step.key for _, step in waiting]} wait for steps "
+                                   "that cannot finish")
+            break
+        key, output, error = _next_result(results)
+        number, step, started, started_at = running.pop(key)
+        ended = time.monotonic()
+        if error is not None:
+            failure = failure or error
+            run.records.append(StepRecord(key, step.title, started, ended, "failed", started_at, utc_now()))
             continue
-        if latch and latch.interrupted:
-            raise Interrupted(step.title)
-        console.step_started(number, total, step.title)
-        started, started_at = time.monotonic(), utc_now()
-        if step.key.startswith("stop:") and run.downtime_started is None:
-            run.downtime_started = started
-        console.command(step.command)
-        with console.waiting(step.title):
-            result = remote.run(step_script(step, journal, check_first=resume), check=False)
-        rc, check, output, already = parse_step_output(result.stdout + result.stderr)
+        rc, check, text, already = parse_step_output(output.stdout + output.stderr)
         problem = None
         if rc != 0:
-            problem = f"exit {rc}: {_last_line(output)}" if rc is not None else f"did not run: {_last_line(output)}"
+            problem = f"exit {rc}: {_last_line(text)}" if rc is not None else f"did not run: {_last_line(text)}"
         elif check != 0:
-            problem = f"its check failed: {_last_line(output) or step.check}"
-        ended = time.monotonic()
+            problem = f"its check failed: {_last_line(text) or step.check}"
         outcome = "failed" if problem else ("already-done" if already else "ok")
-        run.records.append(StepRecord(step.key, step.title, started, ended, outcome, started_at, utc_now()))
+        run.records.append(StepRecord(key, step.title, started, ended, outcome, started_at, utc_now()))
         console.step_finished(number, total, step.title, ended - started, "FAILED" if problem else
                               ("already done" if already else "done"))
         if journal:
-            journal.record_local(event("end" if not problem else "failed", step=step.key))
+            journal.record_local(event("end" if not problem else "failed", step=key))
         if problem:
-            raise StepFailed(step.title, problem)
+            failure = failure or StepFailed(step.title, problem)
+            continue
+        finished.add(key)
         if step.server_ready:
             run.downtime_ended = ended
-        if latch and latch.interrupted:
+        if latch and latch.interrupted and interrupted_at is None and failure is None:
             console.warn(f"interrupt received during '{step.title}': the step was finished; rolling back")
-            raise Interrupted(step.title)
+            interrupted_at = step.title
+    if failure is not None:
+        raise failure
+    if interrupted_at is not None:
+        raise Interrupted(interrupted_at)
     return run
+
+
+def _next_result(results: queue.Queue):
+    # A timeout keeps the main thread where SIGINT can reach the latch's handler.
+    while True:
+        try:
+            return results.get(timeout=0.2)
+        except queue.Empty:
+            continue
 
 
 def _last_line(text: str) -> str:

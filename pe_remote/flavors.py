@@ -31,6 +31,10 @@ class Flavor:
     agent_check: bool = False
     # Settings section that holds the master's dns_alt_names and cadir.
     config_section: str = "master"
+    # Services that never read the SSL folders (they use copies of the master's credentials that
+    # Puppet runs make for them): their stops may overlap the cert work and their starts the agent's,
+    # which keeps them out of the downtime window. Each group still goes in the table's order.
+    own_credentials: tuple[str, ...] = ()
     # On a monolithic install (PE up to 2018.1) PuppetDB and the console share the master's cert:
     # the master-only procedure would half-do the job, so these markers make pe-remote refuse.
     monolithic_services: tuple[str, ...] = ()
@@ -59,6 +63,8 @@ PE37 = Flavor(
     generate=PUPPET_CERT_GENERATE,
     clean_while_running=False,
     delete_leftover_files=False,
+    # PE 3.x's broker keystore and MCollective's certs are copies under /etc/puppetlabs/{activemq,mcollective}.
+    own_credentials=("pe-activemq", "pe-mcollective"),
     monolithic_services=("pe-puppetdb", "pe-console-services", "pe-httpd", "pe-postgresql"),
     monolithic_dirs=("/etc/puppetlabs/puppetdb/ssl", "/opt/puppet/share/puppet-dashboard/certs"),
 )

@@ -1,16 +1,17 @@
 """The procedure as data: ordered steps built from the master's facts.
 
 Each step has the remote command that does it, a remote check that exits 0 only
-when its effect is really there, and the command that undoes it (where one
-exists; the rest is undone by restoring the SSL backup). Nothing here talks to a
-master: `build_plan` is a pure function, so `--dry-run` prints exactly what a
-real run executes.
+when its effect is really there, the command that undoes it (where one exists;
+the rest is undone by restoring the SSL backup), and the steps it needs done
+first (by default the one listed before it). Nothing here talks to a master:
+`build_plan` is a pure function, so `--dry-run` prints exactly what a real run
+executes.
 """
 
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pe_remote.discovery import MasterFacts
 from pe_remote.errors import InvalidName
@@ -28,6 +29,9 @@ class Step:
     undo: str | None = None
     # True for the step whose end closes the downtime window (the server answers again).
     server_ready: bool = False
+    # Keys of the steps that must be done before this one starts; None: the step listed before it.
+    # Steps whose needs are met run at the same time (the executor's own channels, one connection).
+    needs: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,25 @@ class Plan:
 
     def commands(self) -> list[str]:
         return [step.command for step in self.steps]
+
+    def needs(self) -> dict[str, tuple[str, ...]]:
+        """Each step's prerequisites, the defaults filled in; every key must be of an earlier step."""
+        resolved: dict[str, tuple[str, ...]] = {}
+        previous: tuple[str, ...] = ()
+        for step in self.steps:
+            needs = previous if step.needs is None else step.needs
+            unknown = [key for key in needs if key not in resolved]
+            if unknown or step.key in resolved:
+                raise ValueError(f"step {step.key!r} needs {unknown or step.key!r}, not an earlier step")
+            resolved[step.key] = needs
+            previous = (step.key,)
+        return resolved
+
+    def runs_alongside(self, key: str) -> bool:
+        """True when the step does not simply follow the one listed before it."""
+        index = next(i for i, step in enumerate(self.steps) if step.key == key)
+        return self.steps[index].needs is not None and self.steps[index].needs != (
+            (self.steps[index - 1].key,) if index else ())
 
 
 def q(value: str) -> str:
@@ -111,6 +134,15 @@ def old_serial_revoked(facts: MasterFacts) -> str:
             f"|| {{ echo 'serial {serial} is not in the CRL'; exit 1; }}")
 
 
+def _service_step(facts: MasterFacts, name: str, ensure: str, needs: tuple[str, ...] | None = None) -> Step:
+    if ensure == "stopped":
+        return Step(f"stop:{name}", f"Stop {name}", service_command(facts, name, "stopped"),
+                    check=f"! {service_is_active(facts, name)}", undo=service_command(facts, name, "running"),
+                    needs=needs)
+    return Step(f"start:{name}", f"Start {name}", service_command(facts, name, "running"),
+                check=service_is_active(facts, name), undo=service_command(facts, name, "stopped"), needs=needs)
+
+
 def _clean_step(facts: MasterFacts, alt_names: tuple[str, ...]) -> Step:
     command = fill(facts.flavor.clean, facts, alt_names)
     if facts.flavor.clean_while_running:
@@ -137,34 +169,55 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...]) -> Plan:
     stopped_before = tuple(name for name in flavor.services if name in present and not present[name].active)
     running = facts.running_services
 
+    # Services with their own copies of the credentials stop alongside the cert work and start
+    # alongside the services after the server; every other service is in the main chain, in the
+    # table's order. Without such services every step simply follows the one before it.
+    side = [name for name in running if name in flavor.own_credentials]
+    main = [name for name in running if name not in side]
+
     steps: list[Step] = []
     if flavor.clean_while_running:
         steps.append(_clean_step(facts, alt_names))
-    for name in running:
-        steps.append(Step(f"stop:{name}", f"Stop {name}", service_command(facts, name, "stopped"),
-                          check=f"! {service_is_active(facts, name)}",
-                          undo=service_command(facts, name, "running")))
-    if not flavor.clean_while_running:
-        steps.append(_clean_step(facts, alt_names))
+    steps += [_service_step(facts, name, "stopped") for name in main]
+    main_stopped = (steps[-1].key,) if steps else ()
+    side_stops = [_service_step(facts, name, "stopped") for name in side]
+    if side_stops:
+        side_stops[0] = replace(side_stops[0], needs=main_stopped)
+    steps += side_stops
+
+    cert_work: list[Step] = [] if flavor.clean_while_running else [_clean_step(facts, alt_names)]
     if flavor.delete_leftover_files:
         files = cert_files(facts)
-        steps.append(Step("delete-leftovers", f"Delete what is left of {facts.certname}'s cert files",
-                          "rm -f " + " ".join(q(p) for p in files), check=_none_exist(files)))
-    steps.append(Step("remove-catalog", "Remove the cached catalog", f"rm -f {q(facts.catalog_path)}",
-                      check=f"test ! -e {q(facts.catalog_path)}"))
+        cert_work.append(Step("delete-leftovers", f"Delete what is left of {facts.certname}'s cert files",
+                              "rm -f " + " ".join(q(p) for p in files), check=_none_exist(files)))
+    cert_work.append(Step("remove-catalog", "Remove the cached catalog", f"rm -f {q(facts.catalog_path)}",
+                          check=f"test ! -e {q(facts.catalog_path)}"))
     new_cert = f"{facts.ssldir}/certs/{facts.certname}.pem"
-    steps.append(Step("generate", f"Generate a new cert for {facts.certname}", fill(flavor.generate, facts, alt_names),
-                      check=" && ".join(f"test -s {q(p)}" for p in
-                                        (new_cert, f"{facts.ssldir}/private_keys/{facts.certname}.pem",
-                                         f"{facts.cadir}/signed/{facts.certname}.pem"))))
-    for name in flavor.start_order:
-        if name not in running:
-            continue
-        steps.append(Step(f"start:{name}", f"Start {name}", service_command(facts, name, "running"),
-                          check=service_is_active(facts, name), undo=service_command(facts, name, "stopped")))
-        if name == flavor.server_service:
-            steps.append(Step("wait-server", f"Wait for {name} to answer on 8140", server_ready_check(),
-                              server_ready=True))
+    cert_work.append(Step("generate", f"Generate a new cert for {facts.certname}",
+                          fill(flavor.generate, facts, alt_names),
+                          check=" && ".join(f"test -s {q(p)}" for p in
+                                            (new_cert, f"{facts.ssldir}/private_keys/{facts.certname}.pem",
+                                             f"{facts.cadir}/signed/{facts.certname}.pem"))))
+    if side_stops:
+        cert_work[0] = replace(cert_work[0], needs=main_stopped)
+    steps += cert_work
+
+    main_starts = [name for name in flavor.start_order if name in main]
+    up_to_server = main_starts[:main_starts.index(flavor.server_service) + 1] \
+        if flavor.server_service in main_starts else main_starts
+    steps += [_service_step(facts, name, "running") for name in up_to_server]
+    if flavor.server_service in up_to_server:
+        steps.append(Step("wait-server", f"Wait for {flavor.server_service} to answer on 8140",
+                          server_ready_check(), server_ready=True))
+    server_up = (steps[-1].key,)
+    side_starts = [_service_step(facts, name, "running") for name in flavor.start_order if name in side]
+    if side_starts:
+        side_starts[0] = replace(side_starts[0], needs=server_up + (side_stops[-1].key,))
+    steps += side_starts
+    later_starts = [_service_step(facts, name, "running") for name in main_starts[len(up_to_server):]]
+    if later_starts and side_starts:
+        later_starts[0] = replace(later_starts[0], needs=server_up)
+    steps += later_starts
 
     current = facts.cert.sans if facts.cert else frozenset()
     wanted = san_entries(facts.certname, alt_names)

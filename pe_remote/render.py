@@ -13,8 +13,9 @@ def render_facts(facts: MasterFacts, label: str) -> str:
     lines = [
         f"host:            {label} (hostname {facts.hostname})",
         f"flavor:          {facts.flavor.name} - {facts.flavor.title}",
-        f"puppet:          {facts.puppet} (version {facts.puppet_version}"
-        + (f", PE {facts.pe_version})" if facts.pe_version else ")"),
+        f"puppet:          {facts.puppet} ("
+        + ", ".join(part for part in (facts.puppet_version and f"version {facts.puppet_version}",
+                                      facts.pe_version and f"PE {facts.pe_version}") if part) + ")",
         f"puppetserver:    {facts.puppetserver or 'not found'}",
         f"certname:        {facts.certname}",
         f"dns_alt_names:   {', '.join(facts.dns_alt_names) or '(none)'}",
@@ -47,10 +48,15 @@ def render_plan(plan: Plan, backup_command: str, label: str) -> str:
         lines.append(f"  not on this host, skipped: {', '.join(plan.skipped_services)}")
     if plan.stopped_services:
         lines.append(f"  already stopped, left stopped: {', '.join(plan.stopped_services)}")
-    lines.append("  remote commands, in order:")
+    lines.append("  remote commands, in order (a step marked 'after' starts as soon as those steps are done,")
+    lines.append("  alongside the others):")
     lines.append(f"   0. Back up the SSL directory\n      $ {backup_command}")
+    numbers = {step.key: number for number, step in enumerate(plan.steps, start=1)}
     for number, step in enumerate(plan.steps, start=1):
-        lines.append(f"  {number:2d}. {step.title}\n      $ {step.command}")
+        after = ""
+        if plan.runs_alongside(step.key):
+            after = f" (after {', '.join(str(numbers[k]) for k in plan.needs()[step.key]) or 'the backup'})"
+        lines.append(f"  {number:2d}. {step.title}{after}\n      $ {step.command}")
         if step.check:
             lines.append(f"      check: {step.check}")
     return "\n".join(lines)

@@ -142,6 +142,43 @@ def test_verbose_console_shows_the_step_command(tmp_path):
     assert f"    $ {step.command}" in out.getvalue()
 
 
+# --- steps that overlap ---------------------------------------------------------------------------
+
+def test_steps_whose_needs_are_met_run_at_the_same_time(tmp_path, console):
+    # b and c each wait for the other's mark: they finish only if they run at the same time.
+    a, b, c = (tmp_path / n for n in "abc")
+    plan = plan_of(
+        Step("first", "First", f"touch {a}"),
+        Step("b", "B", f"touch {b}; for i in $(seq 100); do [ -e {c} ] && exit 0; sleep 0.05; done; exit 9"),
+        Step("c", "C", f"touch {c}; for i in $(seq 100); do [ -e {b} ] && exit 0; sleep 0.05; done; exit 9",
+             needs=("first",)),
+        Step("last", "Last", f"test -e {b} && test -e {c}", needs=("b", "c")))
+    run = executor.execute(ShellRemote(), plan, console)
+    assert [r.key for r in run.records][0] == "first" and run.records[-1].key == "last"
+    assert all(r.outcome == "ok" for r in run.records)
+    by_key = {r.key: r for r in run.records}
+    assert by_key["c"].started < by_key["b"].ended and by_key["b"].started < by_key["c"].ended
+
+
+def test_after_a_failure_no_step_starts_but_running_ones_finish(tmp_path, console):
+    log = tmp_path / "log"
+    slow = Step("slow", "Slow", f"sleep 0.5; echo cmd:slow >> {shlex.quote(str(log))}", needs=())
+    plan = plan_of(slow, Step("fails", "Fails", "exit 4", needs=()), log_step(log, "never"))
+    with pytest.raises(StepFailed) as info:
+        executor.execute(ShellRemote(), plan, console)
+    assert info.value.step_title == "Fails"
+    assert logged(log) == ["cmd:slow"]  # finished after the failure; "never" did not start
+
+
+def test_a_step_waits_for_every_step_it_needs(tmp_path, console):
+    log = tmp_path / "log"
+    q = shlex.quote(str(log))
+    plan = plan_of(Step("a", "A", f"sleep 0.3; echo a >> {q}"), Step("b", "B", f"echo b >> {q}", needs=()),
+                   Step("c", "C", f"echo c >> {q}", needs=("a", "b")))
+    executor.execute(ShellRemote(), plan, console)
+    assert logged(log) == ["b", "a", "c"]
+
+
 # --- downtime --------------------------------------------------------------------------------
 
 def test_downtime_runs_from_the_first_stop_to_the_server_ready_step(tmp_path, console, monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 
 from pe_remote.discovery import ServiceState, parse_discovery
 from pe_remote.flavors import ALL_SERVICES, FLAVORS, PE37, PE2016, PE2019, PUPPET6, UnknownFlavor, detect_flavor
-from pe_remote.plan import build_plan, cert_files, fill, server_ready_check, service_command
+from pe_remote.plan import Plan, Step, build_plan, cert_files, fill, server_ready_check, service_command
 
 DATA = Path(__file__).parent / "data"
 RECORDED = parse_discovery((DATA / "discovery-oss7.txt").read_text())
@@ -100,6 +100,45 @@ def test_pe37_order():
         "clean", "remove-catalog", "generate",
         "start:pe-puppetserver", "wait-server", "start:pe-activemq", "start:pe-mcollective", "start:pe-puppet",
     ]
+
+
+def test_pe37_cert_work_overlaps_only_the_services_with_their_own_credentials():
+    needs = build_plan(facts_for(PE37), ALT).needs()
+    # The agent and the server are stopped before anything touches the SSL folders ...
+    assert needs["stop:pe-puppetserver"] == ("stop:pe-puppet",)
+    assert needs["clean"] == ("stop:pe-puppetserver",)
+    # ... the broker and MCollective (own copies of the credentials) stop alongside the cert work,
+    assert needs["stop:pe-activemq"] == ("stop:pe-puppetserver",)
+    assert needs["stop:pe-mcollective"] == ("stop:pe-activemq",)
+    # the server starts only after generate, and each service starts only after its own stop.
+    assert needs["start:pe-puppetserver"] == ("generate",)
+    assert needs["start:pe-activemq"] == ("wait-server", "stop:pe-mcollective")
+    assert needs["start:pe-mcollective"] == ("start:pe-activemq",)
+    assert needs["start:pe-puppet"] == ("wait-server",)
+
+
+@pytest.mark.parametrize("flavor", [PE2016, PUPPET6, PE2019], ids=lambda f: f.name)
+def test_generations_without_own_credential_services_run_strictly_in_order(flavor):
+    plan = build_plan(facts_for(flavor), ALT)
+    assert all(step.needs is None for step in plan.steps)
+    assert list(plan.needs().values()) == [()] + [(s.key,) for s in plan.steps[:-1]]
+
+
+def test_pe37_without_broker_and_mcollective_is_a_plain_chain():
+    plan = build_plan(facts_for(PE37, active=("pe-puppet", "pe-puppetserver")), ALT)
+    assert list(plan.needs().values()) == [()] + [(s.key,) for s in plan.steps[:-1]]
+
+
+def test_pe37_with_only_the_broker_running_still_starts_it_after_its_stop():
+    needs = build_plan(facts_for(PE37, active=("pe-puppet", "pe-puppetserver", "pe-activemq")), ALT).needs()
+    assert needs["start:pe-activemq"] == ("wait-server", "stop:pe-activemq")
+    assert "start:pe-mcollective" not in needs
+
+
+def test_a_step_may_only_need_earlier_steps():
+    bad = Plan(RECORDED, (), (Step("a", "A", "true", needs=("b",)), Step("b", "B", "true")), (), (), ())
+    with pytest.raises(ValueError, match="not an earlier step"):
+        bad.needs()
 
 
 def test_pe2016_order():
