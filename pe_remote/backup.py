@@ -22,10 +22,12 @@ that already sit on the master, and for remotes without an SSH transport.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shlex
 import socket
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,9 +35,16 @@ from pathlib import Path
 import paramiko
 
 from pe_remote.discovery import REMOTE_STATE_DIR, MasterFacts
-from pe_remote.errors import BackupError, ConnectionFailed, RemoteCommandFailed
+from pe_remote.errors import BackupChanged, BackupError, ConnectionFailed, RemoteCommandFailed
 
 REMOTE_BACKUP_DIR = REMOTE_STATE_DIR
+# A running agent may write the ssldir (its CRL, a cached cert) while tar reads it; tar then
+# exits 1 ("file changed as we read it") and the tarball may be inconsistent: read it again.
+BACKUP_ATTEMPTS = 3
+BACKUP_RETRY_PAUSE = 2.0
+TAR_SAW_A_CHANGE = "file changed as we read it"
+
+log = logging.getLogger(__name__)
 # SFTP read-ahead for pull_backup. paramiko's bounded prefetch falls back to one
 # synchronous 32 KiB read per round trip whenever the reader overtakes the
 # requests in flight: with 64, pulling 78 MB took 2.6-15 s here; with 1024 (at
@@ -138,7 +147,8 @@ def make_remote_backup(remote, facts: MasterFacts, *, name: str | None = None) -
     try:
         result = remote.run(create_command(facts, remote_path))
     except RemoteCommandFailed as exc:
-        raise BackupError(f"could not create the SSL backup on the master: {exc}") from None
+        error = BackupChanged if TAR_SAW_A_CHANGE in str(exc) else BackupError
+        raise error(f"could not create the SSL backup on the master: {exc}") from None
     return _parse_sum_and_size(result.stdout, remote_path)
 
 
@@ -296,7 +306,8 @@ def stream_backup(remote, facts: MasterFacts, folder: Path, *, name: str | None 
             status, errors = _stream(remote, transport, command, writer)
         if status != 0:
             detail = " / ".join(line.strip() for line in errors.strip().splitlines()[-3:]) or "no output"
-            raise BackupError(f"could not create the SSL backup on the master (exit {status}): {detail}")
+            error = BackupChanged if TAR_SAW_A_CHANGE in errors else BackupError
+            raise error(f"could not create the SSL backup on the master (exit {status}): {detail}")
         # stderr ends with `sha256sum` and `stat` of the master's copy (after any tar warnings).
         remote_backup = _parse_sum_and_size("\n".join(errors.strip().splitlines()[-2:]), remote_path)
         _check_and_keep(writer, partial, final, remote_backup)
@@ -311,12 +322,23 @@ def take_backup(remote, facts: MasterFacts, folder: Path) -> Backup:
 
     Over a live SSH connection the tarball is streamed (`stream_backup`); a remote that offers
     only `run` and `sftp` (test doubles) gets the two-step make-then-pull.
+    A file changing while tar reads it (a running agent writes the ssldir) makes tar fail; the
+    backup is then taken again, up to BACKUP_ATTEMPTS times in all.
     """
     prepare_local_dir(folder)
-    if live_transport(remote) is not None:
-        return stream_backup(remote, facts, folder)
-    remote_backup = make_remote_backup(remote, facts)
-    return Backup(remote_backup, pull_backup(remote, remote_backup, folder))
+    for attempt in range(1, BACKUP_ATTEMPTS + 1):
+        try:
+            if live_transport(remote) is not None:
+                return stream_backup(remote, facts, folder)
+            remote_backup = make_remote_backup(remote, facts)
+            return Backup(remote_backup, pull_backup(remote, remote_backup, folder))
+        except BackupChanged as exc:
+            if attempt == BACKUP_ATTEMPTS:
+                raise BackupChanged(f"{exc} ({BACKUP_ATTEMPTS} attempts: something keeps writing the SSL "
+                                    "folders; stop the agent service and try again)") from None
+            log.warning("backup attempt %d: %s; trying again", attempt, exc)
+            time.sleep(BACKUP_RETRY_PAUSE)
+    raise AssertionError("unreachable")
 
 
 def prefer_fast_ciphers(transport: paramiko.Transport) -> None:

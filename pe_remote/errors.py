@@ -73,6 +73,10 @@ class BackupError(PeRemoteError):
     exit_code = 6
 
 
+class BackupChanged(BackupError):
+    """tar saw a file change while it read the SSL folders (an agent run writing them); worth a retry."""
+
+
 class StepFailed(PeRemoteError):
     """A step of the procedure failed (internal: the job turns it into RolledBack or Incomplete)."""
 

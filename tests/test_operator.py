@@ -54,15 +54,18 @@ def test_regen_on_a_terminal_with_report_then_verify(fresh_master, tmp_path):
                               "--report", str(report_path)])
     assert code == 0, shown
 
-    # Every step's line appears, in order, with its elapsed time.
+    # Every step's line appears with its plan number and elapsed time, in the order the report
+    # lists the steps (the order they finished: some steps overlap).
     report = json.loads(report_path.read_text())
     total = len(report["steps"])
-    positions = []
-    for number, step in enumerate(report["steps"], start=1):
-        match = re.search(rf"^\[{number}/{total}\] {re.escape(step['title'])}: done \((\d+\.\d)s\)$", shown, re.M)
-        assert match, f"no finished line for step {number} ({step['title']}) in:\n{shown}"
+    positions, numbers = [], []
+    for step in report["steps"]:
+        match = re.search(rf"^\[(\d+)/{total}\] {re.escape(step['title'])}: done \((\d+\.\d)s\)$", shown, re.M)
+        assert match, f"no finished line for step {step['title']} in:\n{shown}"
         positions.append(match.start())
+        numbers.append(int(match[1]))
     assert positions == sorted(positions)
+    assert sorted(numbers) == list(range(1, total + 1))
     assert "Plan for" in shown, "on a terminal the plan is shown"
 
     # The report validates against the documented schema and carries the real values.

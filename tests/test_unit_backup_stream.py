@@ -105,3 +105,36 @@ def test_stream_backup_refuses_to_overwrite_before_running_anything(tmp_path, st
     with pytest.raises(BackupError, match="exists already"):
         stream_backup(remote, tree(tmp_path), folder, name="b.tar.gz")
     assert remote.connection.transport.channels == [] and remote.commands_run == 0
+
+
+def _tar_that_sees_changes(tmp_path, monkeypatch, times):
+    """A `tar` first in PATH that fails `times` times as GNU tar does when a file changes under it."""
+    fake = tmp_path / "fakebin"; fake.mkdir()
+    count = tmp_path / "tar-calls"
+    (fake / "tar").write_text(
+        "#!/bin/sh\n"
+        f"n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}\n"
+        f"if [ $n -le {times} ]; then echo partial; echo 'tar: ssl: file changed as we read it' >&2; exit 1; fi\n"
+        "exec /usr/bin/tar \"$@\"\n")
+    (fake / "tar").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:/usr/bin:/bin")
+    monkeypatch.setattr(backup, "BACKUP_RETRY_PAUSE", 0)
+    return count
+
+
+def test_backup_is_taken_again_when_a_file_changed_while_tar_read_it(tmp_path, state, monkeypatch):
+    calls = _tar_that_sees_changes(tmp_path, monkeypatch, times=2)
+    remote = StreamRemote()
+    result = take_backup(remote, tree(tmp_path), tmp_path / "local" / "host")
+    assert calls.read_text().strip() == "3" and remote.commands_run == 3
+    assert sha256_file(result.local_path) == result.sha256
+    assert sorted(p.name for p in state.iterdir()) == [result.local_path.name]  # no partial of the failed tries
+    assert leftovers(result.local_path.parent) == []
+
+
+def test_backup_gives_up_when_the_folder_keeps_changing(tmp_path, state, monkeypatch):
+    from pe_remote.errors import BackupChanged
+    _tar_that_sees_changes(tmp_path, monkeypatch, times=99)
+    with pytest.raises(BackupChanged, match="3 attempts.*stop the agent service"):
+        take_backup(StreamRemote(), tree(tmp_path), tmp_path / "local" / "host")
+    assert list((tmp_path / "local" / "host").iterdir()) == [] and list(state.iterdir()) == []
