@@ -521,3 +521,13 @@ def test_ip_alt_name_with_puppet_cert_is_refused_or_expected_as_dns(flavor):
         return
     value = shlex.split(step(plan, "generate").command)[-1].split("=", 1)[1]
     assert _puppet_cert_sans(CERTNAME, value) == plan.expected_sans
+
+
+def test_the_shown_plan_says_which_steps_start_alongside_others():
+    from pe_remote.render import render_plan
+    shown = render_plan(build_plan(facts_for(PE37), ALT), "tar -czf - ...", "master")
+    lines = [line.strip() for line in shown.splitlines() if line.strip()[:2].strip().rstrip(".").isdigit()]
+    assert "5. Clean the cert of master.pe-remote.test (after 2)" in lines
+    assert "10. Start pe-activemq (after 9, 4)" in lines
+    assert "12. Start pe-puppet (after 9)" in lines
+    assert "6. Remove the cached catalog" in lines  # follows the step before it: no mark
