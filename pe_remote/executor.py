@@ -52,16 +52,30 @@ class Execution:
 
 
 def step_script(step: Step, journal: Journal | None, *, check_first: bool = False) -> str:
-    """The remote shell for one step. With check_first (resume), a step whose effect is there is not re-run."""
+    """The remote shell for one step. With check_first (resume), a step whose effect is there is not re-run.
+
+    The step's command and check write into a file on the master, not into the SSH channel, and
+    the shell ignores SIGPIPE and SIGHUP: if the connection drops, the step still runs to its end
+    (and its journal line is still written) instead of dying half-way at its next line of output.
+    The output is sent once the command has ended. With a journal, the step's shell holds the
+    run's lock (see Journal.hold_lock_command) for as long as it runs.
+    """
     begin = journal.append_command(event("begin", step=step.key)) + "\n" if journal else ""
     end = journal.append_command(event("end", step=step.key)) if journal else "true"
     check = step.check or "true"
-    body = (f"( {step.command}\n); rc=$?; echo \"{RC_MARK}$rc\"\n"
-            f"if [ $rc = 0 ]; then ( {check}\n); c=$?; echo \"{CHECK_MARK}$c\"; fi\n")
+    prologue = "trap '' PIPE HUP; O=$(mktemp) || O=/dev/null\n"
+    if journal:
+        prologue += journal.hold_lock_command() + "\n"
+    # `9>&-`: a daemon the command starts must not inherit (and hold) the run's lock.
+    run_check = (f"( {check}\n) >\"$O\" 2>&1 </dev/null 9>&-; c=$?; cat \"$O\"; "
+                 f"echo \"{CHECK_MARK}$c\"")
+    body = (f"( {step.command}\n) >\"$O\" 2>&1 </dev/null 9>&-; rc=$?; cat \"$O\"; "
+            f"echo \"{RC_MARK}$rc\"\nif [ $rc = 0 ]; then {run_check}; fi\n")
     if check_first and step.check:
-        body = (f"if ( {step.check}\n) >/dev/null 2>&1; then echo \"{RC_MARK}0\"; echo \"{CHECK_MARK}0\"; "
-                f"echo already-done; rc=0; c=0\nelse\n{body}fi\n")
-    return f"{begin}{body}if [ \"$rc\" = 0 ] && [ \"${{c:-1}}\" = 0 ]; then {end}; fi"
+        body = (f"if ( {step.check}\n) >/dev/null 2>&1 </dev/null 9>&-; then echo \"{RC_MARK}0\"; "
+                f"echo \"{CHECK_MARK}0\"; echo already-done; rc=0; c=0\nelse\n{body}fi\n")
+    return (f"{prologue}{begin}{body}if [ \"$rc\" = 0 ] && [ \"${{c:-1}}\" = 0 ]; then {end}; fi; "
+            f"[ \"$O\" = /dev/null ] || rm -f \"$O\"")
 
 
 def parse_step_output(output: str) -> tuple[int | None, int | None, str, bool]:

@@ -81,6 +81,26 @@ class Journal:
         """Remote shell that appends one event line (the line is quoted, never interpreted)."""
         return f"printf '%s\\n' {shlex.quote(line)} >> {shlex.quote(self.remote_path)}"
 
+    @property
+    def lock_path(self) -> str:
+        return self.remote_path + ".lock"
+
+    def hold_lock_command(self) -> str:
+        """Shell for the start of a step: hold the run's lock (shared) until the step's shell ends.
+
+        A step goes on when the connection drops; a later `regen` waits for the lock before it
+        resumes or rolls back, so it never checks or redoes a step that is still running.
+        Without flock(1) there is no lock and nothing waits.
+        """
+        return (f"exec 9>>{shlex.quote(self.lock_path)}; "
+                "if command -v flock >/dev/null 2>&1; then flock -s 9; fi")
+
+    def steps_running_command(self, wait: int = 0) -> str:
+        """Exit 0 once no step of the run still runs (waiting up to `wait` seconds), 1 if one does."""
+        how = f"-w {int(wait)}" if wait else "-n"
+        return (f"command -v flock >/dev/null 2>&1 || exit 0; exec 9>>{shlex.quote(self.lock_path)}; "
+                f"flock -x {how} 9")
+
     def start_command(self) -> str:
         return f"umask 077 && {self.append_command(self.header())}"
 

@@ -27,6 +27,10 @@ from pe_remote.restore import put_back
 from pe_remote.report import RunReport, StepEntry, utc_now
 from pe_remote.verify import Verification, check_regen, read_verification
 
+# How long a resume or rollback waits for the interrupted run's steps that still run on the master
+# (a step goes on when its connection drops; puppetserver's start is the longest, bounded by systemd).
+STEPS_STILL_RUNNING_WAIT = 600
+
 
 @dataclass(frozen=True)
 class RegenOptions:
@@ -250,6 +254,7 @@ def _continue_unfinished(remote, current: MasterFacts, options: RegenOptions, co
         action = "roll it back" if options.rollback else "resume it from the first step not completed"
         console.notice(f"Dry run: would {action}; nothing was changed on the master.")
         return RegenResult(journal.facts, plan, "dry-run", commands_run=remote.commands_run)
+    _wait_for_steps_still_running(remote, journal, console)
     if options.rollback:
         console.confirm(f"Roll back run {journal.run_id}: put the backup back and start the services?")
         with InterruptLatch(console):
@@ -257,6 +262,19 @@ def _continue_unfinished(remote, current: MasterFacts, options: RegenOptions, co
     console.confirm(f"Resume run {journal.run_id} (no new backup is taken)?")
     console.notice("Resuming: steps whose effect is already there are not run again.")
     return _run_steps(remote, plan, journal, console, started, report, resume=True)
+
+
+def _wait_for_steps_still_running(remote, journal: Journal, console: Console) -> None:
+    """Steps of the interrupted run go on without their connection: let them end before going on."""
+    if remote.run(journal.steps_running_command(), check=False).ok:
+        return
+    console.notice(f"Steps of run {journal.run_id} are still running on the master (they went on when the "
+                   f"connection dropped); waiting up to {STEPS_STILL_RUNNING_WAIT}s for them to end ...")
+    with console.waiting("steps of the interrupted run"):
+        if not remote.run(journal.steps_running_command(wait=STEPS_STILL_RUNNING_WAIT), check=False).ok:
+            raise Incomplete(f"steps of run {journal.run_id} still run on the master after "
+                             f"{STEPS_STILL_RUNNING_WAIT}s (lock {journal.lock_path}); find them with "
+                             f"`fuser -v {journal.lock_path}`, then run `regen` again")
 
 
 def backup_only(remote, backup_dir: str, console: Console, flavor: str | None = None) -> Backup:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import tarfile
@@ -171,6 +172,29 @@ def test_connection_cut_then_rollback(fresh_master, tmp_path):
     again = run_cli("fab", *fab_target_args(master), "regen", "--dry-run", "--known-hosts",
                     str(master.known_hosts_path))
     assert "unfinished run" not in again.stdout, "a rolled-back run must be closed in the journal"
+
+
+@BOTH
+def test_connection_cut_during_generate_the_step_still_finishes(fresh_master, tmp_path):
+    master = fresh_master
+    old = _cert_facts(master)
+    proc = _start_fab(master, tmp_path)
+    seen: list[str] = []
+    _wait_for_line(proc, f"Generate a new cert for {master.certname} ...", seen)
+    time.sleep(0.3)  # the step's remote command is running (generate takes a second or more)
+    master.check("pkill -KILL -f '[s]shd: root' || true")
+    out = _finish(proc, seen)
+    assert proc.returncode == 8, out
+    # generate ran to its end on the master without its connection, and journalled it: the resumed
+    # run does not generate again (which would find the new key and fail, or sign a second cert).
+    proc = run_cli("fab", *_regen_args(master, tmp_path))
+    assert proc.returncode == 0, describe(proc)
+    assert re.search(rf"Generate a new cert for {re.escape(master.certname)}: already done", proc.stdout), \
+        describe(proc)
+    new = _cert_facts(master)
+    assert new["serial"] != old["serial"] and new["issuer"] == old["issuer"]
+    assert_serves(master, new["sha256"])
+    assert_backup_intact(master, tmp_path)
 
 
 # 4. no room on the master for the backup: stops in preflight ----------------------------------

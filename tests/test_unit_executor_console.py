@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from pe_remote.connection import CommandResult
 from pe_remote.console import Console
 from pe_remote.discovery import parse_discovery
 from pe_remote.errors import Aborted, StepFailed
+from pe_remote.journal import Journal
 from pe_remote.plan import Plan, Step
 
 DATA = Path(__file__).parent / "data"
@@ -308,3 +312,49 @@ def test_console_step_lines():
     console.step_finished(2, 9, "Stop puppet", 1.234)
     assert out.getvalue() == "[2/9] Stop puppet ...\n[2/9] Stop puppet: done (1.2s)\n"
 
+
+
+# --- a step outlives a dropped connection ---------------------------------------------------------
+
+class _FileJournal:
+    """Only what step_script asks of a journal: the shell that appends an event, and the run's lock."""
+
+    hold_lock_command = Journal.hold_lock_command
+    steps_running_command = Journal.steps_running_command
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock_path = str(path) + ".lock"
+
+    def append_command(self, entry: str) -> str:
+        return f"echo {shlex.quote(json.loads(entry)['event'])} >> {shlex.quote(str(self.path))}"
+
+
+def test_a_step_runs_to_its_end_and_journals_it_when_its_output_is_gone(tmp_path):
+    # The reader of the step's output (the SSH channel) is gone before the step writes anything:
+    # without the step's output file and ignored SIGPIPE, its first line of output would kill it.
+    done, journal = tmp_path / "done", tmp_path / "journal"
+    step = Step("slow", "Slow", f"sleep 0.3; echo progress; echo notice >&2; touch {done}", check=f"test -e {done}")
+    reader, writer = os.pipe()
+    os.close(reader)
+    proc = subprocess.Popen(["sh", "-c", executor.step_script(step, _FileJournal(journal))],
+                            stdout=writer, stderr=writer)
+    os.close(writer)
+    fake = _FileJournal(journal)
+    time.sleep(0.1)
+    # While the orphaned step runs, its run's lock is held: a resume would wait for it.
+    assert subprocess.run(["sh", "-c", fake.steps_running_command()]).returncode == 1
+    assert subprocess.run(["sh", "-c", fake.steps_running_command(wait=10)]).returncode == 0
+    proc.wait(timeout=10)
+    assert done.exists(), "the step's command did not run to its end"
+    assert journal.read_text().split() == ["begin", "end"]
+
+
+def test_a_daemon_started_by_a_step_does_not_hold_the_runs_lock(tmp_path):
+    fake = _FileJournal(tmp_path / "journal")
+    step = Step("start", "Start", "sleep 30 >/dev/null 2>&1 &")  # a daemon that outlives its step
+    subprocess.run(["sh", "-c", executor.step_script(step, fake)], capture_output=True, timeout=10)
+    try:
+        assert subprocess.run(["sh", "-c", fake.steps_running_command()]).returncode == 0
+    finally:
+        subprocess.run(["pkill", "-f", "^sleep 30$"])
