@@ -63,12 +63,6 @@ class Plan:
             previous = (step.key,)
         return resolved
 
-    def runs_alongside(self, key: str) -> bool:
-        """True when the step does not simply follow the one listed before it."""
-        index = next(i for i, step in enumerate(self.steps) if step.key == key)
-        return self.steps[index].needs is not None and self.steps[index].needs != (
-            (self.steps[index - 1].key,) if index else ())
-
 
 def q(value: str) -> str:
     return shlex.quote(value)
@@ -134,13 +128,12 @@ def old_serial_revoked(facts: MasterFacts) -> str:
             f"|| {{ echo 'serial {serial} is not in the CRL'; exit 1; }}")
 
 
-def _service_step(facts: MasterFacts, name: str, ensure: str, needs: tuple[str, ...] | None = None) -> Step:
+def _service_step(facts: MasterFacts, name: str, ensure: str) -> Step:
     if ensure == "stopped":
         return Step(f"stop:{name}", f"Stop {name}", service_command(facts, name, "stopped"),
-                    check=f"! {service_is_active(facts, name)}", undo=service_command(facts, name, "running"),
-                    needs=needs)
+                    check=f"! {service_is_active(facts, name)}", undo=service_command(facts, name, "running"))
     return Step(f"start:{name}", f"Start {name}", service_command(facts, name, "running"),
-                check=service_is_active(facts, name), undo=service_command(facts, name, "stopped"), needs=needs)
+                check=service_is_active(facts, name), undo=service_command(facts, name, "stopped"))
 
 
 def _clean_step(facts: MasterFacts, alt_names: tuple[str, ...]) -> Step:

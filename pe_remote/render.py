@@ -52,10 +52,13 @@ def render_plan(plan: Plan, backup_command: str, label: str) -> str:
     lines.append("  alongside the others):")
     lines.append(f"   0. Back up the SSL directory\n      $ {backup_command}")
     numbers = {step.key: number for number, step in enumerate(plan.steps, start=1)}
+    needs = plan.needs()
+    follows: tuple[str, ...] = ()  # what a step needs by default: the step listed before it
     for number, step in enumerate(plan.steps, start=1):
         after = ""
-        if plan.runs_alongside(step.key):
-            after = f" (after {', '.join(str(numbers[k]) for k in plan.needs()[step.key]) or 'the backup'})"
+        if needs[step.key] != follows:
+            after = f" (after {', '.join(str(numbers[k]) for k in needs[step.key]) or 'the backup'})"
+        follows = (step.key,)
         lines.append(f"  {number:2d}. {step.title}{after}\n      $ {step.command}")
         if step.check:
             lines.append(f"      check: {step.check}")
