@@ -29,26 +29,24 @@ def _regen_args(master, tmp_path: Path, *extra: str) -> list[str]:
             "--backup-dir", str(tmp_path / "bk"), *extra]
 
 
-def _start_fab(master, tmp_path: Path, *extra: str) -> subprocess.Popen:
+def _fab_until(master, tmp_path: Path, *needles: str, timeout: float = 300) -> tuple[subprocess.Popen, list[str]]:
+    """Start `fab ... regen --yes` and read its output until every needle was printed (in any
+    order: some steps overlap). Returns the running process and the lines read so far."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([str(BIN / "fab"), *_regen_args(master, tmp_path, *extra)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([str(BIN / "fab"), *_regen_args(master, tmp_path)], cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_for_line(proc: subprocess.Popen, needle: str, seen: list[str], timeout: float = 300,
-                   *more: str) -> None:
-    """Read fab's output until every needle was printed (in any order: some steps overlap)."""
-    missing = {needle, *more}
+    seen: list[str] = []
+    missing = set(needles)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while missing and time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             raise AssertionError(f"fab ended before printing {sorted(missing)!r}:\n{''.join(seen)}")
         seen.append(line)
         missing = {n for n in missing if n not in line}
-        if not missing:
-            return
-    raise AssertionError(f"no {sorted(missing)!r} within {timeout}s:\n{''.join(seen)}")
+    if missing:
+        raise AssertionError(f"no {sorted(missing)!r} within {timeout}s:\n{''.join(seen)}")
+    return proc, seen
 
 
 def _finish(proc: subprocess.Popen, seen: list[str], timeout: float = 600) -> str:
@@ -117,9 +115,7 @@ def test_server_not_starting_rolls_back(fresh_master, tmp_path):
     master = fresh_master
     old = _cert_facts(master)
     key = f"{master.flavor.ssldir}/private_keys/{master.certname}.pem"
-    proc = _start_fab(master, tmp_path)
-    seen: list[str] = []
-    _wait_for_line(proc, "Generate a new cert for master.pe-remote.test: done", seen)
+    proc, seen = _fab_until(master, tmp_path, "Generate a new cert for master.pe-remote.test: done")
     master.check(f"echo 'this is not a key' > {key}")  # broken SSL state, put in place during the run
     out = _finish(proc, seen)
     assert proc.returncode == 7, out
@@ -131,11 +127,9 @@ def test_server_not_starting_rolls_back(fresh_master, tmp_path):
 # 3. the SSH connection is cut after the services were stopped ---------------------------------
 
 def _cut_connection_after_stops(master, tmp_path) -> str:
-    proc = _start_fab(master, tmp_path)
-    seen: list[str] = []
     # Every service stopped and the new cert made (on PE 3.7 the last stops overlap the cert work).
-    _wait_for_line(proc, f"Stop {master.flavor.services[-1]}: done", seen, 300,
-                   f"Generate a new cert for {master.certname}: done")
+    proc, seen = _fab_until(master, tmp_path, f"Stop {master.flavor.services[-1]}: done",
+                            f"Generate a new cert for {master.certname}: done")
     master.check("pkill -KILL -f '[s]shd: root' || true")  # [s]: do not match this shell itself
     out = _finish(proc, seen)
     assert proc.returncode == 8, out
@@ -178,9 +172,7 @@ def test_connection_cut_then_rollback(fresh_master, tmp_path):
 def test_connection_cut_during_generate_the_step_still_finishes(fresh_master, tmp_path):
     master = fresh_master
     old = _cert_facts(master)
-    proc = _start_fab(master, tmp_path)
-    seen: list[str] = []
-    _wait_for_line(proc, f"Generate a new cert for {master.certname} ...", seen)
+    proc, seen = _fab_until(master, tmp_path, f"Generate a new cert for {master.certname} ...")
     time.sleep(0.3)  # the step's remote command is running (generate takes a second or more)
     master.check("pkill -KILL -f '[s]shd: root' || true")
     out = _finish(proc, seen)
@@ -251,9 +243,7 @@ def test_local_backup_folder_on_read_only_mount(staging_master, tmp_path):
 def test_sigint_during_generate_rolls_back(fresh_master, tmp_path):
     master = fresh_master
     old = _cert_facts(master)
-    proc = _start_fab(master, tmp_path)
-    seen: list[str] = []
-    _wait_for_line(proc, "Generate a new cert for master.pe-remote.test ...", seen)
+    proc, seen = _fab_until(master, tmp_path, "Generate a new cert for master.pe-remote.test ...")
     proc.send_signal(signal.SIGINT)
     out = _finish(proc, seen)
     assert proc.returncode == 7, out
