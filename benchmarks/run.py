@@ -371,7 +371,7 @@ class Bench:
         side = [n for n in flavor.services if n in running and n in flavor.own_credentials] if overlap else []
         stops = [n for n in flavor.services if n in running and n not in side]
         starts = [n for n in flavor.start_order if n in running and n not in side]
-        server_at = starts.index(flavor.server_service)
+        server_at = starts.index(facts.server_service)
         quiet = " >/dev/null 2>&1 || exit 1"
         background = ("( " + " && ".join(service_command(facts, n, "stopped") + " >/dev/null 2>&1" for n in side)
                       + " ) & side=$!") if side else "side="
@@ -380,7 +380,7 @@ class Bench:
             *(service_command(facts, n, "stopped") + quiet for n in stops),
             background,
             *(service_command(facts, n, "running") + quiet for n in starts[:server_at + 1]),
-            f"( {server_ready_check()} ) || exit 1",
+            f"( {server_ready_check(facts)} ) || exit 1",
             "t1=$(date +%s.%N)",
             'echo "window $t0 $t1"',
             '[ -z "$side" ] || wait "$side" || exit 1',

@@ -89,11 +89,12 @@ def backup_name(certname: str, when: datetime | None = None) -> str:
 
 
 def backup_paths(facts: MasterFacts) -> list[str]:
-    """What the backup holds: the ssldir, and the CA folder where it lies outside it."""
+    """What the backup holds: the ssldir, the CA folder where it lies outside it, and the folders
+    of credential copies that the run refreshes."""
     paths = [facts.ssldir]
     if not facts.cadir_inside_ssldir:
         paths.append(facts.cadir)
-    return paths
+    return paths + list(facts.copy_dirs)
 
 
 def _members(facts: MasterFacts) -> str:

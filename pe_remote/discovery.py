@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from pe_remote.errors import DiscoveryError, InvalidName, Refused
-from pe_remote.flavors import (ALL_SERVICES, FLAVORS, MONOLITHIC_DIRS, PE_VERSION_FILES, PUPPET_PATHS,
+from pe_remote.flavors import (ALL_SERVICES, COPY_DIRS, FLAVORS, MONOLITHIC_DIRS, PE_VERSION_FILES, PUPPET_PATHS,
                                PUPPETSERVER_PATHS, Flavor, UnknownFlavor, detect_flavor)
 from pe_remote.names import parse_alt_names, validate_certname
 
@@ -68,6 +68,10 @@ class MasterFacts:
     ssl_kb: int = 0  # size of the ssldir (and cadir) on disk
     backup_free_kb: int = 0  # free space where the backup goes
     monolithic_markers: tuple[str, ...] = ()  # PuppetDB/console services or SSL folders on this host
+    # The systemd unit whose process listens on 8140: "" when nothing listens, None when unknown
+    # (no systemd, no `ss`, or a listener outside any service).
+    serving_unit: str | None = None
+    copy_dirs: tuple[str, ...] = ()  # the generation's credential-copy folders that exist here
     unfinished_journals: tuple[tuple[str, str], ...] = ()  # (path, content) of runs that did not finish
     settings_raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -83,6 +87,18 @@ class MasterFacts:
 
     def service(self, name: str) -> ServiceState | None:
         return next((s for s in self.services if s.name == name), None)
+
+    @property
+    def server_service(self) -> str:
+        """The service that serves 8140 here: the generation's first server service the host has."""
+        present = {s.name for s in self.services if s.exists}
+        return next((name for name in self.flavor.server_services if name in present),
+                    self.flavor.server_services[0])
+
+    @property
+    def credential_copies(self):
+        """The generation's credential copies whose folder exists on this host."""
+        return tuple(c for c in self.flavor.credential_copies if c.folder in self.copy_dirs)
 
     @property
     def cadir_inside_ssldir(self) -> bool:
@@ -110,7 +126,7 @@ def discovery_script() -> str:
     server_paths = " ".join(shlex.quote(p) for p in PUPPETSERVER_PATHS)
     pe_files = " ".join(shlex.quote(p) for p in PE_VERSION_FILES)
     services = " ".join(shlex.quote(s) for s in ALL_SERVICES)
-    marker_dirs = " ".join(shlex.quote(d) for d in MONOLITHIC_DIRS)
+    marker_dirs = " ".join(shlex.quote(d) for d in (*MONOLITHIC_DIRS, *COPY_DIRS))
     state_dir = shlex.quote(REMOTE_STATE_DIR)
     settings = " ".join(SETTINGS)
     return f"""exec 2>&1
@@ -120,11 +136,14 @@ sec init; if [ -d /run/systemd/system ]; then echo systemd; else echo sysv; fi
 P=; for p in {puppet_paths}; do if [ -x "$p" ]; then P=$p; break; fi; done
 S=; for p in {server_paths}; do if [ -x "$p" ]; then S=$p; break; fi; done
 sec binaries; echo "puppet=$P"; echo "puppetserver=$S"
-sec pe_version; PE=; for f in {pe_files}; do [ -f "$f" ] && PE=1 && head -c 64 "$f" && echo; done
+sec pe_version; PE=; for f in {pe_files}; do [ -f "$f" ] && PE=$(head -c 64 "$f") && echo "$PE" && break; done
 [ -n "$P" ] || exit 0
 # The PE marker decides the generation; only open-source Puppet pays a second Ruby start for it.
-sec puppet_version; [ -n "$PE" ] || "$P" --version 2>&1
-sec settings; CFG=$("$P" config print {settings} --section master 2>/dev/null); echo "$CFG"
+sec puppet_version; V=; [ -n "$PE" ] || V=$("$P" --version 2>&1); echo "$V"
+# The master's settings section: [master] up to Puppet 5 (PE 2018.1), [server] from Puppet 6 on.
+SEC=server; case "$PE" in 3.*|2015.*|2016.*|2017.*|2018.*) SEC=master;; esac
+[ -n "$PE" ] || case "$V" in [0-5].*) SEC=master;; esac
+sec settings; CFG=$("$P" config print {settings} --section $SEC 2>/dev/null); echo "$CFG"
 get() {{ printf "%s\\n" "$CFG" | sed -n "s/^$1 = //p"; }}
 HC=$(get hostcert); HK=$(get hostprivkey); CA=$(get cadir)
 sec ca_key; if [ -f "$CA/ca_key.pem" ]; then echo present; else echo absent; fi
@@ -138,6 +157,12 @@ for s in {services}; do
   else echo "$s absent"; fi
 done
 sec dirs; for d in {marker_dirs}; do [ -d "$d" ] && echo "$d"; done
+# Which service's process listens on 8140 (cross-checks the detected generation).
+sec listener; if command -v ss >/dev/null 2>&1; then
+  L=$(ss -Htlnp 'sport = :8140' 2>/dev/null); LP=$(printf "%s\\n" "$L" | sed -n 's/.*pid=\\([0-9]*\\).*/\\1/p' | head -n1)
+  if [ -n "$LP" ]; then sed -n 's#.*/\\([^/]*\\)\\.service$#unit=\\1#p' "/proc/$LP/cgroup" 2>/dev/null | head -n1
+  elif [ -n "$L" ]; then echo unit=?; else echo unit=; fi
+else echo unit=?; fi
 sec space; SSL=$(get ssldir)
 echo "ssl_kb=$(du -skc "$SSL" "$CA" 2>/dev/null | tail -n1 | cut -f1)"
 B={state_dir}; [ -d "$B" ] || B=$(dirname "$B")
@@ -250,8 +275,13 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
         if name:
             services.append(ServiceState(name, state != "absent", state == "active", state))
     present = {s.name for s in services if s.exists}
+    found_dirs = {line.strip() for line in sections.get("dirs", [])}
     markers = tuple(f"service {name}" for name in flavor.monolithic_services if name in present) + tuple(
-        f"folder {d}" for d in (line.strip() for line in sections.get("dirs", [])) if d in flavor.monolithic_dirs)
+        f"folder {d}" for d in flavor.monolithic_dirs if d in found_dirs)
+    listener = parse_settings([line.replace("=", " = ", 1) for line in sections.get("listener", [])])
+    serving_unit = listener.get("unit")
+    if serving_unit == "?" or (serving_unit and not re.fullmatch(r"[A-Za-z0-9@_.:-]{1,128}", serving_unit)):
+        serving_unit = None
     return MasterFacts(
         uid=uid,
         hostname=(id_lines[1].strip() if len(id_lines) > 1 else ""),
@@ -276,6 +306,8 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
         ssl_kb=_int(space.get("ssl_kb")),
         backup_free_kb=_int(space.get("free_kb")),
         monolithic_markers=markers,
+        serving_unit=serving_unit if "listener" in sections else None,
+        copy_dirs=tuple(c.folder for c in flavor.credential_copies if c.folder in found_dirs),
         unfinished_journals=tuple((path, "\n".join(lines)) for path, lines in journals),
         settings_raw=settings,
     )
@@ -288,9 +320,44 @@ def _int(value: str | None) -> int:
         return 0
 
 
+def generation_problem(facts: MasterFacts, *, overridden: bool = False) -> str | None:
+    """Why the chosen generation does not fit what the host runs (None: it fits).
+
+    Detection reads version markers; this checks them against the host itself: the generation's
+    services must exist, and the process serving 8140 must belong to its server service. A wrong
+    guess would stop services that are not the ones running and then fail half-way.
+    """
+    flavor = facts.flavor
+    if overridden:
+        source = f"--flavor {flavor.name}"
+    elif facts.pe_version:
+        source = f"detected from the PE version marker {facts.pe_version}"
+    else:
+        source = f"detected from puppet --version {facts.puppet_version or '?'}"
+    present = {s.name for s in facts.services if s.exists}
+    servers = ", ".join(flavor.server_services)
+    fitting = [f.name for f in FLAVORS.values() if facts.serving_unit in f.server_services
+               and f.name != flavor.name]
+    hint = (f"; if it is a {' or '.join(fitting)} master, say so with --flavor" if fitting else
+            "; name the generation with --flavor if the detection is wrong")
+    if not present & set(flavor.services):
+        return (f"{flavor.title} ({source}), but none of its services ({', '.join(flavor.services)}) exist on "
+                f"this host{hint}")
+    if not present & set(flavor.server_services):
+        return f"{flavor.title} ({source}), but its server service ({servers}) does not exist on this host{hint}"
+    if facts.serving_unit and facts.serving_unit not in flavor.server_services:
+        return (f"{flavor.title} ({source}), but port 8140 is served by {facts.serving_unit}.service, not by "
+                f"{servers}{hint}")
+    return None
+
+
 def discover(remote, *, flavor_override: str | None = None) -> MasterFacts:
-    """Describe the master in one remote command."""
+    """Describe the master in one remote command; refuse a generation the host does not run."""
     result = remote.run(discovery_script(), check=False)
     if not result.ok and "==> id <==" not in result.stdout:
         raise DiscoveryError(f"discovery failed (exit {result.exit_status}): {(result.stdout + result.stderr).strip()[-300:]}")
-    return parse_discovery(result.stdout, flavor_override=flavor_override)
+    facts = parse_discovery(result.stdout, flavor_override=flavor_override)
+    problem = generation_problem(facts, overridden=flavor_override is not None)
+    if problem:
+        raise Refused(f"{problem}. Nothing was changed")
+    return facts

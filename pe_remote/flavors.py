@@ -17,8 +17,10 @@ class Flavor:
     # Services in the order they are stopped; they are started in `start_order`.
     services: tuple[str, ...]
     start_order: tuple[str, ...]
-    # The service that serves 8140; the procedure waits for it to answer after the start.
-    server_service: str
+    # The services that may serve 8140, by preference: the first that exists on the host is the
+    # server (an open-source Puppet 4/5 master runs Puppet Server, or the Ruby `puppet master`
+    # under the name its packages gave it). The procedure waits for it to answer after the start.
+    server_services: tuple[str, ...]
     clean: tuple[str, ...]
     generate: tuple[str, ...]
     # Puppet 6+ cleans through the running CA service; older generations clean files offline.
@@ -39,6 +41,18 @@ class Flavor:
     # the master-only procedure would half-do the job, so these markers make pe-remote refuse.
     monolithic_services: tuple[str, ...] = ()
     monolithic_dirs: tuple[str, ...] = ()
+    # Folders where a service keeps COPIES of the master's cert and keys, which the generation's own
+    # procedure refreshes after `generate` (PE 2016.4-2018.1: orchestration-services, with the key
+    # also as PKCS#8 DER `.pk8`). Only folders that exist on the host are refreshed; they are backed up.
+    credential_copies: tuple["CredentialCopy", ...] = ()
+
+@dataclass(frozen=True)
+class CredentialCopy:
+    """A service's own copies of the master's credentials: <certname>.{cert,public_key,private_key}.pem."""
+
+    folder: str
+    owner: str
+    pk8: bool = False  # also <certname>.private_key.pk8 (PKCS#8, DER, unencrypted)
 
 
 # The two ways of cleaning and generating: PE 3.x-2018's `puppet cert` (offline, on the files) and
@@ -58,7 +72,7 @@ PE37 = Flavor(
     services=("pe-puppet", "pe-puppetserver", "pe-activemq", "pe-mcollective"),
     # Server first, agent last: the agent's first run then finds the server up.
     start_order=("pe-puppetserver", "pe-activemq", "pe-mcollective", "pe-puppet"),
-    server_service="pe-puppetserver",
+    server_services=("pe-puppetserver",),
     clean=PUPPET_CERT_CLEAN,
     generate=PUPPET_CERT_GENERATE,
     clean_while_running=False,
@@ -74,13 +88,30 @@ PE2016 = Flavor(
     title="Puppet Enterprise 2016.4-2018.1 (puppet cert)",
     services=("puppet", "pe-puppetserver", "pe-activemq", "mcollective", "pe-orchestration-services", "pxp-agent"),
     start_order=("pe-puppetserver", "pe-orchestration-services", "pe-activemq", "mcollective", "pxp-agent", "puppet"),
-    server_service="pe-puppetserver",
+    server_services=("pe-puppetserver",),
     clean=PUPPET_CERT_CLEAN,
     generate=PUPPET_CERT_GENERATE,
     clean_while_running=False,
     delete_leftover_files=False,
     monolithic_services=("pe-puppetdb", "pe-console-services", "pe-postgresql"),
     monolithic_dirs=("/etc/puppetlabs/puppetdb/ssl", "/opt/puppetlabs/server/data/console-services/certs"),
+    # The master-only procedure of these releases copies the new credentials to the orchestrator.
+    credential_copies=(CredentialCopy("/etc/puppetlabs/orchestration-services/ssl", "pe-orchestration-services",
+                                      pk8=True),),
+)
+
+PUPPET5 = Flavor(
+    name="puppet5",
+    title="Open-source Puppet 4/5 (puppet cert)",
+    # Puppet Server (upstream packages), or the Ruby master as Debian (puppet-master) or older
+    # packages (puppetmaster) name it.
+    services=("puppet", "puppetserver", "puppet-master", "puppetmaster"),
+    start_order=("puppetserver", "puppet-master", "puppetmaster", "puppet"),
+    server_services=("puppetserver", "puppet-master", "puppetmaster"),
+    clean=PUPPET_CERT_CLEAN,
+    generate=PUPPET_CERT_GENERATE,
+    clean_while_running=False,
+    delete_leftover_files=False,
 )
 
 PUPPET6 = Flavor(
@@ -88,7 +119,7 @@ PUPPET6 = Flavor(
     title="Open-source Puppet 6+ (puppetserver ca)",
     services=("puppet", "puppetserver"),
     start_order=("puppetserver", "puppet"),
-    server_service="puppetserver",
+    server_services=("puppetserver",),
     **CA_CLI_GENERATION,
 )
 
@@ -99,16 +130,17 @@ PE2019 = Flavor(
               "pe-nginx", "pe-puppetdb", "pe-postgresql"),
     start_order=("pe-postgresql", "pe-puppetdb", "pe-puppetserver", "pe-orchestration-services",
                  "pe-console-services", "pe-nginx", "pxp-agent", "puppet"),
-    server_service="pe-puppetserver",
+    server_services=("pe-puppetserver",),
     **CA_CLI_GENERATION,
 )
 
-FLAVORS: dict[str, Flavor] = {f.name: f for f in (PE37, PE2016, PUPPET6, PE2019)}
+FLAVORS: dict[str, Flavor] = {f.name: f for f in (PE37, PE2016, PUPPET5, PUPPET6, PE2019)}
 
 # Every service name any generation uses: discovery asks about all of them at once.
 ALL_SERVICES: tuple[str, ...] = tuple(dict.fromkeys(
     s for f in FLAVORS.values() for s in (*f.services, *f.monolithic_services)))
 MONOLITHIC_DIRS: tuple[str, ...] = tuple(dict.fromkeys(d for f in FLAVORS.values() for d in f.monolithic_dirs))
+COPY_DIRS: tuple[str, ...] = tuple(dict.fromkeys(c.folder for f in FLAVORS.values() for c in f.credential_copies))
 
 # Where each generation keeps its binaries; commands over SSH do not read
 # /etc/profile.d, so they are looked up by absolute path.
@@ -147,7 +179,9 @@ def detect_flavor(puppet_version: str, pe_version: str | None) -> Flavor:
     major = _version_tuple(puppet_version)[:1]
     if major and major[0] >= 6:
         return PUPPET6
+    if major and major[0] in (4, 5):
+        return PUPPET5
     raise UnknownFlavor(
         f"open-source Puppet {puppet_version.strip() or '(unknown version)'} is not supported "
-        "(Puppet 6 and later, or Puppet Enterprise, are)"
+        "(Puppet 4 and later, or Puppet Enterprise 3.x and 2016+, are)"
     )

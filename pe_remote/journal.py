@@ -44,6 +44,7 @@ def facts_from_dict(data: dict) -> MasterFacts:
     data["services"] = tuple(ServiceState(**s) for s in data["services"])
     data["dns_alt_names"] = tuple(data["dns_alt_names"])
     data["monolithic_markers"] = tuple(data.get("monolithic_markers", ()))
+    data["copy_dirs"] = tuple(data.get("copy_dirs", ()))
     if data.get("cert"):
         data["cert"] = CertInfo(**{**data["cert"], "sans": frozenset(data["cert"]["sans"])})
     return MasterFacts(**data)

@@ -103,10 +103,35 @@ def service_is_active(facts: MasterFacts, name: str) -> str:
     return f"/etc/init.d/{q(name)} status >/dev/null 2>&1"
 
 
-def server_ready_check(timeout: int = SERVER_READY_TIMEOUT) -> str:
-    return (f"i=0; while [ $i -lt {timeout} ]; do "
-            "curl -sfk --max-time 5 https://127.0.0.1:8140/status/v1/simple 2>/dev/null | grep -qx running "
-            "&& exit 0; i=$((i+1)); sleep 1; done; exit 1")
+def server_ready_check(facts: MasterFacts, timeout: int = SERVER_READY_TIMEOUT) -> str:
+    """Exit 0 once port 8140 serves the cert that is on disk and answers HTTP; 1 after `timeout` seconds.
+
+    What every server generation can show: a TLS handshake on 8140 presenting the hostcert on disk
+    (the new one after a regen, the old one after a rollback) and an answer from the CA endpoint.
+    Puppet Server >= 2.6 also has a status API: where it answers, it must say `running` (it says
+    `starting` while services load); a server without it (PE 3.7's, the Ruby `puppet master`)
+    answers 404 there and is judged by the two checks alone. The bound is wall-clock seconds.
+    """
+    return (f"HC={q(facts.hostcert)}; end=$(( $(date +%s) + {int(timeout)} )); why='nothing answered yet'\n"
+            'want=$(openssl x509 -in "$HC" -noout -fingerprint -sha256 2>/dev/null) '
+            '|| { echo "no readable cert at $HC"; exit 1; }\n'
+            'while :; do\n'
+            '  left=$(( end - $(date +%s) )); [ $left -gt 0 ] || break; t=$(( left < 5 ? left : 5 ))\n'
+            f'  got=$(timeout $t openssl s_client -connect 127.0.0.1:8140 -servername {q(facts.certname)} '
+            '</dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256 2>/dev/null)\n'
+            '  if [ -z "$got" ]; then why="no TLS handshake on 8140"\n'
+            '  elif [ "$got" != "$want" ]; then why="8140 presents a cert other than $HC"\n'
+            '  else ca=$(curl -sk --max-time $t -o /dev/null -w "%{http_code}" '
+            'https://127.0.0.1:8140/puppet-ca/v1/certificate/ca)\n'
+            '    if [ "$ca" != 200 ]; then why="the CA endpoint answered HTTP $ca"\n'
+            '    else st=$(curl -sk --max-time $t -w " %{http_code}" https://127.0.0.1:8140/status/v1/simple)\n'
+            '      case "$st" in "running 200") exit 0;; *" 200"|*" 503"|*" 000") why="status API: $st";; '
+            '*) exit 0;; esac\n'
+            '    fi\n'
+            '  fi\n'
+            '  sleep 1\n'
+            'done\n'
+            f'echo "port 8140 not ready after {int(timeout)}s: $why"; exit 1')
 
 
 def cert_files(facts: MasterFacts) -> list[str]:
@@ -150,6 +175,33 @@ def _clean_step(facts: MasterFacts, alt_names: tuple[str, ...]) -> Step:
     return Step("clean", f"Clean the cert of {facts.certname}", command, check)
 
 
+def _copy_credentials_step(facts: MasterFacts) -> Step | None:
+    """Refresh a service's copies of the master's credentials (PE 2016.4-2018.1: orchestration-services)."""
+    if not facts.credential_copies:
+        return None
+    name = facts.certname
+    sources = {kind: f"{facts.ssldir}/{sub}/{name}.pem" for kind, sub in
+               (("cert", "certs"), ("public_key", "public_keys"), ("private_key", "private_keys"))}
+    commands, checks = [], []
+    for copy in facts.credential_copies:
+        targets = {kind: f"{copy.folder}/{name}.{kind}.pem" for kind in sources}
+        commands += [f"cp {q(sources[kind])} {q(targets[kind])}" for kind in sources]
+        checks += [f"cmp -s {q(sources[kind])} {q(targets[kind])}" for kind in sources]
+        private = [targets["private_key"]]
+        if copy.pk8:
+            pk8 = f"{copy.folder}/{name}.private_key.pk8"
+            private.append(pk8)
+            commands.append(f"openssl pkcs8 -topk8 -inform PEM -outform DER -in {q(targets['private_key'])} "
+                            f"-out {q(pk8)} -nocrypt")
+            checks.append(f"[ \"$(openssl pkey -inform DER -in {q(pk8)} -pubout)\" = "
+                          f"\"$(openssl x509 -in {q(sources['cert'])} -noout -pubkey)\" ]")
+        commands.append(f"chown -R {q(copy.owner + ':' + copy.owner)} {q(copy.folder)}")
+        commands.append("chmod 600 " + " ".join(q(p) for p in private))
+    folders = ", ".join(c.folder for c in facts.credential_copies)
+    return Step("copy-credentials", f"Copy the new credentials to {folders}", " && ".join(commands),
+                check=" && ".join(checks))
+
+
 def build_plan(facts: MasterFacts, alt_names: tuple[str, ...]) -> Plan:
     """The ordered steps for this master, its generation and the wanted alt names."""
     flavor = facts.flavor
@@ -191,17 +243,20 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...]) -> Plan:
                           check=" && ".join(f"test -s {q(p)}" for p in
                                             (new_cert, f"{facts.ssldir}/private_keys/{facts.certname}.pem",
                                              f"{facts.cadir}/signed/{facts.certname}.pem"))))
+    copies = _copy_credentials_step(facts)
+    if copies:
+        cert_work.append(copies)
     if side_stops:
         cert_work[0] = replace(cert_work[0], needs=main_stopped)
     steps += cert_work
 
+    server = facts.server_service
     main_starts = [name for name in flavor.start_order if name in main]
-    up_to_server = main_starts[:main_starts.index(flavor.server_service) + 1] \
-        if flavor.server_service in main_starts else main_starts
+    up_to_server = main_starts[:main_starts.index(server) + 1] if server in main_starts else main_starts
     steps += [_service_step(facts, name, "running") for name in up_to_server]
-    if flavor.server_service in up_to_server:
-        steps.append(Step("wait-server", f"Wait for {flavor.server_service} to answer on 8140",
-                          server_ready_check(), server_ready=True))
+    if server in up_to_server:
+        steps.append(Step("wait-server", f"Wait for {server} to serve the new cert on 8140",
+                          server_ready_check(facts), server_ready=True))
     server_up = (steps[-1].key,)
     side_starts = [_service_step(facts, name, "running") for name in flavor.start_order if name in side]
     if side_starts:

@@ -71,9 +71,9 @@ def preflight(plan: Plan, *, force: bool = False, local_folder: Path | None = No
                       "its own new cert; run pe-remote against the CA master")
     if facts.cert is None:
         raise Refused(f"the master has no cert at {facts.hostcert}: nothing to regenerate")
-    server = facts.service(facts.flavor.server_service)
+    server = facts.service(facts.server_service)
     if server is None or not server.exists:
-        raise Refused(f"service {facts.flavor.server_service} does not exist on this host: is it a "
+        raise Refused(f"service {facts.server_service} does not exist on this host: is it a "
                       f"{facts.flavor.title} master? (override the detection with --flavor)")
     if facts.monolithic_markers and not force:
         raise Refused(
@@ -227,7 +227,7 @@ def rollback(remote, journal: Journal, console: Console, *, reason: str) -> None
                          f"{journal.backup.path} on the master ({journal.local_backup} here); "
                          "see README 'Restoring a backup by hand'") from None
     old = facts.cert.sha256 if facts.cert else ""
-    server_runs = facts.flavor.server_service in facts.running_services
+    server_runs = facts.server_service in facts.running_services
     if outcome.disk_sha256 != old or (server_runs and outcome.served_sha256 != old):
         raise Incomplete(f"{reason}; the backup was put back but the master does not serve the old cert "
                          f"(disk {outcome.disk_sha256[:23]}, served {outcome.served_sha256[:23] or 'nothing'}); "

@@ -38,8 +38,8 @@ def start_services_command(facts: MasterFacts, names: list[str]) -> str:
     for name in facts.flavor.start_order:
         if name in names:
             commands.append(service_command(facts, name, "running"))
-            if name == facts.flavor.server_service:
-                commands.append(f"( {server_ready_check()} )")  # it ends in `exit`
+            if name == facts.server_service:
+                commands.append(f"( {server_ready_check(facts)} )")  # it ends in `exit`
     return " && ".join(commands) or "true"
 
 
@@ -137,7 +137,7 @@ def restore_backup(remote, tarball: Path, console, *, sha256: str | None = None,
     facts = discover(remote, flavor_override=flavor)
     cert_sha = cert_sha256_in_tarball(tarball, facts.hostcert)
     start = [s.name for s in facts.services if s.exists and s.name in facts.flavor.services
-             and (s.active or s.name == facts.flavor.server_service)]
+             and (s.active or s.name == facts.server_service)]
     console.notice(f"Restore {tarball.name} onto {remote.target.label}: replaces {', '.join(backup_paths(facts))} "
                  f"(moved aside, not deleted); the cert in the backup has sha256 {cert_sha}.")
     console.confirm(f"Stop the Puppet services on {remote.target.label} and put this backup back?")
@@ -145,7 +145,7 @@ def restore_backup(remote, tarball: Path, console, *, sha256: str | None = None,
     outcome = put_back(remote, facts, uploaded, expected, start, console)
     if outcome.disk_sha256 != cert_sha:
         raise BackupError(f"after the restore the cert on disk is {outcome.disk_sha256[:23]}..., not the backup's")
-    if facts.flavor.server_service in start and outcome.served_sha256 != cert_sha:
+    if facts.server_service in start and outcome.served_sha256 != cert_sha:
         raise BackupError(f"after the restore port 8140 serves {outcome.served_sha256[:23] or 'nothing'}, "
                           "not the backup's cert")
     console.notice(f"Restored: {facts.certname} serves the cert from {tarball.name} again; "

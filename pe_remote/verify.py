@@ -85,7 +85,7 @@ def check_regen(plan: Plan, result: Verification) -> list[str]:
         problems.append("the private key does not match the new cert")
     if result.inactive_services:
         problems.append(f"not running: {', '.join(result.inactive_services)}")
-    server = plan.facts.flavor.server_service
+    server = plan.facts.server_service
     if server not in plan.skipped_services and server not in plan.stopped_services:
         problems += served_problems(result, "the new cert")
     return problems
@@ -117,7 +117,7 @@ def check_master(facts, result: Verification, alt_names: tuple[str, ...]) -> lis
         problems.append(f"the private key {facts.hostprivkey} does not match the cert")
     if result.inactive_services:
         problems.append(f"not running: {', '.join(result.inactive_services)}")
-    server = facts.service(facts.flavor.server_service)
+    server = facts.service(facts.server_service)
     if server and server.exists:
         problems += served_problems(result, "the cert on disk")
     return problems

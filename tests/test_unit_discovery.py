@@ -184,8 +184,8 @@ def test_unknown_flavor_override_is_a_discovery_error():
 
 
 def test_unsupported_puppet_version_is_refused():
-    text = sub(OSS7, "==> puppet_version <==\n7.23.0\n", "==> puppet_version <==\n5.5.22\n")
-    with pytest.raises(Refused, match="5.5.22"):
+    text = sub(OSS7, "==> puppet_version <==\n7.23.0\n", "==> puppet_version <==\n3.8.7\n")
+    with pytest.raises(Refused, match="3.8.7"):
         parse_discovery(text)
 
 
@@ -326,8 +326,18 @@ def test_discover_runs_exactly_one_command_through_fabric(remote):  # noqa: F811
 
 
 def test_discover_with_flavor_override_through_fabric(remote):  # noqa: F811
-    remote.expect(host="host", cmd=discovery_script(), out=OSS7.encode())
+    # A PE 3.7 master whose version marker is gone: puppet's own version alone would not say PE.
+    text = sub(pe37_variant(), "==> pe_version <==\n3.7.2\n", "==> pe_version <==\n")
+    remote.expect(host="host", cmd=discovery_script(), out=text.encode())
     assert discover(fabric_remote(), flavor_override="pe37").flavor is PE37
+
+
+def test_discover_refuses_an_override_the_host_does_not_run(remote):  # noqa: F811
+    remote.expect(host="host", cmd=discovery_script(), out=OSS7.encode())
+    with pytest.raises(Refused) as info:
+        discover(fabric_remote(), flavor_override="pe37")
+    assert info.value.exit_code == 4
+    assert "--flavor pe37" in str(info.value) and "pe-puppet, pe-puppetserver" in str(info.value)
 
 
 def test_discover_failing_without_sections_is_a_discovery_error(remote):  # noqa: F811

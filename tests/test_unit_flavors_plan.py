@@ -42,8 +42,7 @@ def test_detect_flavor(puppet_version, pe_version, flavor):
 
 
 @pytest.mark.parametrize("puppet_version, pe_version, mentioned", [
-    ("5.5.22", None, "5.5.22"),  # OSS 5
-    ("4.10.12", None, "4.10.12"),
+    ("3.8.7", None, "3.8.7"),  # OSS 3
     ("", None, "unknown version"),
     ("2.7.19 (Puppet Enterprise 2.8.1)", "2.8.1", "2.8.1"),  # PE 2.x
     ("4.2.1", "2015.2.0", "2015.2.0"),  # PE 2015 is neither 3.x nor 2016+
@@ -56,10 +55,10 @@ def test_detect_flavor_unsupported(puppet_version, pe_version, mentioned):
 
 
 def test_flavor_table_is_consistent():
-    assert set(FLAVORS) == {"pe37", "pe2016", "puppet6", "pe2019"}
+    assert set(FLAVORS) == {"pe37", "pe2016", "puppet5", "puppet6", "pe2019"}
     for flavor in FLAVORS.values():
         assert sorted(flavor.start_order) == sorted(flavor.services), flavor.name
-        assert flavor.server_service in flavor.services
+        assert flavor.server_services and set(flavor.server_services) <= set(flavor.services)
         assert set(flavor.services) <= set(ALL_SERVICES)
 
 
@@ -179,8 +178,9 @@ def test_pe2019_order():
 
 @pytest.mark.parametrize("flavor", list(FLAVORS.values()), ids=list(FLAVORS))
 def test_wait_server_follows_the_server_start(flavor):
-    ks = keys(build_plan(facts_for(flavor), ALT))
-    assert ks[ks.index(f"start:{flavor.server_service}") + 1] == "wait-server"
+    facts = facts_for(flavor)
+    ks = keys(build_plan(facts, ALT))
+    assert ks[ks.index(f"start:{facts.server_service}") + 1] == "wait-server"
     assert [s.key for s in build_plan(facts_for(flavor), ALT).steps if s.server_ready] == ["wait-server"]
 
 
@@ -318,9 +318,9 @@ def test_every_step_has_a_check(flavor):
     plan = build_plan(facts_for(flavor), ALT)
     for s in plan.steps:
         if s.server_ready:
-            # The wait step's command IS the check: it exits 1 unless 8140 answers "running" in time.
-            assert s.command == server_ready_check()
-            assert "exit 1" in s.command and "status/v1/simple" in s.command
+            # The wait step's command IS the check: it exits 1 unless 8140 serves the cert in time.
+            assert s.command == server_ready_check(plan.facts)
+            assert "exit 1" in s.command and "puppet-ca/v1/certificate/ca" in s.command
         else:
             assert s.check, s.key
 
