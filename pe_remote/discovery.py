@@ -187,11 +187,12 @@ def split_sections(output: str) -> dict[str, list[str]]:
 
 
 def parse_settings(lines: list[str]) -> dict[str, str]:
+    """`name = value` lines; an empty value may come without the space after `=`."""
     settings = {}
     for line in lines:
-        name, sep, value = line.partition(" = ")
-        if sep:
-            settings[name.strip()] = value.strip()
+        match = re.fullmatch(r"\s*([\w.-]+) =(?: (.*))?", line.rstrip())
+        if match:
+            settings[match.group(1)] = (match.group(2) or "").strip()
     return settings
 
 

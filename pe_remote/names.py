@@ -80,3 +80,47 @@ def san_entries(certname: str, alt_names: tuple[str, ...]) -> frozenset[str]:
     for name in alt_names:
         entries.add(f"IP Address:{openssl_ip_text(name)}" if is_ip_address(name) else f"DNS:{name}")
     return frozenset(entries)
+
+
+def sans_to_names(certname: str, sans: frozenset[str] | set[str]) -> tuple[str, ...]:
+    """The alt names a cert carries (its SAN entries less the certname), as `parse_alt_names` gives them."""
+    names: list[str] = []
+    for entry in sorted(sans):
+        kind, _, value = entry.partition(":")
+        value = value.strip()
+        if kind.strip() == "DNS":
+            name = value.lower()
+        elif kind.strip() in ("IP Address", "IP"):
+            try:
+                name = str(ipaddress.ip_address(value))
+            except ValueError:
+                continue
+        else:
+            continue
+        if name != certname and name not in names:
+            names.append(name)
+    return tuple(sorted(names))
+
+
+def choose_alt_names(certname: str, configured: tuple[str, ...], current: tuple[str, ...],
+                     given: tuple[str, ...] | None, drop: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The alt names of the new cert: never fewer than the current cert's unless dropped by name.
+
+    By default they are the configured dns_alt_names together with every alt name the current cert
+    carries (on Puppet 6+ masters set up with `puppetserver ca setup --subject-alt-names`, puppet.conf
+    usually names none: the cert is the record). Names given explicitly replace that default, but
+    a name of the current cert left out of them is an error unless it is dropped by name (`drop`).
+    """
+    base = given if given is not None else tuple(dict.fromkeys((*configured, *current)))
+    unknown = [name for name in drop if name not in current and name not in base]
+    if unknown:
+        raise InvalidName(f"--drop-alt-names {', '.join(unknown)}: not an alt name of the current cert "
+                          f"({', '.join(current) or 'none'}) nor of the new one; check the spelling")
+    chosen = tuple(name for name in base if name != certname and name not in drop)
+    left_out = [name for name in current if name not in chosen and name not in drop]
+    if left_out:
+        raise InvalidName(f"the current cert also carries {', '.join(left_out)}, which --dns-alt-names leaves "
+                          f"out: add {'it' if len(left_out) == 1 else 'them'} to --dns-alt-names, or drop "
+                          f"{'it' if len(left_out) == 1 else 'them'} explicitly with --drop-alt-names "
+                          f"{','.join(left_out)}")
+    return chosen

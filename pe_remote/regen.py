@@ -21,6 +21,7 @@ from pe_remote.errors import (BackupError, ConnectionFailed, Incomplete, InputEr
                               RolledBack, StepFailed, VerificationFailed)
 from pe_remote.executor import Execution, InterruptLatch, execute
 from pe_remote.journal import Journal, event, new_run_id, parse_journal
+from pe_remote.names import choose_alt_names, sans_to_names
 from pe_remote.plan import Plan, build_plan
 from pe_remote.render import render_plan
 from pe_remote.restore import put_back
@@ -34,7 +35,8 @@ STEPS_STILL_RUNNING_WAIT = 600
 
 @dataclass(frozen=True)
 class RegenOptions:
-    alt_names: tuple[str, ...] | None = None  # None: keep what the master says
+    alt_names: tuple[str, ...] | None = None  # None: the configured ones and every one the cert carries
+    drop_alt_names: tuple[str, ...] = ()  # alt names of the current cert to leave out, named one by one
     dry_run: bool = False
     backup_dir: str = "backups"
     flavor: str | None = None
@@ -127,7 +129,9 @@ def _regen(remote, options: RegenOptions, console: Console, report: RunReport) -
         return _continue_unfinished(remote, facts, options, console, started, report)
     if options.rollback:
         raise InputError(f"there is no unfinished run on {remote.target.label} to roll back")
-    alt_names = options.alt_names if options.alt_names is not None else facts.dns_alt_names
+    alt_names = choose_alt_names(facts.certname, facts.dns_alt_names,
+                                 sans_to_names(facts.certname, facts.cert.sans) if facts.cert else (),
+                                 options.alt_names, options.drop_alt_names)
     _describe(report, facts, alt_names)
     plan = build_plan(facts, alt_names)
     label = remote.target.label
@@ -141,8 +145,9 @@ def _regen(remote, options: RegenOptions, console: Console, report: RunReport) -
     folder = local_backup_dir(options.backup_dir, label)
     preflight(plan, force=options.force, local_folder=folder)
     if plan.dropped_sans:
-        console.warn(f"the new cert will NOT carry {', '.join(plan.dropped_sans)}, which the current cert has: "
-                     "agents reaching the master by those names will fail")
+        # Only names dropped with --drop-alt-names get here (choose_alt_names refuses any other).
+        console.warn(f"the new cert will NOT carry {', '.join(plan.dropped_sans)}, which the current cert has "
+                     "(--drop-alt-names): agents reaching the master by those names will fail")
         console.confirm(f"Drop {', '.join(plan.dropped_sans)} from {facts.certname}'s cert?")
     console.confirm(f"Regenerate the cert of {facts.certname} on {label} with alt names "
                     f"{', '.join(alt_names) or '(none)'}? Puppet services stop until it is done.")

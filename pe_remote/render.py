@@ -42,6 +42,8 @@ def render_plan(plan: Plan, backup_command: str, label: str) -> str:
     lines = [
         f"Plan for {label}: regenerate the cert of {facts.certname} ({facts.flavor.title})",
         f"  alt names: {', '.join(plan.alt_names) or '(none)'}",
+        *([f"  DROPPED from the current cert (--drop-alt-names): {', '.join(plan.dropped_sans)}"]
+          if plan.dropped_sans else []),
         f"  current serial: {facts.cert.serial if facts.cert else '(none)'}",
     ]
     if plan.skipped_services:

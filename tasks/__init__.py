@@ -12,12 +12,15 @@ from pe_remote.console import Console
 from pe_remote.errors import Mismatch, PeRemoteError
 from pe_remote.report import RunReport, utc_now
 from pe_remote.discovery import discover as discover_master
+from pe_remote.names import parse_alt_names
 from pe_remote.regen import RegenOptions, backup_only, regen as run_regen
 from pe_remote.render import render_facts
 from pe_remote.restore import restore_backup
 from pe_remote.verify import verify_master
 
-FLAVOR_HELP = "skip detection and use this generation: pe37, pe2016, puppet6, pe2019"
+from pe_remote.flavors import FLAVORS
+
+FLAVOR_HELP = f"skip detection and use this generation: {', '.join(FLAVORS)}"
 BACKUP_DIR_HELP = "local folder for backups (default: the inventory's backup_dir, else ./backups)"
 
 
@@ -54,8 +57,10 @@ def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
 
 @task(auto_shortflags=False, help={
     **TARGET_HELP,
-    "dns_alt_names": "comma-separated alt names for the new cert (default: the master's dns_alt_names); "
-                     "dropping a name the current cert has needs confirmation or --yes",
+    "dns_alt_names": "comma-separated alt names for the new cert (default: the master's dns_alt_names "
+                     "together with every alt name the current cert carries)",
+    "drop_alt_names": "comma-separated alt names of the current cert to leave out of the new one; a name is "
+                      "never dropped otherwise, --yes included",
     "yes": "do not ask before changing the master (for CI); the plan is still printed",
     "dry_run": "discover and print the exact remote commands in order; change nothing",
     "backup_dir": BACKUP_DIR_HELP,
@@ -70,8 +75,8 @@ def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
 })
 @exits_cleanly
 def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
-          dns_alt_names=None, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False,
-          force=False, rollback=False, report=None, log_file=None, wave=1):
+          dns_alt_names=None, drop_alt_names=None, yes=False, dry_run=False, backup_dir=None, flavor=None,
+          verbose=False, force=False, rollback=False, report=None, log_file=None, wave=1):
     """Regenerate the master's SSL cert: back up, stop services, clean, generate, start, verify.
 
     Prints the plan first and asks before the first change unless --yes. Any failure after the
@@ -85,7 +90,9 @@ def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_
 
     def one_master(remote):
         target = remote.target
-        options = RegenOptions(alt_names=alt_names_from(dns_alt_names, target), dry_run=dry_run,
+        options = RegenOptions(alt_names=alt_names_from(dns_alt_names, target),
+                               drop_alt_names=parse_alt_names(drop_alt_names, source="--drop-alt-names"),
+                               dry_run=dry_run,
                                backup_dir=backup_dir or target.backup_dir, flavor=flavor, force=force,
                                rollback=rollback)
         console = Console(verbose=verbose, assume_yes=yes,
@@ -135,7 +142,8 @@ def restore(c, tarball, host=None, inventory=None, key_file=None, known_hosts=No
 
 @task(auto_shortflags=False, help={
     **TARGET_HELP,
-    "dns_alt_names": "alt names the cert must carry besides the certname (default: the master's dns_alt_names)",
+    "dns_alt_names": "exactly the alt names the cert must carry besides the certname (default: it must carry "
+                     "the master's dns_alt_names, and may carry more)",
     "flavor": FLAVOR_HELP,
     "parallel": PARALLEL_HELP,
 })
