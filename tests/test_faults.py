@@ -105,23 +105,10 @@ def test_puppet6_clean_fails_rolls_back(fresh_master, tmp_path):
     assert_backup_intact(master, tmp_path)
 
 
-# 2. puppetserver does not start with what the run put in place --------------------------------
+# 2. the server does not start with what the run put in place: tests/test_generations.py, on every
+#    generation.
 
 BOTH = pytest.mark.parametrize("fresh_master", ["pe37", "oss7"], indirect=True)
-
-
-@BOTH
-def test_server_not_starting_rolls_back(fresh_master, tmp_path):
-    master = fresh_master
-    old = _cert_facts(master)
-    key = f"{master.flavor.ssldir}/private_keys/{master.certname}.pem"
-    proc, seen = _fab_until(master, tmp_path, "Generate a new cert for master.pe-remote.test: done")
-    master.check(f"echo 'this is not a key' > {key}")  # broken SSL state, put in place during the run
-    out = _finish(proc, seen)
-    assert proc.returncode == 7, out
-    assert "rolled back" in out and master.flavor.server_service in out
-    assert_serves(master, old["sha256"])
-    assert_backup_intact(master, tmp_path)
 
 
 # 3. the SSH connection is cut after the services were stopped ---------------------------------
@@ -252,27 +239,7 @@ def test_sigint_during_generate_rolls_back(fresh_master, tmp_path):
     assert_backup_intact(master, tmp_path)
 
 
-# restore, and the monolithic refusal ----------------------------------------------------------
-
-def test_restore_brings_back_the_old_cert_byte_for_byte(fresh_master, tmp_path):
-    master = fresh_master
-    cert = f"{master.flavor.ssldir}/certs/{master.certname}.pem"
-    original = master.check(f"cat {cert}")
-    proc = run_cli("fab", *fab_target_args(master), "backup", "--known-hosts", str(master.known_hosts_path),
-                   "--backup-dir", str(tmp_path / "bk"))
-    assert proc.returncode == 0, describe(proc)
-    (tarball,) = (tmp_path / "bk").rglob("*.tar.gz")
-    # Replace the cert behind pe-remote's back (the PE 3.x commands, via the stand-in).
-    puppet = master.flavor.puppet
-    master.check(f"{puppet} cert clean {master.certname} && {puppet} cert generate {master.certname} "
-                 "--dns_alt_names=puppet")
-    assert master.check(f"cat {cert}") != original
-    proc = run_cli("fab", *fab_target_args(master), "restore", str(tarball), "--yes",
-                   "--known-hosts", str(master.known_hosts_path))
-    assert proc.returncode == 0, describe(proc)
-    assert master.check(f"cat {cert}") == original
-    assert_serves(master, _cert_facts(master)["sha256"])
-
+# restore (a regen's backup put back: tests/test_generations.py), and the monolithic refusal ----------------------------------------------------------
 
 def test_restore_refuses_a_damaged_tarball(staging_master, tmp_path):
     master = staging_master

@@ -89,7 +89,7 @@ def test_regen_on_a_terminal_with_report_then_verify(fresh_master, tmp_path):
     proc = run_cli("fab", *fab_target_args(master), "verify", "--known-hosts", str(master.known_hosts_path))
     assert proc.returncode == 0, describe(proc)
     assert "OK" in proc.stdout
-    # ...and not once the cert lacks an alt name (replaced behind pe-remote's back, with the stand-in).
+    # ...and not once the cert lacks an alt name (replaced behind pe-remote's back with Puppet's own `puppet cert`).
     puppet = master.flavor.puppet
     master.check(f"{puppet} cert clean {master.certname} && "
                  f"{puppet} cert generate {master.certname} --dns_alt_names=puppet")

@@ -1,0 +1,162 @@
+"""End to end on every Puppet generation pe-remote claims, each on Puppet's OWN code from Debian:
+
+| staging master | software (Debian suite)                              | pe-remote flavor |
+|----------------|------------------------------------------------------|------------------|
+| pe37           | Puppet 5.5.22 `puppet cert` + `puppet master` (bullseye), PE 3.7 layout | pe37 |
+| pe2016         | Puppet 5.5.22 (bullseye), PE 2016.4-2018.1 layout    | pe2016           |
+| puppet5        | Puppet 5.5.22 (bullseye), Debian's layout            | puppet5          |
+| oss7           | puppetserver 7.9 + puppet 7.23 (bookworm)            | puppet6          |
+| oss8           | puppetserver 8.7 + puppet-agent 8.10 (trixie)        | puppet6          |
+
+One body per claim, parametrized over the generations: regen then restore of its backup, a rollback
+after a fault, dry-run, verify and backup (the last three on the shared master: they change nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from conftest import describe, fab_target_args, run_cli
+from test_faults import _fab_until, _finish, _regen_args, assert_backup_intact, assert_serves
+from test_regen_pe37 import _cert_facts
+
+pytestmark = pytest.mark.container
+
+FLAVOR_OF = {"pe37": "pe37", "pe2016": "pe2016", "puppet5": "puppet5", "oss7": "puppet6", "oss8": "puppet6"}
+GENERATIONS = list(FLAVOR_OF)
+ORCHESTRATOR_SSL = "/etc/puppetlabs/orchestration-services/ssl"
+
+
+def _crl_serials(master) -> set[str]:
+    text = master.check(f"openssl crl -in {master.flavor.cadir}/ca_crl.pem -noout -text")
+    return {line.split(":", 1)[1].strip().lstrip("0").upper() for line in text.splitlines()
+            if "Serial Number:" in line}
+
+
+def _assert_orchestrator_copies_match(master) -> None:
+    """PE 2016.4-2018.1: orchestration-services' copies are the master's credentials, .pk8 included."""
+    c, ssl = master.certname, master.flavor.ssldir
+    for kind, sub in (("cert", "certs"), ("public_key", "public_keys"), ("private_key", "private_keys")):
+        master.check(f"cmp {ssl}/{sub}/{c}.pem {ORCHESTRATOR_SSL}/{c}.{kind}.pem")
+    pk8 = master.check(f"openssl pkey -inform DER -in {ORCHESTRATOR_SSL}/{c}.private_key.pk8 -pubout")
+    assert pk8 == master.check(f"openssl x509 -in {ssl}/certs/{c}.pem -noout -pubkey")
+
+
+@pytest.mark.parametrize("fresh_master", GENERATIONS, indirect=True)
+def test_regen_then_restore_its_backup(fresh_master, tmp_path):
+    master = fresh_master
+    layout = master.flavor
+    before = _cert_facts(master)
+    catalog = f"{layout.catalog_dir}/{master.certname}.json"
+    master.check(f"test -s {catalog}")  # the master's agent has run: its cached catalog is there
+    catalog_before = master.check(f"stat -c %Y {catalog}").strip()
+    started = time.time()
+
+    proc = run_cli("fab", *_regen_args(master, tmp_path, "--report", str(tmp_path / "r.json")))
+    assert proc.returncode == 0, describe(proc)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["flavor"] == FLAVOR_OF[layout.name]
+    after = _cert_facts(master)
+    assert after["serial"] != before["serial"] and after["issuer"] == before["issuer"]
+    assert after["sans"] == {f"DNS:{master.certname}"} | {f"DNS:{n}" for n in master.alt_names}
+    assert before["serial"].lstrip("0").upper() in _crl_serials(master), "old serial not revoked"
+    assert_serves(master, after["sha256"])
+    # The cached catalog was removed (the step checks that); the agent, started last, may have made a
+    # new one since, never kept the old one.
+    assert any(s["key"] == "remove-catalog" and s["outcome"] == "ok" for s in report["steps"]), report["steps"]
+    code, mtime = master.exec(f"stat -c %Y {catalog}")
+    assert code != 0 or (mtime.strip() != catalog_before and int(mtime) >= int(started) - 1)
+    if layout.name == "pe2016":
+        _assert_orchestrator_copies_match(master)
+    print(f"{layout.name}: regen downtime {report['downtime_seconds']} s (first stop -> 8140 serves the new cert)")
+
+    # The backup the run took puts the old cert back, byte for byte, and it is served again.
+    tarball = assert_backup_intact(master, tmp_path)
+    proc = run_cli("fab", *fab_target_args(master), "restore", str(tarball), "--yes",
+                   "--known-hosts", str(master.known_hosts_path))
+    assert proc.returncode == 0, describe(proc)
+    assert_serves(master, before["sha256"])
+    if layout.name == "pe2016":
+        _assert_orchestrator_copies_match(master)
+
+
+@pytest.mark.parametrize("fresh_master", GENERATIONS, indirect=True)
+def test_server_refusing_the_new_key_rolls_back(fresh_master, tmp_path):
+    master = fresh_master
+    old = _cert_facts(master)
+    key = f"{master.flavor.ssldir}/private_keys/{master.certname}.pem"
+    proc, seen = _fab_until(master, tmp_path, f"Generate a new cert for {master.certname}: done")
+    master.check(f"echo 'this is not a key' > {key}")  # broken SSL state, put in place during the run
+    out = _finish(proc, seen)
+    assert proc.returncode == 7, out
+    assert "rolled back" in out and master.flavor.server_service in out
+    assert_serves(master, old["sha256"])
+    assert_backup_intact(master, tmp_path)
+
+
+@pytest.mark.parametrize("staging_master", GENERATIONS, indirect=True)
+def test_discover_dry_run_verify_and_backup_change_nothing(staging_master, tmp_path):
+    master = staging_master
+    layout = master.flavor
+    args = [*fab_target_args(master)]
+    known = ["--known-hosts", str(master.known_hosts_path)]
+
+    proc = run_cli("fab", *args, "discover", *known)
+    assert proc.returncode == 0, describe(proc)
+    assert re.search(rf"^flavor: +{FLAVOR_OF[layout.name]} ", proc.stdout, re.M), proc.stdout
+
+    proc = run_cli("fab", *args, "regen", "--dry-run", *known, "--backup-dir", str(tmp_path / "bk"))
+    assert proc.returncode == 0, describe(proc)
+    out = proc.stdout
+    clean = (f"{layout.puppet} cert clean {master.certname}" if FLAVOR_OF[layout.name] != "puppet6"
+             else f"ca clean --certname {master.certname}")
+    generate = (f"cert generate {master.certname} --dns_alt_names=puppet,puppet.pe-remote.test"
+                if FLAVOR_OF[layout.name] != "puppet6" else
+                f"ca generate --certname {master.certname} --subject-alt-names puppet,puppet.pe-remote.test")
+    order = [out.find(clean), out.find(f"rm -f {layout.catalog_dir}/{master.certname}.json"), out.find(generate),
+             out.find(f"resource service {layout.server_service} ensure=running")]
+    assert all(p >= 0 for p in order) and order == sorted(order), (order, out)
+    for service in layout.services:
+        assert f"resource service {service} ensure=stopped" in out
+    assert "Dry run: nothing was changed" in out
+    assert not (tmp_path / "bk").exists()
+
+    proc = run_cli("fab", *args, "verify", *known)
+    assert proc.returncode == 0, describe(proc)
+
+    proc = run_cli("fab", *args, "backup", *known, "--backup-dir", str(tmp_path / "bk"))
+    assert proc.returncode == 0, describe(proc)
+    (tarball,) = (tmp_path / "bk").rglob("*.tar.gz")
+    import tarfile
+
+    with tarfile.open(tarball) as tar:
+        names = set(tar.getnames())
+    assert f"{layout.cadir.lstrip('/')}/ca_key.pem" in names
+    assert f"{layout.ssldir.lstrip('/')}/certs/{master.certname}.pem" in names
+    if layout.name == "pe2016":
+        assert f"{ORCHESTRATOR_SSL.lstrip('/')}/{master.certname}.private_key.pk8" in names
+    master.check(f"rm -f /root/pe-remote-backups/{tarball.name}")  # leave the shared master as found
+
+
+def test_pe37_layout_without_its_version_file_is_refused_before_any_change(master_factory, tmp_path):
+    master = master_factory("pe37")
+    master.check("rm /opt/puppet/pe_version")
+    before = master.ssl_checksums()
+    proc = run_cli("fab", *_regen_args(master, tmp_path))
+    assert proc.returncode == 4, describe(proc)
+    message = proc.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert "served by pe-puppetserver.service" in message and "--flavor" in message and "pe37" in message
+    assert master.ssl_checksums() == before
+    assert master.exec("ls /root/pe-remote-backups")[0] != 0, "no backup may even be started"
+    assert master.check("systemctl is-active " + " ".join(master.flavor.services)).split() == \
+        ["active"] * len(master.flavor.services)
+    # Named explicitly, the same master is accepted (dry run: nothing changes).
+    proc = run_cli("fab", *fab_target_args(master), "regen", "--dry-run", "--flavor", "pe37",
+                   "--known-hosts", str(master.known_hosts_path))
+    assert proc.returncode == 0, describe(proc)
+    assert master.ssl_checksums() == before
