@@ -17,7 +17,7 @@ from invoke import Exit
 
 from pe_remote.errors import PeRemoteError
 from pe_remote.inventory import DEFAULT_INVENTORY, Target, load_inventory, resolve_target
-from pe_remote.names import parse_alt_names
+from pe_remote.names import parse_alt_names, printable
 
 # help= texts shared by every task that takes the flag.
 TARGET_HELP = {
@@ -83,7 +83,7 @@ def exits_cleanly(task_body):
         try:
             return task_body(*args, **kwargs)
         except PeRemoteError as exc:
-            raise Exit(f"pe-remote: {exc}", exc.exit_code) from None
+            raise Exit(printable(f"pe-remote: {exc}"), exc.exit_code) from None
         except KeyboardInterrupt:
             raise Exit("pe-remote: interrupted", 130) from None
 

@@ -96,6 +96,16 @@ class Remote:
         self.close()
 
 
+def new_connection(target: Target, connect_kwargs: dict) -> fabric.Connection:
+    """The Fabric connection, never forwarding the operator's SSH agent.
+
+    Fabric honours `ForwardAgent yes` from ~/.ssh/config; root on the master could then use the
+    operator's agent (log in elsewhere as the operator) for as long as the run lasts.
+    """
+    return fabric.Connection(host=target.address, user=target.user, port=target.port,
+                             connect_timeout=CONNECT_TIMEOUT, connect_kwargs=connect_kwargs, forward_agent=False)
+
+
 def connect(target: Target, *, accept_new_host_key: bool = False) -> Remote:
     """Open the SSH connection, refusing non-root users and unknown host keys."""
     if target.user != "root":
@@ -115,10 +125,7 @@ def connect(target: Target, *, accept_new_host_key: bool = False) -> Remote:
             if not os.path.isfile(key):
                 raise InputError(f"key file {key} does not exist: give the private key that logs in as root")
         connect_kwargs["key_filename"] = key_files
-    connection = fabric.Connection(
-        host=target.address, user=target.user, port=target.port,
-        connect_timeout=CONNECT_TIMEOUT, connect_kwargs=connect_kwargs,
-    )
+    connection = new_connection(target, connect_kwargs)
     client = connection.client
     if known_hosts.exists():
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pe_remote.errors import Aborted, InputError
+from pe_remote.names import printable
 
 TICK_SECONDS = 10
 
@@ -50,6 +51,7 @@ class Console:
             self._log = None
 
     def _emit(self, text: str, *, show: bool) -> None:
+        text = printable(text)  # much of it comes from the master
         with self._lock:
             if show:
                 print(text, file=self.out, flush=True)

@@ -260,9 +260,14 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
     except InvalidName as exc:
         raise Refused(f"{exc}; refusing to put it into commands on the master") from None
     for path_setting in ("ssldir", "cadir", "client_datadir", "hostcert", "hostprivkey"):
-        value = settings[path_setting]
-        if not value.startswith("/") or not re.fullmatch(r"[A-Za-z0-9_./@+-]+", value):
-            raise Refused(f"the master's {path_setting} {value!r} is not a plain absolute path; refusing to use it")
+        problem = path_problem(settings[path_setting])
+        if problem:
+            raise Refused(f"the master's {path_setting} {settings[path_setting]!r} {problem}; refusing to use it "
+                          "(a rollback moves these folders aside)")
+    for inner in ("hostcert", "hostprivkey"):
+        if not settings[inner].startswith(settings["ssldir"].rstrip("/") + "/"):
+            raise Refused(f"the master's {inner} {settings[inner]!r} is not inside its ssldir "
+                          f"{settings['ssldir']!r}; pe-remote handles only certs kept in the ssldir")
     space = dict(line.partition("=")[::2] for line in sections.get("space", []) if "=" in line)
     journals: list[tuple[str, list[str]]] = []
     for line in sections.get("journals", []):
@@ -304,14 +309,43 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
         cert=parse_cert_info(sections.get("cert", [])),
         ca_subject=next((line.split("=", 1)[1].strip() for line in sections.get("ca_cert", [])
                          if line.startswith("subject=")), ""),
-        ssl_kb=_int(space.get("ssl_kb")),
-        backup_free_kb=_int(space.get("free_kb")),
+        ssl_kb=_kb(space, "ssl_kb", "the size of the SSL folders"),
+        backup_free_kb=_kb(space, "free_kb", f"the free space in {REMOTE_STATE_DIR}"),
         monolithic_markers=markers,
         serving_unit=serving_unit if "listener" in sections else None,
         copy_dirs=tuple(c.folder for c in flavor.credential_copies if c.folder in found_dirs),
         unfinished_journals=tuple((path, "\n".join(lines)) for path, lines in journals),
         settings_raw=settings,
     )
+
+
+# Folders that are never a Puppet SSL, CA or cache folder themselves (a rollback moves the ssldir
+# and cadir aside and extracts the backup in their place).
+SYSTEM_DIRS = frozenset({"/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt",
+                         "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
+                         "/etc/puppetlabs", "/opt/puppetlabs", "/usr/lib", "/usr/local", "/usr/share",
+                         "/var/cache", "/var/lib", "/var/opt", "/var/opt/lib", "/var/log", "/var/tmp"})
+
+
+def path_problem(value: str) -> str | None:
+    """Why `value` is not a plausible Puppet path setting (None: it is)."""
+    if not value.startswith("/") or not re.fullmatch(r"[A-Za-z0-9_./@+-]+", value):
+        return "is not a plain absolute path"
+    parts = value.rstrip("/").split("/")[1:]
+    if any(part in ("", ".", "..") for part in parts):
+        return "is not a normalized path (empty, '.' or '..' parts)"
+    if value.rstrip("/") in SYSTEM_DIRS or len(parts) < 2:
+        return "is a system folder, not a Puppet one"
+    return None
+
+
+def _kb(space: dict[str, str], key: str, what: str) -> int:
+    """A size the preflight compares: an answer that is missing or not a number is not zero."""
+    value = (space.get(key) or "").strip()
+    if not value.isdigit():
+        raise DiscoveryError(f"could not read {what} on the master (got {value!r}); "
+                             "check that du and df work there")
+    return int(value)
 
 
 def _int(value: str | None) -> int:

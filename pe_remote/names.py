@@ -17,11 +17,23 @@ _HOSTNAME = re.compile(rf"\A{_LABEL}(?:\.{_LABEL})*\Z")
 
 
 def is_ip_address(value: str) -> bool:
+    """An IPv4 or IPv6 address; an IPv6 zone id (`fe80::1%eth0`) is not one a cert can carry."""
+    if "%" in value:
+        return False
     try:
         ipaddress.ip_address(value)
         return True
     except ValueError:
         return False
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text from a master (hostnames, paths, versions, error tails) made safe for a terminal:
+    control characters (escape sequences among them) are shown as `?`; newlines and tabs stay."""
+    return _CONTROL.sub("?", text)
 
 
 def validate_certname(value: str, *, source: str = "certname") -> str:

@@ -47,7 +47,7 @@ def put_back_command(facts: MasterFacts, tarball: str, sha256: str, suffix: str)
     """Verify the tarball, move the current SSL folders aside, extract the backup in place."""
     moves = " && ".join(f"{{ [ ! -e {q(p)} ] || mv {q(p)} {q(p + suffix)}; }}" for p in backup_paths(facts))
     return (f"echo {q(sha256 + '  ' + tarball)} | sha256sum -c --status "
-            f"|| {{ echo 'backup {tarball} does not match its sha256'; exit 3; }}; "
+            f"|| {{ echo {q(f'backup {tarball} does not match its sha256')}; exit 3; }}; "
             f"{moves} && tar -xzpf {q(tarball)} -C /")
 
 
@@ -64,7 +64,13 @@ def put_back(remote, facts: MasterFacts, tarball: str, sha256: str, start: list[
     console.notice("  stopping the services ...")
     remote.run(stop_services_command(facts))
     console.notice(f"  putting back {', '.join(backup_paths(facts))} from {tarball} ...")
-    remote.run(put_back_command(facts, tarball, sha256, suffix))
+    try:
+        remote.run(put_back_command(facts, tarball, sha256, suffix))
+    except RemoteCommandFailed:
+        # The services were stopped: never leave the master down on top of a failed put-back.
+        console.warn(f"putting back {tarball} failed; starting {', '.join(start) or 'nothing'} again")
+        remote.run(start_services_command(facts, start), check=False)
+        raise
     console.notice(f"  starting {', '.join(start) or 'nothing'} ...")
     remote.run(start_services_command(facts, start))
     sections = split_sections(remote.run(served_cert_command(facts), check=False).stdout)
@@ -102,6 +108,32 @@ def cert_sha256_in_tarball(tarball: Path, hostcert: str) -> str:
     return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
 
 
+def check_members(tarball: Path, facts: MasterFacts) -> None:
+    """A backup holds only folders and regular files under the SSL folders it was taken of.
+
+    The tarball is extracted as root over `/`: a member elsewhere (`etc/cron.d/x`,
+    `root/.ssh/authorized_keys`), a link, a device or a `..` would change more than the SSL folders.
+    """
+    roots = [p.strip("/") for p in backup_paths(facts)]
+    try:
+        with tarfile.open(tarball) as tar:
+            members = tar.getmembers()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise InputError(f"{tarball} is not a readable tar.gz backup: {exc}") from None
+    for member in members:
+        name = member.name
+        parts = name.split("/")
+        if name.startswith("/") or ".." in parts:
+            raise InputError(f"{tarball} holds {name!r}, a path outside the SSL folders: refusing to restore it")
+        if not (member.isfile() or member.isdir()):
+            raise InputError(f"{tarball} holds {name!r}, which is not a regular file or folder (a link or "
+                             "device): refusing to restore it")
+        inside = name.rstrip("/")
+        if not any(inside == root or inside.startswith(root + "/") for root in roots):
+            raise InputError(f"{tarball} holds {name!r}, outside {', '.join('/' + r for r in roots)}: it is "
+                             "not an SSL backup of this master; refusing to restore it")
+
+
 def upload_backup(remote, tarball: Path, sha256: str) -> str:
     """Copy the tarball into the master's root-only state folder (0600) and check its sha256 there."""
     target = f"{REMOTE_BACKUP_DIR}/restore-{tarball.name}"
@@ -135,6 +167,7 @@ def restore_backup(remote, tarball: Path, console, *, sha256: str | None = None,
     expected = expected_sha256(tarball, sha256)
     verify_local(tarball, expected)
     facts = discover(remote, flavor_override=flavor)
+    check_members(tarball, facts)
     cert_sha = cert_sha256_in_tarball(tarball, facts.hostcert)
     start = [s.name for s in facts.services if s.exists and s.name in facts.flavor.services
              and (s.active or s.name == facts.server_service)]

@@ -12,7 +12,7 @@ from pe_remote.console import Console
 from pe_remote.errors import Mismatch, PeRemoteError
 from pe_remote.report import RunReport, utc_now
 from pe_remote.discovery import discover as discover_master
-from pe_remote.names import parse_alt_names
+from pe_remote.names import parse_alt_names, printable
 from pe_remote.regen import RegenOptions, backup_only, regen as run_regen
 from pe_remote.render import render_facts
 from pe_remote.restore import restore_backup
@@ -38,7 +38,7 @@ def discover(c, host=None, inventory=None, key_file=None, known_hosts=None, acce
                           describe=lambda value: f"{value[1].flavor.name} {value[1].certname} serial "
                                                  f"{value[1].cert.serial if value[1].cert else '-'}")
     for label, facts in found:
-        print(render_facts(facts, label))
+        print(printable(render_facts(facts, label)))
 
 
 @task(auto_shortflags=False, help={**TARGET_HELP, "backup_dir": BACKUP_DIR_HELP, "flavor": FLAVOR_HELP,
@@ -159,8 +159,8 @@ def verify(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
         label = remote.target.label
         facts = discover_master(remote, flavor_override=flavor)
         result, problems = verify_master(remote, facts, alt_names_from(dns_alt_names, remote.target))
-        print(f"{label}: {facts.certname} serial {result.cert.serial}, issuer {result.cert.issuer}, "
-              f"SANs {', '.join(sorted(result.cert.sans))}, expires {result.cert.not_after}")
+        print(printable(f"{label}: {facts.certname} serial {result.cert.serial}, issuer {result.cert.issuer}, "
+                        f"SANs {', '.join(sorted(result.cert.sans))}, expires {result.cert.not_after}"))
         if problems:
             raise Mismatch(f"{label} fails verification: " + "; ".join(problems))
         print(f"{label}: OK (issuer, SANs, expiry, key, 8140, services)")

@@ -1,0 +1,159 @@
+"""Unit tests: what a master or a tarball says is input (issue: trust boundaries).
+
+Each test below failed before its fix: zone ids passed as IP alt names, control characters reached
+the terminal, `ForwardAgent yes` was honoured, implausible path settings were accepted, a missing
+free-space answer passed preflight, `restore` extracted any member as root over `/`, a quote in a
+tarball's name broke the put-back command with the services stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pe_remote.connection import new_connection
+from pe_remote.discovery import parse_discovery, path_problem
+from pe_remote.errors import DiscoveryError, InputError, InvalidName, Refused, RemoteCommandFailed
+from pe_remote.inventory import Target
+from pe_remote.names import is_ip_address, parse_alt_names, printable
+from pe_remote.restore import check_members, put_back, put_back_command
+from test_unit_discovery import OSS7, set_setting, sub
+
+RECORDED = parse_discovery(OSS7)
+
+
+# --- names and text from the master ------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["fe80::1%eth0", "fe80::1%x", "10.0.0.1%1"])
+def test_ipv6_zone_ids_are_not_alt_names(value):
+    assert not is_ip_address(value)
+    with pytest.raises(InvalidName):
+        parse_alt_names(value)
+
+
+def test_control_characters_are_made_visible():
+    assert printable("host\x1b[2J\x07name\n\tok") == "host?[2J?name\n\tok"
+
+
+# --- the SSH connection ------------------------------------------------------------------------
+
+def test_agent_is_never_forwarded_even_if_ssh_config_says_so(tmp_path, monkeypatch):
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text("Host *\n    ForwardAgent yes\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    import fabric
+
+    assert fabric.Connection("master.example.com").forward_agent is True  # what Fabric alone does
+    target = Target(address="master.example.com", port=22, user="root")
+    assert new_connection(target, {}).forward_agent is False
+
+
+# --- path settings and sizes from the master ---------------------------------------------------
+
+@pytest.mark.parametrize("value", ["/", "/etc", "/etc/", "/var/lib", "/root", "/usr/local", "ssl", "/a/../etc",
+                                   "/var//lib/puppet", "/var/lib/puppet/./ssl", "/tmp/x y"])
+def test_implausible_paths_are_refused(value):
+    assert path_problem(value)
+
+
+@pytest.mark.parametrize("value", ["/etc/puppetlabs/puppet/ssl", "/var/lib/puppet/ssl", "/etc/puppet/puppetserver/ca",
+                                   "/opt/puppetlabs/puppet/cache/client_data", "/srv/puppet/ssl"])
+def test_puppet_paths_pass(value):
+    assert path_problem(value) is None
+
+
+def test_an_ssldir_of_etc_is_refused_by_discovery():
+    with pytest.raises(Refused, match="'/etc' is a system folder"):
+        parse_discovery(set_setting(OSS7, "ssldir", "/etc"))
+
+
+def test_a_hostcert_outside_the_ssldir_is_refused():
+    with pytest.raises(Refused, match="not inside its ssldir"):
+        parse_discovery(set_setting(OSS7, "hostcert", "/etc/puppet/elsewhere/master.pem"))
+
+
+@pytest.mark.parametrize("line", ["free_kb=\n", "free_kb=n/a\n", ""])
+def test_a_missing_free_space_answer_is_an_error_not_zero(line):
+    text = sub(OSS7, "free_kb=51200000\n", line)
+    with pytest.raises(DiscoveryError, match="free space"):
+        parse_discovery(text)
+
+
+# --- restore: the tarball's members, and its name in the put-back command ----------------------
+
+def _tarball(path: Path, members: list[tuple[str, bytes | None, bytes]]) -> Path:
+    """members: (name, data or None for a folder, type)"""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.SYMTYPE:
+                info.linkname = "/etc/shadow"
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+SSL = RECORDED.ssldir.lstrip("/")
+CA = RECORDED.cadir.lstrip("/")
+
+
+def test_a_backup_of_the_ssl_folders_passes(tmp_path):
+    good = _tarball(tmp_path / "b.tar.gz", [(SSL, None, tarfile.DIRTYPE), (f"{SSL}/certs/x.pem", b"x", tarfile.REGTYPE),
+                                             (CA, None, tarfile.DIRTYPE), (f"{CA}/ca_key.pem", b"k", tarfile.REGTYPE)])
+    check_members(good, RECORDED)
+
+
+@pytest.mark.parametrize("name, kind, says", [
+    ("etc/cron.d/x", tarfile.REGTYPE, "outside"),
+    ("root/.ssh/authorized_keys", tarfile.REGTYPE, "outside"),
+    (f"{SSL}/../../../../etc/cron.d/x", tarfile.REGTYPE, "outside the SSL folders"),
+    (f"/{SSL}/certs/x.pem", tarfile.REGTYPE, "outside the SSL folders"),
+    (f"{SSL}/certs/link.pem", tarfile.SYMTYPE, "not a regular file"),
+    (f"{SSL}/certs/dev", tarfile.CHRTYPE, "not a regular file"),
+    (f"{SSL}-evil/x", tarfile.REGTYPE, "outside"),
+])
+def test_members_outside_the_ssl_folders_or_not_plain_are_refused(tmp_path, name, kind, says):
+    bad = _tarball(tmp_path / "b.tar.gz", [(f"{SSL}/certs/x.pem", b"x", tarfile.REGTYPE),
+                                            (name, b"" if kind == tarfile.REGTYPE else None, kind)])
+    with pytest.raises(InputError, match=says):
+        check_members(bad, RECORDED)
+
+
+def test_a_quote_in_the_tarball_name_is_still_one_word():
+    command = put_back_command(RECORDED, "/root/pe-remote-backups/restore-bob's-backup.tar.gz", "0" * 64, ".x")
+    assert subprocess.run(["sh", "-n", "-c", command]).returncode == 0
+    assert "'\"'\"'" in command  # the quote is escaped, not ending the word
+
+
+class _PutBackFails:
+    def __init__(self):
+        self.commands = []
+
+    def run(self, command, *, check=True, timeout=None):
+        self.commands.append(command)
+        if "tar -xzpf" in command:
+            raise RemoteCommandFailed(command, 2, "tar: short read")
+        return type("R", (), {"ok": True, "stdout": "", "stderr": "", "exit_status": 0})()
+
+
+class _Quiet:
+    def notice(self, *_):
+        pass
+
+    warn = notice
+
+
+def test_a_failed_put_back_starts_the_services_again():
+    remote = _PutBackFails()
+    with pytest.raises(RemoteCommandFailed):
+        put_back(remote, RECORDED, "/root/x.tar.gz", "0" * 64, ["puppetserver", "puppet"], _Quiet())
+    assert "ensure=stopped" in remote.commands[0]
+    assert "tar -xzpf" in remote.commands[1]
+    assert "puppetserver ensure=running" in remote.commands[2] and "puppet ensure=running" in remote.commands[2]
