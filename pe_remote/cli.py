@@ -15,7 +15,7 @@ import os
 
 from invoke import Exit
 
-from pe_remote.errors import PeRemoteError
+from pe_remote.errors import InputError, PeRemoteError
 from pe_remote.inventory import DEFAULT_INVENTORY, Target, load_inventory, resolve_target
 from pe_remote.names import parse_alt_names, printable
 
@@ -37,9 +37,14 @@ def target_from(c, host: str | None = None, inventory: str | None = None, key_fi
     if fab_host:
         given = c.connect_kwargs.get("key_filename") or ()
         keys = (given,) if isinstance(given, str) else tuple(given)
+        # `-H` checked as --host is: an alias typo is an error, not a DNS lookup, and a port out of
+        # range is refused rather than passed on.
         if fab_host in inv.hosts:
             target = inv.hosts[fab_host].with_overrides(key_files=keys or None)
         else:
+            resolve_target(fab_host, inv)  # raises for what looks like an unknown alias
+            if not 0 < int(c.port) < 65536:
+                raise InputError(f"-H {fab_host}: port {c.port} is not a number from 1 to 65535")
             target = Target(address=c.host, port=int(c.port), user=c.user, key_files=keys)
     else:
         target = resolve_target(host, inv)
@@ -104,10 +109,18 @@ def connected(target: Target, accept_new_host_key: bool = False):
 def targets_from(c, host: str | None = None, inventory: str | None = None, key_file: str | None = None,
                  known_hosts: str | None = None) -> list[Target]:
     """One target (fab -H gives one per task call), or several from `--host a,b,c`."""
-    if getattr(c, "original_host", None) or not host or "," not in host:
+    if getattr(c, "original_host", None) or host is None or "," not in host and host.strip():
         return [target_from(c, host, inventory, key_file, known_hosts)]
     names = [name.strip() for name in host.split(",") if name.strip()]
-    return [target_from(c, name, inventory, key_file, known_hosts) for name in names]
+    if not names:
+        raise InputError(f"--host {host!r} names no master: give an alias or [root@]host[:port], several as a,b,c")
+    targets: list[Target] = []
+    for name in names:
+        target = target_from(c, name, inventory, key_file, known_hosts)
+        # The same master twice (`a,a`, or an alias and its address) would run twice on it.
+        if all((t.address, t.port) != (target.address, target.port) for t in targets):
+            targets.append(target)
+    return targets
 
 
 def for_each_host(targets: list[Target], per_host, *, accept_new_host_key: bool = False, parallel: int = 4,
@@ -120,6 +133,10 @@ def for_each_host(targets: list[Target], per_host, *, accept_new_host_key: bool 
     """
     from pe_remote.errors import FleetFailed
     from pe_remote.fleet import OK, render_table, run_in_waves, run_parallel
+
+    for flag, value in (("--parallel", parallel), ("--wave", wave)):
+        if not isinstance(value, int) or value < 1:
+            raise InputError(f"{flag} {value!r}: give a whole number of hosts, 1 or more")
 
     if len(targets) == 1:
         with connected(targets[0], accept_new_host_key) as remote:

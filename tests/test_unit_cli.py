@@ -209,3 +209,40 @@ def test_return_value_and_arguments_pass_through():
     assert list(inspect.signature(task).parameters) == ["c", "host", "yes"]
     assert task.__name__ == "task" and task.__doc__ == "Docs."
 
+
+
+# --- input mistakes caught before connecting (exit 2) -------------------------------------------
+
+def test_fab_alias_typo_is_an_error_not_a_dns_lookup(inventory):
+    with pytest.raises(InputError, match="unknown host alias 'stagign'"):
+        target_from(fab_connection("stagign"), inventory=inventory)
+
+
+def test_fab_port_out_of_range_is_refused(no_inventory):
+    with pytest.raises(InputError, match="port 99999"):
+        target_from(fab_connection("root@127.0.0.1:99999"), inventory=no_inventory)
+
+
+@pytest.mark.parametrize("host", [" , ", ",", " ,, "])
+def test_a_host_list_naming_no_master_is_an_error(inventory, host):
+    from pe_remote.cli import targets_from
+
+    with pytest.raises(InputError, match="names no master"):
+        targets_from(Context(), host=host, inventory=inventory)
+
+
+def test_the_same_master_twice_runs_once(inventory):
+    from pe_remote.cli import targets_from
+
+    targets = targets_from(Context(), host="staging,other,staging,root@puppet-staging.example.com:2200",
+                           inventory=inventory)
+    assert [t.address for t in targets] == ["puppet-staging.example.com", "10.0.0.9"]
+
+
+@pytest.mark.parametrize("flag, value", [("wave", 0), ("parallel", 0), ("wave", -1)])
+def test_wave_and_parallel_below_one_are_input_errors(flag, value):
+    from pe_remote.cli import for_each_host
+
+    two = [Target(address="a.example.com"), Target(address="b.example.com")]
+    with pytest.raises(InputError, match=f"--{flag}"):
+        for_each_host(two, lambda remote: None, changing=flag == "wave", **{flag: value})
