@@ -67,6 +67,10 @@ class DiscoveryError(PeRemoteError):
     exit_code = 6
 
 
+class JournalDamaged(DiscoveryError):
+    """A run journal on the master cannot be trusted (damaged, unknown fields' values, hostile values)."""
+
+
 class BackupError(PeRemoteError):
     """The SSL backup could not be made, pulled back or verified; nothing was changed."""
 

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pe_remote.backup import RemoteBackup
-from pe_remote.discovery import REMOTE_STATE_DIR, CertInfo, MasterFacts, ServiceState
-from pe_remote.errors import DiscoveryError
+from pe_remote.discovery import REMOTE_STATE_DIR, CertInfo, MasterFacts, ServiceState, path_problem
+from pe_remote.errors import InvalidName, JournalDamaged
+from pe_remote.names import parse_alt_names, validate_certname
 from pe_remote.flavors import FLAVORS
 
 
@@ -39,14 +41,19 @@ def facts_to_dict(facts: MasterFacts) -> dict:
 
 
 def facts_from_dict(data: dict) -> MasterFacts:
-    data = dict(data)
+    """The facts a journal recorded, with unknown fields ignored (a newer pe-remote may add some)."""
+    known = {f.name for f in dataclasses.fields(MasterFacts)} - {"settings_raw", "unfinished_journals"}
+    data = {key: value for key, value in data.items() if key in known}
     data["flavor"] = FLAVORS[data["flavor"]]
-    data["services"] = tuple(ServiceState(**s) for s in data["services"])
+    data["services"] = tuple(ServiceState(**{k: s[k] for k in ("name", "exists", "active", "state")})
+                             for s in data["services"])
     data["dns_alt_names"] = tuple(data["dns_alt_names"])
     data["monolithic_markers"] = tuple(data.get("monolithic_markers", ()))
     data["copy_dirs"] = tuple(data.get("copy_dirs", ()))
     if data.get("cert"):
-        data["cert"] = CertInfo(**{**data["cert"], "sans": frozenset(data["cert"]["sans"])})
+        cert_fields = {f.name for f in dataclasses.fields(CertInfo)}
+        data["cert"] = CertInfo(**{**{k: v for k, v in data["cert"].items() if k in cert_fields},
+                                   "sans": frozenset(data["cert"]["sans"])})
     return MasterFacts(**data)
 
 
@@ -111,17 +118,78 @@ class Journal:
                 fh.write(line + "\n")
 
 
+RUN_ID = re.compile(r"\A\d{8}T\d{6}Z-[a-z0-9_.-]{1,253}\Z")
+STEP_KEY = re.compile(r"\A[a-z-]+(?::[A-Za-z0-9@_.-]+)?\Z")
+
+
 def parse_journal(path: str, text: str) -> Journal:
-    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    """A journal read back from the master, every value checked as discovery checks the master's.
+
+    A last line cut off mid-write (the connection or the disk failed) is ignored; anything else
+    that does not parse, or holds a value pe-remote would not have written, is refused with how to
+    move the journal aside.
+    """
+    aside = f"move it aside on the master (mv {path} {path}.damaged) and run again"
+    lines: list[dict] = []
+    raw = [line for line in text.splitlines() if line.strip()]
+    for number, line in enumerate(raw, start=1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(raw) and number > 1:
+                break  # the last write was cut off
+            raise JournalDamaged(f"run journal {path} is damaged at line {number}; {aside}") from None
+        if not isinstance(entry, dict):
+            raise JournalDamaged(f"run journal {path} line {number} is not a JSON object; {aside}")
+        lines.append(entry)
     if not lines or lines[0].get("event") != "started":
-        raise DiscoveryError(f"run journal {path} on the master is unreadable (no header)")
-    head = lines[0]
-    done = [entry["step"] for entry in lines if entry.get("event") == "end"]
-    return Journal(
-        run_id=head["run_id"],
-        facts=facts_from_dict(head["facts"]),
-        alt_names=tuple(head["alt_names"]),
-        backup=RemoteBackup(**head["backup"]),
-        local_backup=head.get("local_backup", ""),
-        done=done,
-    )
+        raise JournalDamaged(f"run journal {path} on the master is unreadable (no header); {aside}")
+    try:
+        journal = _journal_from_header(lines[0])
+    except (KeyError, TypeError, ValueError, InvalidName) as exc:
+        raise JournalDamaged(f"run journal {path} has a header pe-remote did not write ({_why(exc)}); {aside}") \
+            from None
+    if path != journal.remote_path:
+        raise JournalDamaged(f"run journal {path} names run {journal.run_id!r}, not its own; {aside}")
+    for entry in lines[1:]:
+        step = entry.get("step")
+        if entry.get("event") == "end":
+            if not isinstance(step, str) or not STEP_KEY.match(step):
+                raise JournalDamaged(f"run journal {path} records an unknown step {step!r}; {aside}")
+            journal.done.append(step)
+    return journal
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing or unknown {exc.args[0]!r}"
+    return str(exc)
+
+
+def _journal_from_header(head: dict) -> Journal:
+    run_id = head["run_id"]
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+        raise ValueError(f"run id {run_id!r}")
+    facts = facts_from_dict(head["facts"])
+    validate_certname(facts.certname, source="the journal's certname")
+    if not run_id.endswith("-" + facts.certname):
+        raise ValueError(f"run id {run_id!r} is not of certname {facts.certname!r}")
+    names = parse_alt_names(list(head["alt_names"]), source="the journal's alt names")
+    parse_alt_names(list(facts.dns_alt_names), source="the journal's dns_alt_names")
+    for setting in ("ssldir", "cadir", "client_datadir", "hostcert", "hostprivkey"):
+        problem = path_problem(getattr(facts, setting))
+        if problem:
+            raise ValueError(f"{setting} {getattr(facts, setting)!r} {problem}")
+    for folder in facts.copy_dirs:
+        if folder not in {c.folder for c in facts.flavor.credential_copies}:
+            raise ValueError(f"copy folder {folder!r}")
+    backup = RemoteBackup(**{k: head["backup"][k] for k in ("path", "sha256", "size")})
+    if (not isinstance(backup.path, str) or not re.fullmatch(rf"{re.escape(REMOTE_STATE_DIR)}/[A-Za-z0-9_.-]+\.tar\.gz",
+                                                            backup.path)
+            or not re.fullmatch(r"[0-9a-f]{64}", str(backup.sha256)) or not isinstance(backup.size, int)):
+        raise ValueError(f"backup {head['backup']!r}")
+    for service in facts.services:
+        if not re.fullmatch(r"[A-Za-z0-9@_.-]{1,128}", service.name):
+            raise ValueError(f"service {service.name!r}")
+    return Journal(run_id=run_id, facts=facts, alt_names=names, backup=backup,
+                   local_backup=str(head.get("local_backup", "")), done=[])
