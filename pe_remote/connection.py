@@ -83,6 +83,23 @@ class Remote:
             raise RemoteCommandFailed(command, outcome.exit_status, outcome.stdout + outcome.stderr)
         return outcome
 
+    def hold(self, command: str, *, timeout: float = CONNECT_TIMEOUT) -> tuple[str, "HeldCommand"]:
+        """Start `command` on its own channel and return its first line of output and the running
+        command, which keeps running (reading its input) until `.close()` ends its input."""
+        if self.on_command:
+            self.on_command(command)
+        with self._count_lock:
+            self.commands_run += 1
+        try:
+            channel = self.connection.transport.open_session(timeout=timeout)
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            line = channel.makefile("rb").readline(4096)
+            channel.settimeout(None)
+        except (paramiko.SSHException, socket.error, EOFError, AttributeError) as exc:
+            raise ConnectionFailed(f"lost the SSH connection to {self.target.label}: {exc}") from exc
+        return line.decode(errors="replace").strip(), HeldCommand(channel)
+
     def sftp(self) -> paramiko.SFTPClient:
         return self.connection.sftp()
 
@@ -94,6 +111,20 @@ class Remote:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class HeldCommand:
+    """A remote command kept running on its own channel (see Remote.hold)."""
+
+    def __init__(self, channel) -> None:
+        self.channel = channel
+
+    def close(self) -> None:
+        try:
+            self.channel.shutdown_write()  # end of its input: `cat` exits
+        except (paramiko.SSHException, socket.error, EOFError):
+            pass
+        self.channel.close()
 
 
 def new_connection(target: Target, connect_kwargs: dict) -> fabric.Connection:

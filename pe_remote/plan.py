@@ -10,12 +10,12 @@ executes.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, replace
 
 from pe_remote.discovery import MasterFacts
 from pe_remote.errors import InvalidName
 from pe_remote.names import is_ip_address, san_entries
+from pe_remote.shell import join, q
 
 SERVER_READY_TIMEOUT = 300  # seconds puppetserver may take to answer after a start
 
@@ -64,10 +64,6 @@ class Plan:
         return resolved
 
 
-def q(value: str) -> str:
-    return shlex.quote(value)
-
-
 def fill(template: tuple[str, ...], facts: MasterFacts, alt_names: tuple[str, ...]) -> str:
     """Fill an argv template from the flavor table and quote every word."""
     values = {
@@ -85,11 +81,11 @@ def fill(template: tuple[str, ...], facts: MasterFacts, alt_names: tuple[str, ..
         if "--subject-alt-names" in words:
             at = words.index("--subject-alt-names")
             del words[at:at + 2]
-    return shlex.join(words)
+    return join(words)
 
 
 def service_command(facts: MasterFacts, name: str, ensure: str) -> str:
-    command = shlex.join([facts.puppet, "resource", "service", name, f"ensure={ensure}"])
+    command = join([facts.puppet, "resource", "service", name, f"ensure={ensure}"])
     if ensure == "running":
         # One retry: a start can fail transiently on a loaded master (Debian's puppetserver unit
         # races its own privilege drop); a real failure fails twice and the step's check says so.

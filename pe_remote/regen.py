@@ -20,6 +20,7 @@ from pe_remote.discovery import MasterFacts, discover
 from pe_remote.errors import (BackupError, ConnectionFailed, Incomplete, InputError, PeRemoteError, Refused,
                               RolledBack, StepFailed, VerificationFailed)
 from pe_remote.executor import Execution, InterruptLatch, execute
+from pe_remote import lock as master_lock
 from pe_remote.journal import Journal, event, new_run_id, parse_journal
 from pe_remote.names import choose_alt_names, sans_to_names
 from pe_remote.plan import Plan, build_plan
@@ -98,7 +99,10 @@ def preflight(plan: Plan, *, force: bool = False, local_folder: Path | None = No
 def regen(remote, options: RegenOptions, console: Console, report: RunReport | None = None) -> RegenResult:
     """Run the job; `report` (if given) is filled in as it goes, whatever the outcome."""
     report = report if report is not None else RunReport(remote.target.label)
+    lock = None
     try:
+        # One run at a time on a master, for the whole run, rollback included (a dry run changes nothing).
+        lock = None if options.dry_run else master_lock.acquire(remote, "regen", console)
         result = _regen(remote, options, console, report)
         report.outcome = result.outcome
         return result
@@ -112,6 +116,8 @@ def regen(remote, options: RegenOptions, console: Console, report: RunReport | N
         report.outcome, report.error, report.exit_code = "failed", "interrupted before any change", 130
         raise
     finally:
+        if lock is not None:
+            lock.release()
         report.ended = utc_now()
         report.remote_commands = remote.commands_run
 

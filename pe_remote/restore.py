@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pe_remote import lock as master_lock
 from pe_remote.backup import REMOTE_BACKUP_DIR, backup_paths, sha256_file
 from pe_remote.discovery import MasterFacts, parse_cert_info, split_sections
 from pe_remote.errors import BackupError, InputError, RemoteCommandFailed
@@ -174,8 +175,9 @@ def restore_backup(remote, tarball: Path, console, *, sha256: str | None = None,
     console.notice(f"Restore {tarball.name} onto {remote.target.label}: replaces {', '.join(backup_paths(facts))} "
                  f"(moved aside, not deleted); the cert in the backup has sha256 {cert_sha}.")
     console.confirm(f"Stop the Puppet services on {remote.target.label} and put this backup back?")
-    uploaded = upload_backup(remote, tarball, expected)
-    outcome = put_back(remote, facts, uploaded, expected, start, console)
+    with master_lock.acquire(remote, "restore", console):
+        uploaded = upload_backup(remote, tarball, expected)
+        outcome = put_back(remote, facts, uploaded, expected, start, console)
     if outcome.disk_sha256 != cert_sha:
         raise BackupError(f"after the restore the cert on disk is {outcome.disk_sha256[:23]}..., not the backup's")
     if facts.server_service in start and outcome.served_sha256 != cert_sha:
