@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import shlex
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from pe_remote.backup import RemoteBackup
 from pe_remote.discovery import REMOTE_STATE_DIR, CertInfo, MasterFacts, ServiceState, path_problem
 from pe_remote.errors import InvalidName, JournalDamaged
 from pe_remote.names import parse_alt_names, validate_certname
+
+log = logging.getLogger(__name__)
 from pe_remote.flavors import FLAVORS
 
 
@@ -113,9 +116,18 @@ class Journal:
         return f"umask 077 && {self.append_command(self.header())}"
 
     def record_local(self, line: str) -> None:
-        if self.local_path is not None:
+        """The workstation's copy of the journal: a convenience beside the master's, which is the
+        record resume and rollback read. A copy that cannot be written (a full disk) is given up with
+        a warning instead of failing the run half-way."""
+        if self.local_path is None:
+            return
+        try:
             with open(self.local_path, "a") as fh:
                 fh.write(line + "\n")
+        except OSError as exc:
+            log.warning("cannot write the local journal copy %s (%s); the master's journal %s is kept",
+                        self.local_path, exc, self.remote_path)
+            self.local_path = None
 
 
 RUN_ID = re.compile(r"\A\d{8}T\d{6}Z-[a-z0-9_.-]{1,253}\Z")

@@ -168,8 +168,8 @@ def _regen(remote, options: RegenOptions, console: Console, report: RunReport) -
     report.run_id = journal.run_id
     report.backup = {"local_path": str(backup.local_path), "remote_path": backup.remote.path,
                      "sha256": backup.sha256, "size": backup.remote.size}
-    remote.run(journal.start_command())
     journal.record_local(journal.header())
+    remote.run(journal.start_command())
     result = _run_steps(remote, plan, journal, console, started, report, backup=backup)
     result.backup_seconds = backup_seconds
     return result
@@ -197,7 +197,17 @@ def _run_steps(remote, plan: Plan, journal: Journal, console: Console, started: 
                 f"{journal.remote_path}. Run `regen` again on it to resume (or `regen --rollback` to put the "
                 f"old cert back); backup: {journal.backup.path} on the master, {journal.local_backup} here"
             ) from None
-        _finish(remote, journal, "ok")
+        except Exception as exc:  # noqa: BLE001 - after the first change, whatever it is, put the master back
+            _record_steps(report, execution)
+            rollback(remote, journal, console, reason=f"unexpected error during the run: "
+                                                      f"{type(exc).__name__}: {exc}")
+        try:
+            _finish(remote, journal, "ok")
+        except ConnectionFailed as exc:
+            _record_steps(report, execution)
+            raise Incomplete(f"the cert was regenerated and verified, then {exc} before the run was closed in "
+                             f"its journal {journal.remote_path}; run `regen` again on it to close the run "
+                             "(every step is found done)") from None
     facts = plan.facts
     _record_steps(report, execution)
     report.new_cert = RunReport.cert_dict(verification.cert)
