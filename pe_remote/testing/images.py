@@ -1,10 +1,24 @@
 """Build the staging masters' images, with no registry needed.
 
-The base is `debian:bookworm` when it is present or can be pulled (a laptop with
+Three layers deep, one definition folder (under images/) per image:
+
+    base `debian:<suite>`        bullseye          bookworm          trixie
+    suite layer (systemd, sshd,  bullseye          bookworm          trixie
+      Debian's own Puppet)       puppet 5.5.22     puppetserver 7.9  puppetserver 8.7
+                                 + puppet-master   + puppet-agent 7  + puppet-agent 8
+    flavor                       pe37 pe2016       oss7              oss8
+                                 puppet5
+
+Every Puppet command on these masters is Puppet's own code from Debian's
+packages; only PE services that Debian does not package (ActiveMQ, MCollective,
+orchestration services, PXP agent) are stand-in units that say so.
+
+A base is `debian:<suite>` when it is present or can be pulled (a laptop with
 Docker Hub); otherwise it is made with debootstrap and `docker import` (a CI
-machine with no registry). Every image is tagged with a hash of its definition
-folder and of its parent's tag, so a warm run reuses what is built and any edit
-of a definition rebuilds it and what depends on it.
+machine with no registry) and tagged `pe-remote-staging:base-<suite>-debootstrap`.
+Every image is tagged with a hash of its definition folder and of its parent's
+tag, so a warm run reuses what is built and any edit of a definition rebuilds it
+and what depends on it.
 """
 
 from __future__ import annotations
@@ -25,11 +39,19 @@ log = logging.getLogger(__name__)
 
 IMAGES_DIR = Path(__file__).parent / "images"
 REPOSITORY = "pe-remote-staging"
-UPSTREAM_BASE = "debian:bookworm"
 DEBOOTSTRAP_MIRROR = os.environ.get("PE_REMOTE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
-# Each flavor's image is built on `common`, which is built on the base.
-LAYERS = {"common": None, "oss7": "common", "pe37": "common"}
+# Debian suites with a base image; the suite layer of the same name is built on it.
+SUITES = ("bullseye", "bookworm", "trixie")
+# Image -> the image it is built on; a suite layer (parent None) is built on its suite's base.
+LAYERS: dict[str, str | None] = {
+    "bullseye": None, "bookworm": None, "trixie": None,
+    "pe37": "bullseye", "pe2016": "bullseye", "puppet5": "bullseye",
+    "oss7": "bookworm",
+    "oss8": "trixie",
+}
+# The images a staging master is started from, in build order (bullseye's three share a layer).
+FLAVOR_IMAGES = ("pe37", "pe2016", "puppet5", "oss7", "oss8")
 
 
 class ImageBuildError(RuntimeError):
@@ -58,33 +80,37 @@ def _has_image(client: docker.DockerClient, tag: str) -> bool:
         return False
 
 
-def ensure_base(client: docker.DockerClient) -> str:
-    """Return the tag of a Debian bookworm base image, making one if needed."""
-    if _has_image(client, UPSTREAM_BASE):
-        return UPSTREAM_BASE
-    local = f"{REPOSITORY}:base-bookworm-debootstrap"
+def ensure_base(client: docker.DockerClient, suite: str) -> str:
+    """Return the tag of a Debian `suite` base image, making one if needed."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown Debian suite {suite!r}; known: {', '.join(SUITES)}")
+    upstream = f"debian:{suite}"
+    if _has_image(client, upstream):
+        return upstream
+    local = f"{REPOSITORY}:base-{suite}-debootstrap"
     if _has_image(client, local):
         return local
     if os.environ.get("PE_REMOTE_TRY_PULL", "1") == "1":
         try:
-            client.images.pull(UPSTREAM_BASE)
-            return UPSTREAM_BASE
+            client.images.pull(upstream)
+            return upstream
         except docker.errors.APIError as exc:  # no registry here: build it ourselves
-            log.info("cannot pull %s (%s); building the base with debootstrap", UPSTREAM_BASE, exc)
-    _debootstrap_import(local)
+            log.info("cannot pull %s (%s); building the base with debootstrap", upstream, exc)
+    _debootstrap_import(suite, local)
     return local
 
 
-def _debootstrap_import(tag: str) -> None:
+def _debootstrap_import(suite: str, tag: str) -> None:
     if shutil.which("debootstrap") is None:
         raise ImageBuildError(
-            f"no {UPSTREAM_BASE} image and no debootstrap to build one: "
-            "install it (apt-get install debootstrap) or pull debian:bookworm"
+            f"no debian:{suite} image and no debootstrap to build one: "
+            f"install it (apt-get install debootstrap) or pull debian:{suite}"
         )
+    log.info("building the debian:%s base with debootstrap as %s", suite, tag)
     with tempfile.TemporaryDirectory(prefix="pe-remote-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         run = subprocess.run(
-            ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), DEBOOTSTRAP_MIRROR],
+            ["debootstrap", "--variant=minbase", suite, str(rootfs), DEBOOTSTRAP_MIRROR],
             capture_output=True, text=True,
         )
         if run.returncode != 0:
@@ -100,7 +126,7 @@ def _debootstrap_import(tag: str) -> None:
 def ensure_image(client: docker.DockerClient, name: str) -> BuiltImage:
     """Build (or reuse) the image of one definition folder and its parents."""
     parent = LAYERS[name]
-    parent_tag = ensure_image(client, parent).tag if parent else ensure_base(client)
+    parent_tag = ensure_image(client, parent).tag if parent else ensure_base(client, name)
     folder = IMAGES_DIR / name
     tag = f"{REPOSITORY}:{name}-{definition_hash(folder, parent_tag)}"
     if _has_image(client, tag):
@@ -121,7 +147,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     client = docker.from_env()
-    for name in ("oss7", "pe37"):
+    for name in FLAVOR_IMAGES:
         started = time.monotonic()
         image = ensure_image(client, name)
         state = "built" if image.built_now else "reused"

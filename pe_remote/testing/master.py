@@ -2,8 +2,14 @@
 
 A master is a container of one flavor's image with systemd as PID 1, sshd
 published on 127.0.0.1 only, and root's authorized key bind-mounted from the
-workstation. Readiness is proven by checks (the SSH banner, then puppetserver's
-`/status/v1/simple` answering `running`), never by sleeping a fixed time.
+workstation. Every Puppet command on it is Puppet's own code from Debian's
+packages (Puppet 5.5 on bullseye, 7 on bookworm, 8 on trixie).
+
+Readiness is proven by checks, never by sleeping a fixed time: the SSH banner,
+systemd finished booting, then what every master generation answers (Puppet 5.5's
+`puppet master` has no status API): port 8140 completes a TLS handshake presenting
+the very cert that is on disk (same SHA-256 fingerprint as the hostcert file), and
+the CA endpoint answers an HTTP 200.
 """
 
 from __future__ import annotations
@@ -41,9 +47,21 @@ class FlavorLayout:
     ssldir: str
     cadir: str
     catalog_dir: str
+    # Settings section of the master's own settings (dns_alt_names, cadir): `master` up to
+    # Puppet 5, `server` from Puppet 6 on.
+    config_section: str = "master"
+    # `puppet agent --waitforlock` exists from Puppet 6.16 on; older agents are retried while
+    # another run (the agent daemon's first) holds the lock.
+    agent_waitforlock: bool = True
+    # Folders where other services keep COPIES of the master's credentials.
+    credential_dirs: tuple[str, ...] = ()
+
+    def hostcert(self, certname: str) -> str:
+        return f"{self.ssldir}/certs/{certname}.pem"
 
 
 FLAVORS = {
+    # PE 3.7 layout on Debian bullseye's Puppet 5.5 (`puppet master` as pe-puppetserver).
     "pe37": FlavorLayout(
         name="pe37",
         services=("pe-puppet", "pe-puppetserver", "pe-activemq", "pe-mcollective"),
@@ -53,7 +71,35 @@ FLAVORS = {
         ssldir="/etc/puppetlabs/puppet/ssl",
         cadir="/etc/puppetlabs/puppet/ssl/ca",
         catalog_dir="/var/opt/lib/pe-puppet/client_data/catalog",
+        agent_waitforlock=False,
     ),
+    # PE 2016.4-2018.1 layout on Debian bullseye's Puppet 5.5.
+    "pe2016": FlavorLayout(
+        name="pe2016",
+        services=("puppet", "pe-puppetserver", "pe-activemq", "mcollective", "pe-orchestration-services",
+                  "pxp-agent"),
+        server_service="pe-puppetserver",
+        agent_service="puppet",
+        puppet="/opt/puppetlabs/bin/puppet",
+        ssldir="/etc/puppetlabs/puppet/ssl",
+        cadir="/etc/puppetlabs/puppet/ssl/ca",
+        catalog_dir="/opt/puppetlabs/puppet/cache/client_data/catalog",
+        agent_waitforlock=False,
+        credential_dirs=("/etc/puppetlabs/orchestration-services/ssl",),
+    ),
+    # Open-source Puppet 5.5 exactly as Debian bullseye lays it out.
+    "puppet5": FlavorLayout(
+        name="puppet5",
+        services=("puppet", "puppet-master"),
+        server_service="puppet-master",
+        agent_service="puppet",
+        puppet="/usr/bin/puppet",
+        ssldir="/var/lib/puppet/ssl",
+        cadir="/var/lib/puppet/ssl/ca",
+        catalog_dir="/var/cache/puppet/client_data/catalog",
+        agent_waitforlock=False,
+    ),
+    # Open-source Puppet 7 as Debian bookworm lays it out.
     "oss7": FlavorLayout(
         name="oss7",
         services=("puppet", "puppetserver"),
@@ -63,6 +109,19 @@ FLAVORS = {
         ssldir="/var/lib/puppet/ssl",
         cadir="/etc/puppet/puppetserver/ca",
         catalog_dir="/var/cache/puppet/client_data/catalog",
+        config_section="server",
+    ),
+    # Open-source Puppet 8 as Debian trixie lays it out.
+    "oss8": FlavorLayout(
+        name="oss8",
+        services=("puppet", "puppetserver"),
+        server_service="puppetserver",
+        agent_service="puppet",
+        puppet="/usr/bin/puppet",
+        ssldir="/var/lib/puppet/ssl",
+        cadir="/etc/puppet/puppetserver/ca",
+        catalog_dir="/var/cache/puppet/client_data/catalog",
+        config_section="server",
     ),
 }
 
@@ -132,9 +191,22 @@ class StagingMaster:
         return out
 
     def ssl_checksums(self) -> str:
-        """sha256 of every file under the ssldir and cadir, for before/after comparisons."""
-        dirs = " ".join(shlex.quote(d) for d in {self.flavor.ssldir, self.flavor.cadir})
+        """sha256 of every file under the ssldir, cadir and credential copies, for before/after comparisons."""
+        dirs = " ".join(shlex.quote(d) for d in
+                        dict.fromkeys((self.flavor.ssldir, self.flavor.cadir, *self.flavor.credential_dirs)))
         return self.check(f"find -L {dirs} -type f -print0 | sort -z | xargs -0 sha256sum")
+
+    def agent_run(self, timeout: float = 180) -> tuple[int, str]:
+        """`puppet agent -t` on the master against itself, waiting while another run holds the lock."""
+        puppet = self.flavor.puppet
+        if self.flavor.agent_waitforlock:
+            return self.exec(f"{puppet} agent -t --waitforlock 2 --maxwaitforlock {int(timeout)}")
+        deadline = time.monotonic() + timeout
+        while True:  # Puppet 5.5 has no --waitforlock: a run that found the lock taken is retried
+            code, out = self.exec(f"{puppet} agent -t")
+            if code != 1 or "already in progress" not in out or time.monotonic() >= deadline:
+                return code, out
+            time.sleep(2)
 
     def stop(self) -> None:
         self.container.stop()
@@ -195,8 +267,25 @@ def _last_logs(master: StagingMaster) -> str:
     return journal[-4000:]
 
 
+def serving_check(master: StagingMaster) -> str:
+    """Shell check, exit 0 when 8140 serves the on-disk hostcert and the CA endpoint answers 200.
+
+    Works for every generation: Puppet 5.5's `puppet master` (no status API) as well as
+    Puppet Server 7/8. Puppet 5.5's CA endpoint wants an `environment` parameter (400 without
+    it); Puppet Server ignores it.
+    """
+    hostcert = shlex.quote(master.flavor.hostcert(master.certname))
+    return (
+        f"disk=$(openssl x509 -in {hostcert} -noout -fingerprint -sha256 2>/dev/null) && [ -n \"$disk\" ] && "
+        f"served=$(timeout 10 openssl s_client -connect 127.0.0.1:8140 -servername {master.certname} </dev/null "
+        f"2>/dev/null | openssl x509 -noout -fingerprint -sha256 2>/dev/null) && [ \"$served\" = \"$disk\" ] && "
+        "[ \"$(curl -sk --max-time 10 -o /dev/null -w '%{http_code}' "
+        "'https://127.0.0.1:8140/puppet-ca/v1/certificate/ca?environment=production')\" = 200 ]"
+    )
+
+
 def wait_until_ready(master: StagingMaster, timeout: float = 300, server: bool = True) -> None:
-    """SSH banner, systemd up, then (with server=True) puppetserver answering `running`."""
+    """SSH banner, systemd up, then (with server=True) 8140 serving the on-disk cert and the CA answering."""
     deadline = time.monotonic() + timeout
     try:
         wait_for_ssh_banner(master.host, master.port, deadline)
@@ -207,8 +296,8 @@ def wait_until_ready(master: StagingMaster, timeout: float = 300, server: bool =
         if server:
             unit = master.flavor.server_service
             # A start that failed at boot (a loaded machine) is retried once, not waited on.
-            _wait_until(master, "puppetserver /status/v1/simple = running",
-                        f"curl -sfk https://localhost:8140/status/v1/simple | grep -qx running && exit 0; "
+            _wait_until(master, f"{unit} to serve the on-disk hostcert on 8140 and answer the CA endpoint",
+                        f"{serving_check(master)} && exit 0; "
                         f"if systemctl is-failed --quiet {unit} && [ ! -e /run/pe-remote-restarted ]; then "
                         f"touch /run/pe-remote-restarted; systemctl restart --no-block {unit}; fi; exit 1",
                         deadline)
@@ -219,7 +308,7 @@ def wait_until_ready(master: StagingMaster, timeout: float = 300, server: bool =
 
 def prime_cached_catalog(master: StagingMaster) -> None:
     """One agent run on the master against itself, so the cached catalog exists."""
-    code, out = master.exec(f"{master.flavor.puppet} agent -t --waitforlock 2 --maxwaitforlock 120")
+    code, out = master.agent_run()
     if code not in (0, 2):
         raise MasterNotReady(f"agent run on the {master.flavor.name} master exited {code}: {out[-2000:]}")
 
