@@ -143,7 +143,11 @@ sec puppet_version; V=; [ -n "$PE" ] || V=$("$P" --version 2>&1); echo "$V"
 # The master's settings section: [master] up to Puppet 5 (PE 2018.1), [server] from Puppet 6 on.
 SEC=server; case "$PE" in 3.*|2015.*|2016.*|2017.*|2018.*) SEC=master;; esac
 [ -n "$PE" ] || case "$V" in [0-5].*) SEC=master;; esac
-sec settings; CFG=$("$P" config print {settings} --section $SEC 2>/dev/null); echo "$CFG"
+# The cached catalog is the agent's: its client_datadir may differ from the master section's (Debian's
+# Puppet 5 sets vardir per section). Both settings lookups run at once (one Ruby start's wall time).
+sec settings; CFG=$( ( "$P" config print client_datadir --section agent 2>/dev/null \
+  | sed -n 's|^/|agent_client_datadir = /|p' ) &
+  "$P" config print {settings} --section $SEC 2>/dev/null; wait); echo "$CFG"
 get() {{ printf "%s\\n" "$CFG" | sed -n "s/^$1 = //p"; }}
 HC=$(get hostcert); HK=$(get hostprivkey); CA=$(get cadir)
 sec ca_key; if [ -f "$CA/ca_key.pem" ]; then echo present; else echo absent; fi
@@ -151,7 +155,9 @@ sec ca_cert; [ -f "$CA/ca_crt.pem" ] && openssl x509 -in "$CA/ca_crt.pem" -noout
 sec services
 for s in {services}; do
   if [ -d /run/systemd/system ]; then
-    if systemctl cat "$s.service" >/dev/null 2>&1; then echo "$s $(systemctl is-active "$s.service")"; else echo "$s absent"; fi
+    # A name that is only an alias of another unit (Debian's puppetmaster -> puppet-master) is not a service of its own.
+    if systemctl cat "$s.service" >/dev/null 2>&1 && [ "$(systemctl show -p Id "$s.service" 2>/dev/null)" = "Id=$s.service" ]
+    then echo "$s $(systemctl is-active "$s.service")"; else echo "$s absent"; fi
   elif [ -x "/etc/init.d/$s" ]; then
     if "/etc/init.d/$s" status >/dev/null 2>&1; then echo "$s active"; else echo "$s inactive"; fi
   else echo "$s absent"; fi
@@ -259,7 +265,9 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
         alt_names = parse_alt_names(settings["dns_alt_names"], source="the master's dns_alt_names")
     except InvalidName as exc:
         raise Refused(f"{exc}; refusing to put it into commands on the master") from None
-    for path_setting in ("ssldir", "cadir", "client_datadir", "hostcert", "hostprivkey"):
+    for path_setting in ("ssldir", "cadir", "client_datadir", "hostcert", "hostprivkey", "agent_client_datadir"):
+        if path_setting not in settings:
+            continue
         problem = path_problem(settings[path_setting])
         if problem:
             raise Refused(f"the master's {path_setting} {settings[path_setting]!r} {problem}; refusing to use it "
@@ -301,7 +309,7 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
         dns_alt_names=alt_names,
         ssldir=settings["ssldir"].rstrip("/"),
         cadir=settings["cadir"].rstrip("/"),
-        client_datadir=settings["client_datadir"].rstrip("/"),
+        client_datadir=settings.get("agent_client_datadir", settings["client_datadir"]).rstrip("/"),
         hostcert=settings["hostcert"],
         hostprivkey=settings["hostprivkey"],
         ca_key_present=(sections.get("ca_key") or [""])[0].strip() == "present",

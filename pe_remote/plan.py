@@ -103,7 +103,8 @@ def server_ready_check(facts: MasterFacts, timeout: int = SERVER_READY_TIMEOUT) 
     """Exit 0 once port 8140 serves the cert that is on disk and answers HTTP; 1 after `timeout` seconds.
 
     What every server generation can show: a TLS handshake on 8140 presenting the hostcert on disk
-    (the new one after a regen, the old one after a rollback) and an answer from the CA endpoint.
+    (the new one after a regen, the old one after a rollback) and an answer from the CA endpoint
+    (with an environment: Puppet 5's Ruby master answers 400 without one; Puppet Server ignores it).
     Puppet Server >= 2.6 also has a status API: where it answers, it must say `running` (it says
     `starting` while services load); a server without it (PE 3.7's, the Ruby `puppet master`)
     answers 404 there and is judged by the two checks alone. The bound is wall-clock seconds.
@@ -118,7 +119,7 @@ def server_ready_check(facts: MasterFacts, timeout: int = SERVER_READY_TIMEOUT) 
             '  if [ -z "$got" ]; then why="no TLS handshake on 8140"\n'
             '  elif [ "$got" != "$want" ]; then why="8140 presents a cert other than $HC"\n'
             '  else ca=$(curl -sk --max-time $t -o /dev/null -w "%{http_code}" '
-            'https://127.0.0.1:8140/puppet-ca/v1/certificate/ca)\n'
+            '"https://127.0.0.1:8140/puppet-ca/v1/certificate/ca?environment=production")\n'
             '    if [ "$ca" != 200 ]; then why="the CA endpoint answered HTTP $ca"\n'
             '    else st=$(curl -sk --max-time $t -w " %{http_code}" https://127.0.0.1:8140/status/v1/simple)\n'
             '      case "$st" in "running 200") exit 0;; *" 200"|*" 503"|*" 000") why="status API: $st";; '
@@ -167,7 +168,10 @@ def _clean_step(facts: MasterFacts, alt_names: tuple[str, ...]) -> Step:
         command = f"{command} || echo \"(exit $?; the CA's CRL decides)\""
         check = old_serial_revoked(facts)
     else:
-        check = _none_exist(cert_files(facts))
+        # `puppet cert clean` revokes the cert and deletes the cert, key, request and the CA's copy; it
+        # leaves public_keys/ (generate overwrites it). Both halves are checked: files gone, serial revoked.
+        kept = f"{facts.ssldir}/public_keys/{facts.certname}.pem"
+        check = _none_exist([p for p in cert_files(facts) if p != kept]) + " && " + old_serial_revoked(facts)
     return Step("clean", f"Clean the cert of {facts.certname}", command, check)
 
 

@@ -335,11 +335,13 @@ def test_service_steps_undo_each_other(flavor):
             assert s.undo == service_command(plan.facts, s.key[6:], "stopped")
 
 
-def test_pe37_clean_check_covers_every_cert_file():
+def test_pe37_clean_check_covers_every_file_clean_deletes_and_the_revocation():
     plan = build_plan(facts_for(PE37), ALT)
     check = step(plan, "clean").check
+    kept = f"{plan.facts.ssldir}/public_keys/{plan.facts.certname}.pem"  # Puppet's clean leaves it
     for path in cert_files(plan.facts):
-        assert shlex.quote(path) in check
+        assert (shlex.quote(path) in check) is (path != kept)
+    assert f"grep -qix {plan.facts.cert.serial}" in check and "ca_crl.pem" in check
 
 
 def test_generate_check_requires_cert_key_and_signed_copy():

@@ -222,7 +222,8 @@ def _systemd_container(image: str, client_key: ClientKey) -> DockerContainer:
     container.with_tmpfs_mount("/run/lock")
     container.with_kwargs(
         hostname="staging-node",  # deliberately not the certname
-        cap_add=["SYS_ADMIN"],
+        # SYS_PTRACE: root on a real master sees every process's sockets (`ss -p`), as discovery needs.
+        cap_add=["SYS_ADMIN", "SYS_PTRACE"],
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
         extra_hosts={name: "127.0.0.1" for name in (CERTNAME, *ALT_NAMES)},
         labels={CONTAINER_LABEL: "1"},
