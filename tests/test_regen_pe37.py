@@ -19,10 +19,11 @@ def _cert_facts(master) -> dict[str, str]:
     out = master.check(f"openssl x509 -in {cert} -noout -serial -issuer -nameopt RFC2253 -fingerprint -sha256; "
                        f"openssl x509 -in {cert} -noout -text | grep -A1 'Subject Alternative Name' | tail -1")
     lines = out.strip().splitlines()
-    facts = dict(line.split("=", 1) for line in lines[:3])
-    facts["sans"] = frozenset(s.strip() for s in lines[3].split(","))
-    return {"serial": facts["serial"], "issuer": facts["issuer"], "sha256": facts["sha256 Fingerprint"],
-            "sans": facts["sans"]}
+    # OpenSSL 1.1 (bullseye) prints "SHA256 Fingerprint=", OpenSSL 3 "sha256 Fingerprint=".
+    facts = {key.lower(): value for key, value in (line.split("=", 1) for line in lines[:3])}
+    sans = frozenset(s.strip() for s in lines[3].split(","))
+    return {"serial": facts["serial"], "issuer": facts["issuer"], "sha256": facts["sha256 fingerprint"],
+            "sans": sans}
 
 
 def _served_fingerprint(master) -> str:
