@@ -9,6 +9,7 @@ in the backup.
 from __future__ import annotations
 
 import os
+import posixpath
 import tarfile
 import time
 from dataclasses import dataclass
@@ -110,29 +111,45 @@ def cert_sha256_in_tarball(tarball: Path, hostcert: str) -> str:
 
 
 def check_members(tarball: Path, facts: MasterFacts) -> None:
-    """A backup holds only folders and regular files under the SSL folders it was taken of.
+    """A backup holds only folders, regular files and links that stay inside the SSL folders it was
+    taken of (Debian's `ssl/ca` is a link to its CA folder).
 
     The tarball is extracted as root over `/`: a member elsewhere (`etc/cron.d/x`,
-    `root/.ssh/authorized_keys`), a link, a device or a `..` would change more than the SSL folders.
+    `root/.ssh/authorized_keys`), a link leading out, a device, a hard link or a `..` would change
+    more than the SSL folders.
     """
     roots = [p.strip("/") for p in backup_paths(facts)]
+
+    def inside(path: str) -> bool:
+        return any(path == root or path.startswith(root + "/") for root in roots)
+
     try:
         with tarfile.open(tarball) as tar:
             members = tar.getmembers()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise InputError(f"{tarball} is not a readable tar.gz backup: {exc}") from None
+    links = []
     for member in members:
         name = member.name
-        parts = name.split("/")
-        if name.startswith("/") or ".." in parts:
+        if name.startswith("/") or ".." in name.split("/"):
             raise InputError(f"{tarball} holds {name!r}, a path outside the SSL folders: refusing to restore it")
-        if not (member.isfile() or member.isdir()):
-            raise InputError(f"{tarball} holds {name!r}, which is not a regular file or folder (a link or "
-                             "device): refusing to restore it")
-        inside = name.rstrip("/")
-        if not any(inside == root or inside.startswith(root + "/") for root in roots):
+        if not inside(name.rstrip("/")):
             raise InputError(f"{tarball} holds {name!r}, outside {', '.join('/' + r for r in roots)}: it is "
                              "not an SSL backup of this master; refusing to restore it")
+        if member.issym():
+            target = posixpath.normpath(member.linkname if member.linkname.startswith("/") else
+                                        posixpath.join("/", posixpath.dirname(name), member.linkname))
+            if not inside(target.lstrip("/")):
+                raise InputError(f"{tarball} holds {name!r}, a link to {member.linkname!r} outside the SSL "
+                                 "folders: refusing to restore it")
+            links.append(name.rstrip("/"))
+        elif not (member.isfile() or member.isdir()):
+            raise InputError(f"{tarball} holds {name!r}, which is not a regular file, folder or link (a hard "
+                             "link or device): refusing to restore it")
+    for member in members:
+        through = next((link for link in links if member.name.startswith(link + "/")), None)
+        if through:
+            raise InputError(f"{tarball} holds {member.name!r} beneath the link {through!r}: refusing to restore it")
 
 
 def upload_backup(remote, tarball: Path, sha256: str) -> str:

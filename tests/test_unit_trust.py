@@ -115,7 +115,8 @@ def test_a_backup_of_the_ssl_folders_passes(tmp_path):
     ("root/.ssh/authorized_keys", tarfile.REGTYPE, "outside"),
     (f"{SSL}/../../../../etc/cron.d/x", tarfile.REGTYPE, "outside the SSL folders"),
     (f"/{SSL}/certs/x.pem", tarfile.REGTYPE, "outside the SSL folders"),
-    (f"{SSL}/certs/link.pem", tarfile.SYMTYPE, "not a regular file"),
+    (f"{SSL}/certs/link.pem", tarfile.SYMTYPE, "a link to '/etc/shadow' outside"),
+    (f"{SSL}/certs/hard.pem", tarfile.LNKTYPE, "not a regular file"),
     (f"{SSL}/certs/dev", tarfile.CHRTYPE, "not a regular file"),
     (f"{SSL}-evil/x", tarfile.REGTYPE, "outside"),
 ])
@@ -124,6 +125,25 @@ def test_members_outside_the_ssl_folders_or_not_plain_are_refused(tmp_path, name
                                             (name, b"" if kind == tarfile.REGTYPE else None, kind)])
     with pytest.raises(InputError, match=says):
         check_members(bad, RECORDED)
+
+
+def test_debians_ca_link_inside_the_backup_passes_but_nothing_beneath_it(tmp_path):
+    def link(name, target):
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = tarfile.SYMTYPE, target
+        return info
+
+    path = tmp_path / "b.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.addfile(tarfile.TarInfo(f"{SSL}/certs/x.pem"), io.BytesIO(b""))
+        tar.addfile(link(f"{SSL}/ca", "/" + CA))  # Debian: /var/lib/puppet/ssl/ca -> /etc/puppet/puppetserver/ca
+        tar.addfile(link(f"{SSL}/rel", "certs"))
+    check_members(path, RECORDED)
+    with tarfile.open(tmp_path / "c.tar.gz", "w:gz") as tar:
+        tar.addfile(link(f"{SSL}/ca", "/" + CA))
+        tar.addfile(tarfile.TarInfo(f"{SSL}/ca/evil.pem"), io.BytesIO(b""))
+    with pytest.raises(InputError, match="beneath the link"):
+        check_members(tmp_path / "c.tar.gz", RECORDED)
 
 
 def test_a_quote_in_the_tarball_name_is_still_one_word():
