@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 
 from invoke import Exit
 
@@ -78,6 +79,28 @@ def alt_names_from(value: str | None, target: Target) -> tuple[str, ...] | None:
     if value is not None:
         return parse_alt_names(value, source="--dns-alt-names")
     return target.alt_names
+
+
+def check_flavor(flavor: str | None) -> None:
+    from pe_remote.flavors import FLAVORS
+
+    if flavor is not None and flavor not in FLAVORS:
+        raise InputError(f"--flavor {flavor!r} is not a generation pe-remote knows: {', '.join(FLAVORS)}")
+
+
+def run_id_from(rollback, resume, abandon) -> str | None:
+    """The unfinished run named by --rollback RUN_ID, --resume RUN_ID or --abandon RUN_ID (one at most)."""
+    named = {flag: value for flag, value in (("--rollback", rollback), ("--resume", resume), ("--abandon", abandon))
+             if isinstance(value, str) and value}
+    if len([v for v in (rollback, resume, abandon) if v]) > 1:
+        raise InputError("give one of --rollback, --resume and --abandon")
+    for flag, value in named.items():
+        if not re.fullmatch(r"\d{8}T\d{6}Z-[a-z0-9_.-]{1,253}", value):
+            raise InputError(f"{flag} {value!r} is not a run id (like 20261128T001500Z-master.example.com; "
+                             "pe-remote prints it when it finds an unfinished run)")
+    if abandon is not None and not named.get("--abandon"):
+        raise InputError("--abandon needs the run id of the run to close")
+    return next(iter(named.values()), None)
 
 
 def exits_cleanly(task_body):

@@ -32,6 +32,9 @@ class Step:
     # Keys of the steps that must be done before this one starts; None: the step listed before it.
     # Steps whose needs are met run at the same time (the executor's own channels, one connection).
     needs: tuple[str, ...] | None = None
+    # Later steps that undo what this step's check looks at (a start undoes a stop, generate re-creates
+    # the files clean removed): once one of them is done, this check no longer proves anything.
+    superseded_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,14 @@ def _none_exist(paths: list[str]) -> str:
     return "for f in " + " ".join(q(p) for p in paths) + '; do [ ! -e "$f" ] || { echo "still there: $f"; exit 1; }; done'
 
 
+def serial_differs(cert: str, old_serial: str) -> str:
+    """Exit 0 only if `cert` is not the cert of serial `old_serial`: THIS run's generate made it
+    (a cert put back by hand, or a run that never got that far, still carries the old serial)."""
+    return (f"S=$(openssl x509 -in {q(cert)} -noout -serial | sed 's/^serial=0*//'); "
+            f"[ -n \"$S\" ] && [ \"$(echo \"$S\" | tr a-f A-F)\" != {q(old_serial.upper() or 'NONE')} ] "
+            f"|| {{ echo \"{cert} still has the old serial {old_serial}\"; exit 1; }}")
+
+
 def old_serial_revoked(facts: MasterFacts) -> str:
     """Exit 0 only if the current cert's serial is in the CA's CRL (the first CRL: the signing CA's)."""
     serial = facts.cert.serial if facts.cert else "NONE"
@@ -172,6 +183,8 @@ def _clean_step(facts: MasterFacts, alt_names: tuple[str, ...]) -> Step:
         # leaves public_keys/ (generate overwrites it). Both halves are checked: files gone, serial revoked.
         kept = f"{facts.ssldir}/public_keys/{facts.certname}.pem"
         check = _none_exist([p for p in cert_files(facts) if p != kept]) + " && " + old_serial_revoked(facts)
+        # generate re-creates the files: then the files half proves nothing (verification checks the CRL).
+        return Step("clean", f"Clean the cert of {facts.certname}", command, check, superseded_by=("generate",))
     return Step("clean", f"Clean the cert of {facts.certname}", command, check)
 
 
@@ -200,6 +213,21 @@ def _copy_credentials_step(facts: MasterFacts) -> Step | None:
     folders = ", ".join(c.folder for c in facts.credential_copies)
     return Step("copy-credentials", f"Copy the new credentials to {folders}", " && ".join(commands),
                 check=" && ".join(checks))
+
+
+def _mark_superseded(steps: list[Step]) -> list[Step]:
+    """Which later steps make an earlier step's check meaningless (see Step.superseded_by)."""
+    keys = [step.key for step in steps]
+    starts = tuple(k for k in keys if k.startswith("start:"))
+    marked = []
+    for step in steps:
+        later: tuple[str, ...] = ()
+        if step.key.startswith("stop:") and "start:" + step.key[5:] in keys:
+            later = ("start:" + step.key[5:],)
+        elif step.key == "remove-catalog":
+            later = starts  # the agent, once started, may cache a new catalog
+        marked.append(replace(step, superseded_by=step.superseded_by + later))
+    return marked
 
 
 def build_plan(facts: MasterFacts, alt_names: tuple[str, ...]) -> Plan:
@@ -234,7 +262,8 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...]) -> Plan:
     if flavor.delete_leftover_files:
         files = cert_files(facts)
         cert_work.append(Step("delete-leftovers", f"Delete what is left of {facts.certname}'s cert files",
-                              "rm -f " + " ".join(q(p) for p in files), check=_none_exist(files)))
+                              "rm -f " + " ".join(q(p) for p in files), check=_none_exist(files),
+                              superseded_by=("generate",)))
     cert_work.append(Step("remove-catalog", "Remove the cached catalog", f"rm -f {q(facts.catalog_path)}",
                           check=f"test ! -e {q(facts.catalog_path)}"))
     new_cert = f"{facts.ssldir}/certs/{facts.certname}.pem"
@@ -242,7 +271,8 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...]) -> Plan:
                           fill(flavor.generate, facts, alt_names),
                           check=" && ".join(f"test -s {q(p)}" for p in
                                             (new_cert, f"{facts.ssldir}/private_keys/{facts.certname}.pem",
-                                             f"{facts.cadir}/signed/{facts.certname}.pem"))))
+                                             f"{facts.cadir}/signed/{facts.certname}.pem"))
+                          + " && " + serial_differs(new_cert, facts.cert.serial if facts.cert else "")))
     copies = _copy_credentials_step(facts)
     if copies:
         cert_work.append(copies)
@@ -267,6 +297,7 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...]) -> Plan:
         later_starts[0] = replace(later_starts[0], needs=server_up)
     steps += later_starts
 
+    steps = _mark_superseded(steps)
     current = facts.cert.sans if facts.cert else frozenset()
     wanted = san_entries(facts.certname, alt_names)
     dropped = tuple(sorted(current - wanted))

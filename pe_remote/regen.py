@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +26,16 @@ from pe_remote.journal import Journal, event, new_run_id, parse_journal
 from pe_remote.names import choose_alt_names, sans_to_names
 from pe_remote.plan import Plan, build_plan
 from pe_remote.render import render_plan
-from pe_remote.restore import put_back
+from pe_remote.shell import q
+from pe_remote.restore import ca_changes, ca_changes_command, put_back, start_services_command
 from pe_remote.report import RunReport, StepEntry, utc_now
 from pe_remote.verify import Verification, check_regen, read_verification
 
 # How long a resume or rollback waits for the interrupted run's steps that still run on the master
 # (a step goes on when its connection drops; puppetserver's start is the longest, bounded by systemd).
 STEPS_STILL_RUNNING_WAIT = 600
+# An unfinished run older than this is resumed, rolled back or abandoned only when named by its id.
+STALE_JOURNAL_HOURS = 24
 
 
 @dataclass(frozen=True)
@@ -43,13 +47,15 @@ class RegenOptions:
     flavor: str | None = None
     force: bool = False  # proceed on a monolithic-looking PE install
     rollback: bool = False  # roll back an unfinished run instead of resuming it
+    abandon: bool = False  # close an unfinished run's journal, touching nothing else
+    run_id: str | None = None  # the unfinished run meant (needed for one older than STALE_JOURNAL_HOURS)
 
 
 @dataclass
 class RegenResult:
     facts: MasterFacts
     plan: Plan
-    outcome: str  # "ok" or "dry-run"
+    outcome: str  # "ok", "dry-run" or "abandoned"
     backup: Backup | None = None
     execution: Execution | None = None
     verification: Verification | None = None
@@ -133,8 +139,9 @@ def _regen(remote, options: RegenOptions, console: Console, report: RunReport) -
     facts = discover(remote, flavor_override=options.flavor)
     if facts.unfinished_journals:
         return _continue_unfinished(remote, facts, options, console, started, report)
-    if options.rollback:
-        raise InputError(f"there is no unfinished run on {remote.target.label} to roll back")
+    if options.rollback or options.abandon or options.run_id:
+        raise InputError(f"there is no unfinished run on {remote.target.label} to "
+                         f"{'roll back' if options.rollback else 'abandon' if options.abandon else 'resume'}")
     alt_names = choose_alt_names(facts.certname, facts.dns_alt_names,
                                  sans_to_names(facts.certname, facts.cert.sans) if facts.cert else (),
                                  options.alt_names, options.drop_alt_names)
@@ -236,6 +243,16 @@ def rollback(remote, journal: Journal, console: Console, *, reason: str) -> None
     """Put this run's backup back and prove the old cert is served again; always raises."""
     facts = journal.facts
     console.warn(f"{reason}")
+    # Never put a backup back over a CA that has moved on since (certs signed, a hand restore): that
+    # would lose every cert the CA signed since and its serial counter.
+    moved_on = ca_changes(remote.run(ca_changes_command(facts, journal.backup.path), check=False).stdout,
+                          facts.certname)
+    if moved_on:
+        remote.run(start_services_command(facts, facts.running_services), check=False)
+        raise Incomplete(f"{reason}; NOT rolled back: the CA has changed since the backup {journal.backup.path} "
+                         f"was taken ({'; '.join(moved_on)}), so putting it back would lose that. The services "
+                         "were started as they are; check the master by hand (README 'Restoring a backup by "
+                         f"hand'), then close the run with --abandon {journal.run_id}")
     console.notice(f"Rolling back: restoring the SSL backup {journal.backup.path} ...")
     try:
         outcome = put_back(remote, facts, journal.backup.path, journal.backup.sha256, facts.running_services,
@@ -261,16 +278,23 @@ def rollback(remote, journal: Journal, console: Console, *, reason: str) -> None
 
 def _continue_unfinished(remote, current: MasterFacts, options: RegenOptions, console: Console,
                          started: float, report: RunReport) -> RegenResult:
-    path, text = current.unfinished_journals[-1]
-    journal = parse_journal(path, text)
+    journal = _chosen_journal(current, options, remote.target.label)
     _describe(report, journal.facts, journal.alt_names)
     report.run_id = journal.run_id
     report.backup = {"local_path": journal.local_backup, "remote_path": journal.backup.path,
                      "sha256": journal.backup.sha256, "size": journal.backup.size}
     plan = build_plan(journal.facts, journal.alt_names)
     done = ", ".join(journal.done) or "none"
-    console.notice(f"Found an unfinished run {journal.run_id} on {remote.target.label} (journal {path}); "
-                 f"completed steps: {done}. Its backup: {journal.backup.path}.")
+    console.notice(f"Found an unfinished run {journal.run_id} on {remote.target.label} (journal "
+                   f"{journal.remote_path}); completed steps: {done}. Its backup: {journal.backup.path}.")
+    if options.abandon:
+        if options.dry_run:
+            console.notice(f"Dry run: would close run {journal.run_id} as abandoned; nothing was changed.")
+            return RegenResult(journal.facts, plan, "dry-run", commands_run=remote.commands_run)
+        console.confirm(f"Close run {journal.run_id} as abandoned? Nothing else on the master is touched.")
+        _finish(remote, journal, "abandoned")
+        console.notice(f"Run {journal.run_id} closed as abandoned; its backup {journal.backup.path} is kept.")
+        return RegenResult(journal.facts, plan, "abandoned", commands_run=remote.commands_run)
     if options.dry_run:
         action = "roll it back" if options.rollback else "resume it from the first step not completed"
         console.notice(f"Dry run: would {action}; nothing was changed on the master.")
@@ -280,9 +304,64 @@ def _continue_unfinished(remote, current: MasterFacts, options: RegenOptions, co
         console.confirm(f"Roll back run {journal.run_id}: put the backup back and start the services?")
         with InterruptLatch(console):
             rollback(remote, journal, console, reason=f"run {journal.run_id} rolled back on request")
+    _recheck_done_steps(remote, plan, journal)
     console.confirm(f"Resume run {journal.run_id} (no new backup is taken)?")
     console.notice("Resuming: steps whose effect is already there are not run again.")
     return _run_steps(remote, plan, journal, console, started, report, resume=True)
+
+
+def journal_age_hours(run_id: str, now: datetime | None = None) -> float:
+    """How old a run is, from the UTC time its id starts with."""
+    when = datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    return ((now or datetime.now(timezone.utc)) - when).total_seconds() / 3600
+
+
+def _chosen_journal(current: MasterFacts, options: RegenOptions, label: str) -> Journal:
+    """The unfinished run to act on: the one named, else the newest, if it is recent enough."""
+    journals = {path: text for path, text in current.unfinished_journals}
+    named = options.run_id
+    if named:
+        path = f"{REMOTE_BACKUP_DIR}/{named}.journal"
+        if path not in journals:
+            ids = ", ".join(p.rsplit("/", 1)[-1].removesuffix(".journal") for p in journals) or "none"
+            raise InputError(f"{label} has no unfinished run {named!r} (unfinished: {ids})")
+        return parse_journal(path, journals[path])
+    path, text = current.unfinished_journals[-1]
+    journal = parse_journal(path, text)
+    age = journal_age_hours(journal.run_id)
+    if age > STALE_JOURNAL_HOURS:
+        raise Refused(f"{label} has an unfinished run {journal.run_id} from {age / 24:.1f} days ago: too old to "
+                      "resume or roll back without naming it (the master may have changed since; a rollback "
+                      f"would put back a {age / 24:.0f}-day-old CA). Say which: --resume {journal.run_id}, "
+                      f"--rollback {journal.run_id}, or --abandon {journal.run_id} to close it and touch nothing")
+    return journal
+
+
+def _recheck_done_steps(remote, plan: Plan, journal: Journal) -> None:
+    """A step the journal marks done is skipped only if its effect is still there (one remote command).
+
+    A journal can be stale or foreign: a master restored by hand since, say. Checks proving a step
+    of THIS run (generate: a serial other than the run's old one) make such a journal fail here,
+    before anything is changed, instead of being trusted into a rollback over a CA that has moved on.
+    """
+    done = set(journal.done)
+    known = {step.key for step in plan.steps}
+    unknown = sorted(done - known)
+    if unknown:
+        raise Refused(f"run {journal.run_id}'s journal marks steps this plan does not have ({', '.join(unknown)}); "
+                      f"nothing was changed. Close it with --abandon {journal.run_id}")
+    to_check = [step for step in plan.steps
+                if step.key in done and step.check and not done & set(step.superseded_by)]
+    if not to_check:
+        return
+    script = "\n".join(f"if ( {step.check}\n) >/dev/null 2>&1 </dev/null 9>&-; then :; else echo {q(step.key)}; fi"
+                        for step in to_check)
+    missing = set(remote.run(script, check=False).stdout.split())
+    gone = [step.title for step in to_check if step.key in missing]
+    if gone:
+        raise Refused(f"run {journal.run_id}'s journal says '{'; '.join(gone)}' was done, but the master does not "
+                      "show it: it has changed since that run (put back by hand?). Nothing was changed. If the "
+                      f"master is as it should be, close that run with --abandon {journal.run_id}")
 
 
 def _wait_for_steps_still_running(remote, journal: Journal, console: Console) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import tarfile
 import time
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from pe_remote import lock as master_lock
 from pe_remote.backup import REMOTE_BACKUP_DIR, backup_paths, sha256_file
 from pe_remote.discovery import MasterFacts, parse_cert_info, split_sections
 from pe_remote.errors import BackupError, InputError, RemoteCommandFailed
-from pe_remote.plan import q, server_ready_check, service_command
+from pe_remote.plan import server_ready_check, service_command
+from pe_remote.shell import q
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,54 @@ def put_back(remote, facts: MasterFacts, tarball: str, sha256: str, start: list[
     served = parse_cert_info(sections.get("served", []))
     return RestoreOutcome(tuple(p + suffix for p in backup_paths(facts)),
                           served.sha256 if served else "", disk.sha256 if disk else "")
+
+
+# --- has the CA moved on since the backup? -----------------------------------------------------
+
+def ca_changes_command(facts: MasterFacts, tarball: str, scratch: str = REMOTE_BACKUP_DIR) -> str:
+    """Compare the CA's serial counter, signed certs and inventory now with the backup's (read-only;
+    scratch files in the root-only state folder, removed again)."""
+    ca = facts.cadir
+    inner = ca.lstrip("/")
+    return (f"T=$(mktemp -d {q(scratch + '/.ca-check.XXXXXX')}) || exit 1; "
+            f"tar -xzf {q(tarball)} -C \"$T\" {q(inner + '/serial')} {q(inner + '/inventory.txt')} 2>/dev/null; "
+            f"tar -tzf {q(tarball)} | awk -v p={q(inner + '/signed/')} "
+            "'index($0, p) == 1 && length($0) > length(p) { print substr($0, length(p) + 1) }' | sort > \"$T/then\"; "
+            f"ls -1 {q(ca + '/signed')} 2>/dev/null | sort > \"$T/now\"; "
+            f"echo '==> serial <=='; cat \"$T\"/{q(inner + '/serial')} 2>/dev/null || echo; cat {q(ca + '/serial')} 2>/dev/null; "
+            "echo '==> signed_added <=='; comm -13 \"$T/then\" \"$T/now\" | head -n 20; "
+            "echo '==> signed_removed <=='; comm -23 \"$T/then\" \"$T/now\" | head -n 20; "
+            f"echo '==> inventory_added <=='; if [ -f \"$T\"/{q(inner + '/inventory.txt')} ]; then "
+            f"sort \"$T\"/{q(inner + '/inventory.txt')} > \"$T/inv-then\"; sort {q(ca + '/inventory.txt')} > \"$T/inv-now\"; "
+            "comm -13 \"$T/inv-then\" \"$T/inv-now\" | head -n 20; fi; rm -rf \"$T\"")
+
+
+def ca_changes(output: str, certname: str) -> list[str]:
+    """What changed in the CA since the backup beyond what one regen of `certname` does (empty: nothing).
+
+    A regen revokes the old cert (CRL only), and signs one new cert for the certname: the serial
+    counter moves by one, the inventory gains a line for the certname, signed/ keeps the same names.
+    """
+    sections = split_sections(output)
+    changes = []
+    serials = [line.strip() for line in sections.get("serial", [])]
+    if len(serials) == 2 and all(re.fullmatch(r"[0-9A-Fa-f]+", v) for v in serials):
+        moved = int(serials[1], 16) - int(serials[0], 16)
+        if not 0 <= moved <= 1:
+            changes.append(f"the CA's serial counter went from {serials[0]} to {serials[1]} "
+                           f"({moved:+d}; one regen moves it by at most 1)")
+    own = f"{certname}.pem"
+    added = [n.strip() for n in sections.get("signed_added", []) if n.strip() and n.strip() != own]
+    removed = [n.strip() for n in sections.get("signed_removed", []) if n.strip() and n.strip() != own]
+    if added:
+        changes.append(f"certs signed since the backup: {', '.join(added[:5])}{' ...' if len(added) > 5 else ''}")
+    if removed:
+        changes.append(f"signed certs gone since the backup: {', '.join(removed[:5])}")
+    foreign = [line.strip() for line in sections.get("inventory_added", [])
+               if line.strip() and not line.rstrip().endswith(f"/CN={certname}")]
+    if foreign:
+        changes.append(f"inventory entries since the backup: {'; '.join(foreign[:3])}")
+    return changes
 
 
 # --- the `restore` task: a local tarball back onto a master ---------------------------------

@@ -6,7 +6,7 @@ The same tasks serve `fab -H root@master TASK` and `invoke TASK --host ALIAS`.
 
 from invoke import Collection, task
 
-from pe_remote.cli import (TARGET_HELP, alt_names_from, connected, exits_cleanly, for_each_host, report_path,
+from pe_remote.cli import (TARGET_HELP, alt_names_from, check_flavor, run_id_from, connected, exits_cleanly, for_each_host, report_path,
                            run_log_path, target_from, targets_from)
 from pe_remote.console import Console
 from pe_remote.errors import Mismatch, PeRemoteError
@@ -32,6 +32,7 @@ PARALLEL_HELP = "with several hosts, how many to work on at once (default 4)"
 def discover(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
              flavor=None, parallel=4):
     """Show what pe-remote finds on a master (read-only): certname, alt names, paths, services, cert."""
+    check_flavor(flavor)
     targets = targets_from(c, host, inventory, key_file, known_hosts)
     found = for_each_host(targets, lambda remote: (remote.target.label, discover_master(remote, flavor_override=flavor)),
                           accept_new_host_key=accept_new_host_key, parallel=parallel, title="discover",
@@ -47,6 +48,7 @@ def discover(c, host=None, inventory=None, key_file=None, known_hosts=None, acce
 def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
            backup_dir=None, flavor=None, parallel=4):
     """Back up the master's SSL directory and pull the tarball back, verified (changes nothing else)."""
+    check_flavor(flavor)
     targets = targets_from(c, host, inventory, key_file, known_hosts)
     console = Console()
     for_each_host(targets, lambda remote: backup_only(remote, backup_dir or remote.target.backup_dir, console,
@@ -55,7 +57,7 @@ def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
                   describe=lambda b: f"{b.local_path} sha256 {b.sha256[:16]}...")
 
 
-@task(auto_shortflags=False, help={
+@task(auto_shortflags=False, optional=["rollback"], help={
     **TARGET_HELP,
     "dns_alt_names": "comma-separated alt names for the new cert (default: the master's dns_alt_names "
                      "together with every alt name the current cert carries)",
@@ -67,7 +69,11 @@ def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
     "flavor": FLAVOR_HELP,
     "verbose": "print every remote command as it runs",
     "force": "proceed although the master looks like a monolithic PE install (PuppetDB/console on it)",
-    "rollback": "an earlier run on this master did not finish: roll it back instead of resuming it",
+    "rollback": "an earlier run on this master did not finish: roll it back instead of resuming it; "
+                "--rollback RUN_ID names it (needed for a run older than 24 hours)",
+    "resume": "resume the unfinished run RUN_ID (needed for a run older than 24 hours; a recent one is "
+              "resumed by default)",
+    "abandon": "close the unfinished run RUN_ID's journal without touching anything else on the master",
     "report": "write a JSON report of the run to this file, whatever the outcome (schema: README, Report); "
               "with several hosts, one file each, named FILE-<host>.json",
     "log_file": "log of the run (default: ~/.local/state/pe-remote/logs/<UTC time>-<host>-regen.log)",
@@ -76,7 +82,8 @@ def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
 @exits_cleanly
 def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
           dns_alt_names=None, drop_alt_names=None, yes=False, dry_run=False, backup_dir=None, flavor=None,
-          verbose=False, force=False, rollback=False, report=None, log_file=None, wave=1):
+          verbose=False, force=False, rollback=False, resume=None, abandon=None, report=None, log_file=None,
+          wave=1):
     """Regenerate the master's SSL cert: back up, stop services, clean, generate, start, verify.
 
     Prints the plan first and asks before the first change unless --yes. Any failure after the
@@ -87,14 +94,21 @@ def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_
     targets = targets_from(c, host, inventory, key_file, known_hosts)
     several = len(targets) > 1
     written: list[str] = []
+    # Every flag is checked before the first connection (exit 2, nothing touched).
+    check_flavor(flavor)
+    drop = parse_alt_names(drop_alt_names, source="--drop-alt-names")
+    run_id = run_id_from(rollback, resume, abandon)
+    for target in targets:
+        alt_names_from(dns_alt_names, target)
 
     def one_master(remote):
         target = remote.target
         options = RegenOptions(alt_names=alt_names_from(dns_alt_names, target),
-                               drop_alt_names=parse_alt_names(drop_alt_names, source="--drop-alt-names"),
+                               drop_alt_names=drop,
                                dry_run=dry_run,
                                backup_dir=backup_dir or target.backup_dir, flavor=flavor, force=force,
-                               rollback=rollback)
+                               rollback=bool(rollback), abandon=bool(abandon),
+                               run_id=run_id)
         console = Console(verbose=verbose, assume_yes=yes,
                           log_path=(log_file if log_file and not several else run_log_path(target, "regen")))
         if verbose:
@@ -133,6 +147,7 @@ def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_
 def restore(c, tarball, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
             sha256=None, yes=False, flavor=None):
     """Put a local SSL backup back on a master (checksum verified first; services stopped and started)."""
+    check_flavor(flavor)
     from pathlib import Path
 
     target = target_from(c, host, inventory, key_file, known_hosts)
@@ -155,6 +170,7 @@ def verify(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
     Checks: issuer is the CA, SANs = certname + alt names, not expired, key matches the cert,
     port 8140 presents the cert on disk, every Puppet service of the master is running.
     """
+    check_flavor(flavor)
     def one_master(remote):
         label = remote.target.label
         facts = discover_master(remote, flavor_override=flavor)

@@ -8,7 +8,6 @@ tarball's name broke the put-back command with the services stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import subprocess
 import tarfile
