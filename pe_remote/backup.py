@@ -185,7 +185,11 @@ class _HashingWriter:
     def write(self, data: bytes) -> int:
         self.digest.update(data)
         self.size += len(data)
-        return self.fh.write(data)
+        view = memoryview(data)
+        while view:  # an unbuffered file may take part of a chunk per write
+            written = self.fh.write(view)
+            view = view[written if written is not None else len(view):]
+        return len(data)
 
 
 def _destination(folder: Path, remote_path: str) -> tuple[Path, Path]:
@@ -266,7 +270,11 @@ def _stream(remote, transport: paramiko.Transport, command: str, sink) -> tuple[
             data = channel.recv(STREAM_CHUNK)
             if not data:
                 break
-            sink.write(data)
+            try:
+                sink.write(data)
+            except OSError as exc:  # this side's disk, not the connection: nothing was changed
+                raise BackupError(f"could not write the backup on this machine: {exc.strerror or exc}; free some "
+                                  "space or choose another --backup-dir (nothing was changed on the master)") from None
             while channel.recv_stderr_ready():
                 errors += channel.recv_stderr(65536)
         while chunk := channel.recv_stderr(65536):
@@ -302,7 +310,8 @@ def stream_backup(remote, facts: MasterFacts, folder: Path, *, name: str | None 
     command = stream_command(facts, remote_path)
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        # Unbuffered: chunks are 1 MiB already, and a full disk shows at the write, not at close.
+        with os.fdopen(fd, "wb", buffering=0) as fh:
             writer = _HashingWriter(fh)
             status, errors = _stream(remote, transport, command, writer)
         if status != 0:

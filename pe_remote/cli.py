@@ -81,6 +81,18 @@ def alt_names_from(value: str | None, target: Target) -> tuple[str, ...] | None:
     return target.alt_names
 
 
+def check_report_path(report: str | None) -> None:
+    """--report FILE must be writable before anything happens (it is written whatever the outcome)."""
+    if not report:
+        return
+    from pathlib import Path
+
+    folder = Path(report).expanduser().resolve().parent
+    if Path(report).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise InputError(f"--report {report}: cannot write there (a folder that exists and is writable is "
+                         "needed); choose another file")
+
+
 def check_flavor(flavor: str | None) -> None:
     from pe_remote.flavors import FLAVORS
 

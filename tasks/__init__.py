@@ -6,7 +6,7 @@ The same tasks serve `fab -H root@master TASK` and `invoke TASK --host ALIAS`.
 
 from invoke import Collection, task
 
-from pe_remote.cli import (TARGET_HELP, alt_names_from, check_flavor, run_id_from, connected, exits_cleanly, for_each_host, report_path,
+from pe_remote.cli import (TARGET_HELP, alt_names_from, check_flavor, check_report_path, run_id_from, connected, exits_cleanly, for_each_host, report_path,
                            run_log_path, target_from, targets_from)
 from pe_remote.console import Console
 from pe_remote.errors import Mismatch, PeRemoteError
@@ -96,6 +96,7 @@ def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_
     written: list[str] = []
     # Every flag is checked before the first connection (exit 2, nothing touched).
     check_flavor(flavor)
+    check_report_path(report)
     drop = parse_alt_names(drop_alt_names, source="--drop-alt-names")
     run_id = run_id_from(rollback, resume, abandon)
     for target in targets:

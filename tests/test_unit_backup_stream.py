@@ -52,6 +52,8 @@ def tree(tmp_path):
     ssl = tmp_path / "master" / "ssl"
     (ssl / "certs").mkdir(parents=True)
     (ssl / "certs" / "m.pem").write_text("cert\n" * 5000)
+    # Random bytes gzip does not shrink: the tarball outgrows a small local disk.
+    (ssl / "certs" / "big.bin").write_bytes(__import__("os").urandom(200_000))
     return dataclasses.replace(RECORDED, ssldir=str(ssl), cadir=str(ssl / "ca"))
 
 
@@ -138,3 +140,17 @@ def test_backup_gives_up_when_the_folder_keeps_changing(tmp_path, state, monkeyp
     with pytest.raises(BackupChanged, match="3 attempts.*stop the agent service"):
         take_backup(StreamRemote(), tree(tmp_path), tmp_path / "local" / "host")
     assert list((tmp_path / "local" / "host").iterdir()) == [] and list(state.iterdir()) == []
+
+
+def test_a_full_local_disk_is_a_backup_error_not_a_lost_connection(tmp_path, state):
+    """Before: ENOSPC while writing the local copy came out as exit 3 ('SSH failed')."""
+    folder = tmp_path / "local"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], check=True)
+    try:
+        with pytest.raises(BackupError, match="could not write the backup on this machine") as info:
+            stream_backup(StreamRemote(), tree(tmp_path), folder / "host")
+        assert info.value.exit_code == 6 and "--backup-dir" in str(info.value)
+        assert leftovers(folder / "host") == []
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -246,3 +246,12 @@ def test_wave_and_parallel_below_one_are_input_errors(flag, value):
     two = [Target(address="a.example.com"), Target(address="b.example.com")]
     with pytest.raises(InputError, match=f"--{flag}"):
         for_each_host(two, lambda remote: None, changing=flag == "wave", **{flag: value})
+
+
+@pytest.mark.parametrize("where", ["missing-folder/r.json", "."])
+def test_an_unwritable_report_path_is_refused_before_connecting(tmp_path, where):
+    from pe_remote.cli import check_report_path
+
+    with pytest.raises(InputError, match="--report"):
+        check_report_path(str(tmp_path / where))
+    check_report_path(str(tmp_path / "r.json"))  # a file in a writable folder is fine

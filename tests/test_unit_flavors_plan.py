@@ -346,10 +346,12 @@ def test_pe37_clean_check_covers_every_file_clean_deletes_and_the_revocation():
 
 def test_generate_check_requires_cert_key_and_signed_copy():
     plan = build_plan(RECORDED, ALT)
-    assert shlex.split(step(plan, "generate").check) == [
+    check = step(plan, "generate").check
+    assert shlex.split(check)[:12] == [
         "test", "-s", f"/var/lib/puppet/ssl/certs/{CERTNAME}.pem", "&&",
         "test", "-s", f"/var/lib/puppet/ssl/private_keys/{CERTNAME}.pem", "&&",
-        "test", "-s", f"/etc/puppet/puppetserver/ca/signed/{CERTNAME}.pem"]
+        "test", "-s", f"/etc/puppet/puppetserver/ca/signed/{CERTNAME}.pem", "&&"]
+    assert f"still has the old serial {RECORDED.cert.serial}" in check
 
 
 def test_checks_really_work_in_a_shell(tmp_path):
@@ -365,8 +367,18 @@ def test_checks_really_work_in_a_shell(tmp_path):
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
+    cert = Path(f"{ssldir}/certs/{CERTNAME}.pem")
+
+    def make_cert(serial: str) -> None:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={CERTNAME}",
+                        "-set_serial", f"0x{serial}", "-keyout", str(tmp_path / "k.pem"), "-out", str(cert),
+                        "-days", "2"], check=True, capture_output=True)
+
+    make_cert("0A")
     assert not ok(step(plan, "delete-leftovers").check)
     assert ok(step(plan, "generate").check)
+    make_cert(facts.cert.serial)  # the old cert (put back by hand) is not this run's new one
+    assert not ok(step(plan, "generate").check)
     assert ok(step(plan, "delete-leftovers").command)
     assert ok(step(plan, "delete-leftovers").check)
     assert not ok(step(plan, "generate").check)
