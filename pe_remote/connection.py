@@ -18,13 +18,16 @@ from pathlib import Path
 import fabric
 import paramiko
 
-from pe_remote.errors import ConnectionFailed, HostKeyRejected, InputError, RemoteCommandFailed
+from invoke.exceptions import CommandTimedOut
+
+from pe_remote.errors import ConnectionFailed, HostKeyRejected, InputError, RemoteCommandFailed, RemoteCommandTimedOut
 from pe_remote.inventory import Target
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 15
 KEEPALIVE_SECONDS = 15
+DEAD_LINK_SECONDS = 45  # no reply to a keepalive for this long: the link is dead
 
 
 class _AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
@@ -63,6 +66,7 @@ class Remote:
         self.commands_run = 0
         self._count_lock = threading.Lock()  # the executor runs overlapping steps from threads
         self.on_command = None  # optional callback(command) for --verbose
+        self.watchdog: LinkWatchdog | None = None
 
     def run(self, command: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
         with self._count_lock:
@@ -72,6 +76,8 @@ class Remote:
         log.debug("remote: %s", command)
         try:
             result = self.connection.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+        except CommandTimedOut:
+            raise RemoteCommandTimedOut(command, timeout) from None
         except (paramiko.SSHException, socket.error, EOFError) as exc:
             raise ConnectionFailed(f"lost the SSH connection to {self.target.label}: {exc}") from exc
         transport = self.connection.transport
@@ -104,6 +110,8 @@ class Remote:
         return self.connection.sftp()
 
     def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         self.connection.close()
 
     def __enter__(self) -> "Remote":
@@ -111,6 +119,45 @@ class Remote:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class LinkWatchdog(threading.Thread):
+    """Notice a dead link within `dead_after` seconds: ask the server for a reply every `interval`
+    seconds (as OpenSSH's ServerAliveInterval does) and close the transport when none comes.
+
+    paramiko's own keepalive sends packets that expect no answer, so a peer that vanished (a
+    pulled cable, a dropped NAT entry) is never noticed and a run waits forever. Closing the
+    transport makes every command waiting on it fail as a lost connection.
+    """
+
+    def __init__(self, transport, *, interval: float = KEEPALIVE_SECONDS, dead_after: float = DEAD_LINK_SECONDS):
+        super().__init__(name="pe-remote link watchdog", daemon=True)
+        self.transport, self.interval, self.dead_after = transport, interval, dead_after
+        self.stopped = threading.Event()
+        self.declared_dead = False
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval) and self.transport.is_active():
+            answered = threading.Event()
+
+            def ask() -> None:
+                try:
+                    # OpenSSH answers an unknown global request with a failure: any answer is a reply.
+                    self.transport.global_request("keepalive@openssh.com", wait=True)
+                except Exception:  # noqa: BLE001 - a closed transport ends the loop anyway
+                    pass
+                finally:
+                    answered.set()
+
+            threading.Thread(target=ask, daemon=True).start()
+            if not answered.wait(self.dead_after) and not self.stopped.is_set():
+                log.warning("no answer from the master for %ss: closing the connection", self.dead_after)
+                self.declared_dead = True
+                self.transport.close()
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
 
 
 class HeldCommand:
@@ -185,5 +232,7 @@ def connect(target: Target, *, accept_new_host_key: bool = False) -> Remote:
         raise ConnectionFailed(f"SSH login as {target.user} to {target.label} failed: {exc}") from None
     except (OSError, socket.timeout, EOFError) as exc:
         raise ConnectionFailed(f"cannot connect to {target.label}: {exc}") from None
-    connection.transport.set_keepalive(KEEPALIVE_SECONDS)
-    return Remote(connection, target)
+    remote = Remote(connection, target)
+    remote.watchdog = LinkWatchdog(connection.transport)
+    remote.watchdog.start()
+    return remote

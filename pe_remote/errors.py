@@ -61,6 +61,13 @@ class RemoteCommandFailed(PeRemoteError):
         super().__init__(f"remote command failed (exit {exit_status}): {command}: {last}")
 
 
+class RemoteCommandTimedOut(RemoteCommandFailed):
+    """A remote command did not end within the time its step allows (the workstation stopped waiting)."""
+
+    def __init__(self, command: str, seconds: float | None) -> None:
+        super().__init__(command, -1, f"no end within {seconds:.0f}s: given up as hung" if seconds else "timed out")
+
+
 class DiscoveryError(PeRemoteError):
     """The master could not be described (no puppet, unreadable settings, ...)."""
 

@@ -101,12 +101,28 @@ class InterruptLatch:
     def __init__(self, console) -> None:
         self.console = console
         self.interrupted = False
+        self.count = 0  # Ctrl-C presses so far
+        self.acknowledged = 0  # of those, how many were answered on the console
         self._previous = None
 
     def _handler(self, signum, frame) -> None:
         # Only set the flag: the handler runs between any two bytecodes of the main thread,
         # which may be holding the console's lock in the middle of a print.
         self.interrupted = True
+        self.count += 1
+
+    def acknowledge(self, running: list[str]) -> None:
+        """Answer each Ctrl-C at once (the main loop calls this between polls): say what happens next."""
+        if self.count == self.acknowledged:
+            return
+        steps = ", ".join(f"'{title}'" for title in running) or "the current step"
+        if self.acknowledged == 0:
+            self.console.warn(f"interrupt received: {steps} will finish first (a step stopped half-way could "
+                              "leave the CA half-written), then the master is rolled back")
+        else:
+            self.console.warn(f"interrupt received again: still finishing {steps}; the rollback follows. "
+                              "pe-remote does not stop a step half-way")
+        self.acknowledged = self.count
 
     def __enter__(self) -> "InterruptLatch":
         if threading.current_thread() is threading.main_thread():
@@ -140,7 +156,8 @@ def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done
     def one(step: Step) -> None:
         try:
             with console.waiting(step.title):
-                output = remote.run(step_script(step, journal, check_first=resume), check=False)
+                output = remote.run(step_script(step, journal, check_first=resume), check=False,
+                                    timeout=step.timeout)
             results.put((step.key, output, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             results.put((step.key, None, exc))
@@ -172,7 +189,7 @@ def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done
                 raise RuntimeError(f"no step can start: {[step.key for _, step in waiting]} wait for steps "
                                    "that cannot finish")
             break
-        key, output, error = _next_result(results)
+        key, output, error = _next_result(results, latch, running)
         number, step, started, started_at = running.pop(key)
         ended = time.monotonic()
         if error is not None:
@@ -207,9 +224,12 @@ def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done
     return run
 
 
-def _next_result(results: queue.Queue):
-    # A timeout keeps the main thread where SIGINT can reach the latch's handler.
+def _next_result(results: queue.Queue, latch: InterruptLatch | None = None, running: dict | None = None):
+    # A timeout keeps the main thread where SIGINT can reach the latch's handler, and lets it
+    # answer a Ctrl-C within a fraction of a second.
     while True:
+        if latch is not None:
+            latch.acknowledge([entry[1].title for entry in (running or {}).values()])
         try:
             return results.get(timeout=0.2)
         except queue.Empty:

@@ -35,6 +35,9 @@ class Step:
     # Later steps that undo what this step's check looks at (a start undoes a stop, generate re-creates
     # the files clean removed): once one of them is done, this check no longer proves anything.
     superseded_by: tuple[str, ...] = ()
+    # Seconds the workstation waits for the step before it is given up as hung (the step's own
+    # bounds, such as the server wait's, are shorter: this catches what has none).
+    timeout: float = 900
 
 
 @dataclass(frozen=True)

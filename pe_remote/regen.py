@@ -243,6 +243,8 @@ def rollback(remote, journal: Journal, console: Console, *, reason: str) -> None
     """Put this run's backup back and prove the old cert is served again; always raises."""
     facts = journal.facts
     console.warn(f"{reason}")
+    # A step given up as hung may still run on the master (steps outlive their channel): let it end.
+    _wait_for_steps_still_running(remote, journal, console)
     # Never put a backup back over a CA that has moved on since (certs signed, a hand restore): that
     # would lose every cert the CA signed since and its serial counter.
     moved_on = ca_changes(remote.run(ca_changes_command(facts, journal.backup.path), check=False).stdout,

@@ -176,3 +176,93 @@ def test_a_failed_put_back_starts_the_services_again():
     assert "ensure=stopped" in remote.commands[0]
     assert "tar -xzpf" in remote.commands[1]
     assert "puppetserver ensure=running" in remote.commands[2] and "puppet ensure=running" in remote.commands[2]
+
+
+# --- a dead link is noticed, a hung command is given up ------------------------------------------
+
+def test_a_link_that_stops_answering_is_closed_within_the_bound():
+    import threading
+    import time
+
+    from pe_remote.connection import LinkWatchdog
+
+    class SilentTransport:  # the peer vanished: requests are sent, no reply ever comes
+        def __init__(self):
+            self.closed = threading.Event()
+
+        def is_active(self):
+            return not self.closed.is_set()
+
+        def global_request(self, kind, wait=True):
+            self.closed.wait()
+
+        def close(self):
+            self.closed.set()
+
+    transport = SilentTransport()
+    watchdog = LinkWatchdog(transport, interval=0.05, dead_after=0.3)
+    started = time.monotonic()
+    watchdog.start()
+    assert transport.closed.wait(3), "the watchdog never closed a silent link"
+    assert watchdog.declared_dead and time.monotonic() - started < 2
+
+
+def test_a_link_that_answers_is_left_open():
+    import time
+
+    from pe_remote.connection import LinkWatchdog
+
+    class AnsweringTransport:
+        closed = False
+
+        def is_active(self):
+            return not self.closed
+
+        def global_request(self, kind, wait=True):
+            return None  # OpenSSH's "request failed": an answer all the same
+
+        def close(self):
+            self.closed = True
+
+    transport = AnsweringTransport()
+    watchdog = LinkWatchdog(transport, interval=0.02, dead_after=0.2)
+    watchdog.start()
+    time.sleep(0.5)
+    watchdog.stop()
+    assert not transport.closed and not watchdog.declared_dead
+
+
+def test_a_remote_command_past_its_time_is_given_up(monkeypatch):
+    from invoke.exceptions import CommandTimedOut
+
+    from pe_remote.connection import Remote
+    from pe_remote.errors import RemoteCommandTimedOut
+    from pe_remote.inventory import Target
+
+    class HungConnection:
+        transport = None
+
+        def run(self, command, **kwargs):
+            assert kwargs["timeout"] == 5
+            raise CommandTimedOut(None, 5)
+
+    with pytest.raises(RemoteCommandTimedOut, match="no end within 5s"):
+        Remote(HungConnection(), Target(address="m.example.com")).run("sleep 60", timeout=5)
+
+
+def test_ctrl_c_is_answered_at_once_and_a_second_says_what_happens():
+    from pe_remote.executor import InterruptLatch
+
+    said = []
+    console = type("C", (), {"warn": lambda self, message: said.append(message)})()
+    latch = InterruptLatch(console)
+    latch.acknowledge(["Generate a new cert"])
+    assert said == []  # nothing pressed yet
+    latch._handler(2, None)
+    latch.acknowledge(["Generate a new cert"])
+    assert "'Generate a new cert' will finish first" in said[0] and "rolled back" in said[0]
+    latch.acknowledge(["Generate a new cert"])
+    assert len(said) == 1  # each press is answered once
+    latch._handler(2, None)
+    latch.acknowledge(["Generate a new cert"])
+    assert "again" in said[1] and "does not stop a step half-way" in said[1]
