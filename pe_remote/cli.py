@@ -180,7 +180,7 @@ def for_each_host(targets: list[Target], per_host, *, accept_new_host_key: bool 
         results = run_in_waves(targets, per_host, wave_size=wave, accept_new_host_key=accept_new_host_key)
     else:
         results = run_parallel(targets, per_host, max_workers=parallel, accept_new_host_key=accept_new_host_key)
-    print(render_table(results, describe=describe, title=title))
+    print(printable(render_table(results, describe=describe, title=title)))
     bad = [r for r in results if r.status != OK]
     if bad:
         first = next((r for r in bad if r.exit_code is not None), bad[0])
