@@ -14,6 +14,7 @@ the CA endpoint answers an HTTP 200.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # Ryuk's image cannot be pulled here
@@ -111,19 +112,9 @@ FLAVORS = {
         catalog_dir="/var/cache/puppet/client_data/catalog",
         config_section="server",
     ),
-    # Open-source Puppet 8 as Debian trixie lays it out.
-    "oss8": FlavorLayout(
-        name="oss8",
-        services=("puppet", "puppetserver"),
-        server_service="puppetserver",
-        agent_service="puppet",
-        puppet="/usr/bin/puppet",
-        ssldir="/var/lib/puppet/ssl",
-        cadir="/etc/puppet/puppetserver/ca",
-        catalog_dir="/var/cache/puppet/client_data/catalog",
-        config_section="server",
-    ),
 }
+# Open-source Puppet 8 as Debian trixie lays it out: the same paths and services as Puppet 7.
+FLAVORS["oss8"] = dataclasses.replace(FLAVORS["oss7"], name="oss8")
 
 
 class MasterNotReady(RuntimeError):
