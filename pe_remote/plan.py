@@ -90,12 +90,18 @@ def fill(template: tuple[str, ...], facts: MasterFacts, alt_names: tuple[str, ..
     return join(words)
 
 
-def service_command(facts: MasterFacts, name: str, ensure: str) -> str:
+def service_command(facts: MasterFacts, name: str, ensure: str, *, timeout: int = SERVER_READY_TIMEOUT) -> str:
     command = join([facts.puppet, "resource", "service", name, f"ensure={ensure}"])
     if ensure == "running":
-        # One retry: a start can fail transiently on a loaded master (Debian's puppetserver unit
-        # races its own privilege drop); a real failure fails twice and the step's check says so.
-        return f"{command} || {{ sleep 3; {command}; }}"
+        # A start is bounded by `timeout` seconds: a server that never comes up (Puppet Server with a
+        # key it cannot use keeps "activating" until systemd's own limit) fails the step, and the run
+        # is rolled back, instead of waiting twice systemd's limit. One retry, only after a QUICK
+        # failure: a start can fail transiently on a loaded master (Debian's puppetserver unit races
+        # its own privilege drop); a real failure fails twice and the step's check says so.
+        bounded = f"timeout {int(timeout)} {command}"
+        # `timeout` exits 124 when it had to stop the start: a hang, never retried.
+        return (f"t=$(date +%s); {bounded} || {{ r=$?; [ $r != 124 ] && [ $(( $(date +%s) - t )) -lt 30 ] "
+                f"&& sleep 3 && {bounded}; }}")
     return command
 
 
@@ -164,12 +170,14 @@ def old_serial_revoked(facts: MasterFacts) -> str:
             f"|| {{ echo 'serial {serial} is not in the CRL'; exit 1; }}")
 
 
-def _service_step(facts: MasterFacts, name: str, ensure: str) -> Step:
+def _service_step(facts: MasterFacts, name: str, ensure: str, timeout: int = SERVER_READY_TIMEOUT) -> Step:
     if ensure == "stopped":
         return Step(f"stop:{name}", f"Stop {name}", service_command(facts, name, "stopped"),
-                    check=f"! {service_is_active(facts, name)}", undo=service_command(facts, name, "running"))
-    return Step(f"start:{name}", f"Start {name}", service_command(facts, name, "running"),
-                check=service_is_active(facts, name), undo=service_command(facts, name, "stopped"))
+                    check=f"! {service_is_active(facts, name)}",
+                    undo=service_command(facts, name, "running", timeout=timeout))
+    return Step(f"start:{name}", f"Start {name}", service_command(facts, name, "running", timeout=timeout),
+                check=service_is_active(facts, name), undo=service_command(facts, name, "stopped"),
+                timeout=2 * timeout + 60)
 
 
 def _clean_step(facts: MasterFacts, alt_names: tuple[str, ...]) -> Step:
@@ -233,7 +241,7 @@ def _mark_superseded(steps: list[Step]) -> list[Step]:
     return marked
 
 
-def build_plan(facts: MasterFacts, alt_names: tuple[str, ...]) -> Plan:
+def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout: int = SERVER_READY_TIMEOUT) -> Plan:
     """The ordered steps for this master, its generation and the wanted alt names."""
     flavor = facts.flavor
     ips = [name for name in alt_names if is_ip_address(name)]
@@ -286,16 +294,18 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...]) -> Plan:
     server = facts.server_service
     main_starts = [name for name in flavor.start_order if name in main]
     up_to_server = main_starts[:main_starts.index(server) + 1] if server in main_starts else main_starts
-    steps += [_service_step(facts, name, "running") for name in up_to_server]
+    steps += [_service_step(facts, name, "running", server_timeout) for name in up_to_server]
     if server in up_to_server:
         steps.append(Step("wait-server", f"Wait for {server} to serve the new cert on 8140",
-                          server_ready_check(facts), server_ready=True))
+                          server_ready_check(facts, server_timeout), server_ready=True,
+                          timeout=server_timeout + 60))
     server_up = (steps[-1].key,)
-    side_starts = [_service_step(facts, name, "running") for name in flavor.start_order if name in side]
+    side_starts = [_service_step(facts, name, "running", server_timeout) for name in flavor.start_order if name in side]
     if side_starts:
         side_starts[0] = replace(side_starts[0], needs=server_up + (side_stops[-1].key,))
     steps += side_starts
-    later_starts = [_service_step(facts, name, "running") for name in main_starts[len(up_to_server):]]
+    later_starts = [_service_step(facts, name, "running", server_timeout)
+                    for name in main_starts[len(up_to_server):]]
     if later_starts and side_starts:
         later_starts[0] = replace(later_starts[0], needs=server_up)
     steps += later_starts

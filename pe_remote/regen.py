@@ -24,7 +24,7 @@ from pe_remote.executor import Execution, InterruptLatch, execute
 from pe_remote import lock as master_lock
 from pe_remote.journal import Journal, event, new_run_id, parse_journal
 from pe_remote.names import choose_alt_names, sans_to_names
-from pe_remote.plan import Plan, build_plan
+from pe_remote.plan import SERVER_READY_TIMEOUT, Plan, build_plan
 from pe_remote.render import render_plan
 from pe_remote.shell import q
 from pe_remote.restore import ca_changes, ca_changes_command, put_back, start_services_command
@@ -49,6 +49,7 @@ class RegenOptions:
     rollback: bool = False  # roll back an unfinished run instead of resuming it
     abandon: bool = False  # close an unfinished run's journal, touching nothing else
     run_id: str | None = None  # the unfinished run meant (needed for one older than STALE_JOURNAL_HOURS)
+    server_timeout: int = SERVER_READY_TIMEOUT  # seconds a start, and the server's answer, may take
 
 
 @dataclass
@@ -146,7 +147,7 @@ def _regen(remote, options: RegenOptions, console: Console, report: RunReport) -
                                  sans_to_names(facts.certname, facts.cert.sans) if facts.cert else (),
                                  options.alt_names, options.drop_alt_names)
     _describe(report, facts, alt_names)
-    plan = build_plan(facts, alt_names)
+    plan = build_plan(facts, alt_names, server_timeout=options.server_timeout)
     label = remote.target.label
     shown = render_plan(plan, stream_command(facts, f"{REMOTE_BACKUP_DIR}/{backup_name(facts.certname)}"), label)
     # The plan is detail on a real run (terminal and log only); a dry run exists to show it.
@@ -285,7 +286,7 @@ def _continue_unfinished(remote, current: MasterFacts, options: RegenOptions, co
     report.run_id = journal.run_id
     report.backup = {"local_path": journal.local_backup, "remote_path": journal.backup.path,
                      "sha256": journal.backup.sha256, "size": journal.backup.size}
-    plan = build_plan(journal.facts, journal.alt_names)
+    plan = build_plan(journal.facts, journal.alt_names, server_timeout=options.server_timeout)
     done = ", ".join(journal.done) or "none"
     console.notice(f"Found an unfinished run {journal.run_id} on {remote.target.label} (journal "
                    f"{journal.remote_path}); completed steps: {done}. Its backup: {journal.backup.path}.")

@@ -9,7 +9,7 @@ from invoke import Collection, task
 from pe_remote.cli import (TARGET_HELP, alt_names_from, check_flavor, check_report_path, run_id_from, connected, exits_cleanly, for_each_host, report_path,
                            run_log_path, target_from, targets_from)
 from pe_remote.console import Console
-from pe_remote.errors import Mismatch, PeRemoteError
+from pe_remote.errors import InputError, Mismatch, PeRemoteError
 from pe_remote.report import RunReport, utc_now
 from pe_remote.discovery import discover as discover_master
 from pe_remote.names import parse_alt_names, printable
@@ -74,6 +74,8 @@ def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
     "resume": "resume the unfinished run RUN_ID (needed for a run older than 24 hours; a recent one is "
               "resumed by default)",
     "abandon": "close the unfinished run RUN_ID's journal without touching anything else on the master",
+    "server_timeout": "seconds a service start, and then the server's first answer on 8140, may take before "
+                      "the run is rolled back (default 300; a big master with many JRubies may need more)",
     "report": "write a JSON report of the run to this file, whatever the outcome (schema: README, Report); "
               "with several hosts, one file each, named FILE-<host>.json",
     "log_file": "log of the run (default: ~/.local/state/pe-remote/logs/<UTC time>-<host>-regen.log)",
@@ -83,7 +85,7 @@ def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
 def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
           dns_alt_names=None, drop_alt_names=None, yes=False, dry_run=False, backup_dir=None, flavor=None,
           verbose=False, force=False, rollback=False, resume=None, abandon=None, report=None, log_file=None,
-          wave=1):
+          wave=1, server_timeout=300):
     """Regenerate the master's SSL cert: back up, stop services, clean, generate, start, verify.
 
     Prints the plan first and asks before the first change unless --yes. Any failure after the
@@ -99,6 +101,8 @@ def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_
     check_report_path(report)
     drop = parse_alt_names(drop_alt_names, source="--drop-alt-names")
     run_id = run_id_from(rollback, resume, abandon)
+    if not isinstance(server_timeout, int) or not 10 <= server_timeout <= 3600:
+        raise InputError(f"--server-timeout {server_timeout!r}: give whole seconds from 10 to 3600")
     for target in targets:
         alt_names_from(dns_alt_names, target)
 
@@ -109,7 +113,7 @@ def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_
                                dry_run=dry_run,
                                backup_dir=backup_dir or target.backup_dir, flavor=flavor, force=force,
                                rollback=bool(rollback), abandon=bool(abandon),
-                               run_id=run_id)
+                               run_id=run_id, server_timeout=server_timeout)
         console = Console(verbose=verbose, assume_yes=yes,
                           log_path=(log_file if log_file and not several else run_log_path(target, "regen")))
         if verbose:

@@ -29,11 +29,12 @@ def _regen_args(master, tmp_path: Path, *extra: str) -> list[str]:
             "--backup-dir", str(tmp_path / "bk"), *extra]
 
 
-def _fab_until(master, tmp_path: Path, *needles: str, timeout: float = 300) -> tuple[subprocess.Popen, list[str]]:
+def _fab_until(master, tmp_path: Path, *needles: str, timeout: float = 300,
+               extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, list[str]]:
     """Start `fab ... regen --yes` and read its output until every needle was printed (in any
     order: some steps overlap). Returns the running process and the lines read so far."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([str(BIN / "fab"), *_regen_args(master, tmp_path)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([str(BIN / "fab"), *_regen_args(master, tmp_path, *extra)], cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: list[str] = []
     missing = set(needles)

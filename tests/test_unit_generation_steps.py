@@ -93,3 +93,32 @@ def test_copy_step_makes_exact_copies_and_a_matching_pk8(tmp_path):
     # A copy that no longer matches (say an old key left behind) fails the check.
     (copies / f"{name}.private_key.pk8").write_bytes(b"old")
     assert subprocess.run(["sh", "-c", step.check], capture_output=True).returncode != 0
+
+
+def test_a_start_that_hangs_is_given_up_at_its_bound_and_not_retried(tmp_path):
+    """Puppet Server with a key it cannot use stays 'activating' until systemd's own limit (5 min in
+    Debian's unit), and a retry doubled that: the start is now bounded and retried only after a
+    quick failure."""
+    from pe_remote.plan import service_command
+
+    fake = tmp_path / "puppet"
+    fake.write_text("#!/bin/sh\necho started >> \"$0.log\"\nsleep 30\n")  # hangs like that start
+    fake.chmod(0o755)
+    facts = dataclasses.replace(RECORDED, puppet=str(fake))
+    started = time.monotonic()
+    proc = subprocess.run(["sh", "-c", service_command(facts, "puppetserver", "running", timeout=2)])
+    assert proc.returncode != 0
+    assert time.monotonic() - started < 10
+    assert (tmp_path / "puppet.log").read_text() == "started\n"  # tried once: it hung, it did not fail fast
+
+
+def test_a_start_that_fails_fast_is_retried_once(tmp_path):
+    from pe_remote.plan import service_command
+
+    fake = tmp_path / "puppet"
+    fake.write_text("#!/bin/sh\necho started >> \"$0.log\"\nexit 1\n")
+    fake.chmod(0o755)
+    facts = dataclasses.replace(RECORDED, puppet=str(fake))
+    proc = subprocess.run(["sh", "-c", service_command(facts, "puppetserver", "running", timeout=20)])
+    assert proc.returncode != 0
+    assert (tmp_path / "puppet.log").read_text() == "started\nstarted\n"
