@@ -78,6 +78,7 @@ class Journal:
     local_backup: str
     done: list[str] = dataclasses.field(default_factory=list)
     local_path: Path | None = None
+    warn: object = dataclasses.field(default=None, repr=False, compare=False)  # callback(message) for the console
 
     @property
     def remote_path(self) -> str:
@@ -125,8 +126,11 @@ class Journal:
             with open(self.local_path, "a") as fh:
                 fh.write(line + "\n")
         except OSError as exc:
-            log.warning("cannot write the local journal copy %s (%s); the master's journal %s is kept",
-                        self.local_path, exc, self.remote_path)
+            message = (f"cannot write the local journal copy {self.local_path} ({exc.strerror or exc}); "
+                       f"going on: the master's journal {self.remote_path} is the record")
+            log.warning(message)
+            if self.warn is not None:
+                self.warn(message)
             self.local_path = None
 
 

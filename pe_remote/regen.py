@@ -172,7 +172,8 @@ def _regen(remote, options: RegenOptions, console: Console, report: RunReport) -
     console.notice(f"Backup: {backup.local_path} (sha256 {backup.sha256}, {backup_seconds:.1f}s); "
                    f"on the master: {backup.remote.path}")
     journal = Journal(new_run_id(facts.certname), facts, alt_names, backup.remote, str(backup.local_path),
-                      local_path=backup.local_path.with_name(backup.local_path.name + ".journal"))
+                      local_path=backup.local_path.with_name(backup.local_path.name + ".journal"),
+                      warn=console.warn)
     report.run_id = journal.run_id
     report.backup = {"local_path": str(backup.local_path), "remote_path": backup.remote.path,
                      "sha256": backup.sha256, "size": backup.remote.size}

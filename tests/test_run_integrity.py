@@ -95,3 +95,27 @@ def test_restore_refuses_a_tarball_reaching_outside_the_ssl_folders(staging_mast
     assert master.exec("test -e /etc/cron.d/pe-remote-evil")[0] != 0
     assert master.check("systemctl is-active " + " ".join(master.flavor.services)).split() == \
         ["active"] * len(master.flavor.services)
+
+
+def test_a_full_local_disk_mid_run_neither_crashes_nor_stops_the_run(fresh_master, tmp_path):
+    """Before: the local journal copy on a full disk raised OSError after `clean`: traceback, exit 1,
+    no rollback, the master left without its cert."""
+    import subprocess
+
+    master = fresh_master
+    old = _cert_facts(master)
+    folder = tmp_path / "bk"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], check=True)
+    try:
+        proc, seen = _fab_until(master, tmp_path, "Backup:")
+        subprocess.run(["dd", "if=/dev/zero", f"of={folder}/filler", "bs=64k"], capture_output=True)
+        out = _finish(proc, seen)
+        assert proc.returncode == 0, out
+        assert "cannot write the local journal copy" in out and "Traceback" not in out
+        assert list(folder.rglob("*.tar.gz")), "the backup itself was written before the disk filled"
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+    new = _cert_facts(master)
+    assert new["serial"] != old["serial"]
+    assert master.exec("grep -q '\"event\": \"finished\"' /root/pe-remote-backups/*.journal")[0] == 0
