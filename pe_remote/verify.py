@@ -58,6 +58,13 @@ def read_verification(remote, facts, services: list[str], *, agent: bool = False
     return Verification(cert, served, key_matches_cert(sections.get("cert", [])), inactive, revoked, agent_exit)
 
 
+def _serial_value(serial: str) -> int:
+    try:
+        return int(serial, 16)
+    except ValueError:
+        return -1
+
+
 def served_problems(result: Verification, expected: str) -> list[str]:
     """What is wrong with what port 8140 presents, compared with the cert read from disk."""
     if not result.served_sha256:
@@ -73,6 +80,11 @@ def check_regen(plan: Plan, result: Verification) -> list[str]:
     problems = []
     if old and result.cert.serial == old.serial:
         problems.append(f"serial unchanged ({old.serial})")
+    elif old and _serial_value(result.cert.serial) <= _serial_value(old.serial):
+        # The CA's counter only goes up: a lower serial means it was reset or damaged, and the
+        # new cert may share its serial with another (revoking one would revoke both).
+        problems.append(f"the new serial {result.cert.serial} is not above the old {old.serial}: the CA's serial "
+                        "counter was reset or damaged")
     if old and old.serial not in result.revoked_serials:
         problems.append(f"the old serial {old.serial} is not in the CA's CRL")
     if result.agent_exit not in (None, 0, 2):

@@ -76,16 +76,15 @@ def assert_backup_intact(master, tmp_path: Path) -> Path:
 
 # 1. clean or generate fails for real on the master -------------------------------------------
 
-def test_pe37_generate_fails_rolls_back(fresh_master, tmp_path):
+def test_pe37_damaged_serial_counter_is_caught_and_rolled_back(fresh_master, tmp_path):
     master = fresh_master
     old = _cert_facts(master)
-    # Puppet 3's generate writes the CSR into ssl/certificate_requests first: a FILE in the
-    # folder's place makes that fail for real (root ignores modes); clean has nothing to delete there.
-    master.check(f"rm -rf {master.flavor.ssldir}/certificate_requests && "
-                 f"echo blocker > {master.flavor.ssldir}/certificate_requests")
+    # Puppet 5.5's `puppet cert generate` signs with serial 1 (the CA cert's own) when the CA's
+    # counter is not a number: it "succeeds", and only verification sees the serial go backwards.
+    master.check(f"echo not-a-number > {master.flavor.cadir}/serial")
     proc = run_cli("fab", *_regen_args(master, tmp_path))
     assert proc.returncode == 7, describe(proc)
-    assert "rolled back" in proc.stderr and "Generate" in proc.stderr
+    assert "rolled back" in proc.stderr and "serial counter was reset or damaged" in proc.stderr
     assert_serves(master, old["sha256"])
     assert_backup_intact(master, tmp_path)
 

@@ -462,3 +462,11 @@ def test_read_verification_parses_crl_serials_and_the_agent_run():
     assert result.agent_exit == 2
     assert "agent -t --noop" in remote.commands[0]
     assert "agent -t" not in verification_script(PLAN.facts, ["puppet"], agent=False)
+
+
+def test_a_new_serial_below_the_old_one_is_a_damaged_counter():
+    """Puppet 5.5 signs with serial 1 (the CA cert's own) when its counter is not a number."""
+    result = good_result()
+    result = dataclasses.replace(result, cert=dataclasses.replace(result.cert, serial="1"))
+    problems = check_regen(PLAN, result)
+    assert any("serial counter was reset or damaged" in p for p in problems), problems
