@@ -149,13 +149,8 @@ def targets_from(c, host: str | None = None, inventory: str | None = None, key_f
     names = [name.strip() for name in host.split(",") if name.strip()]
     if not names:
         raise InputError(f"--host {host!r} names no master: give an alias or [root@]host[:port], several as a,b,c")
-    targets: list[Target] = []
-    for name in names:
-        target = target_from(c, name, inventory, key_file, known_hosts)
-        # The same master twice (`a,a`, or an alias and its address) would run twice on it.
-        if all((t.address, t.port) != (target.address, target.port) for t in targets):
-            targets.append(target)
-    return targets
+    # The same host named twice (`a,a`) would run twice on it.
+    return [target_from(c, name, inventory, key_file, known_hosts) for name in dict.fromkeys(names)]
 
 
 def for_each_host(targets: list[Target], per_host, *, accept_new_host_key: bool = False, parallel: int = 4,

@@ -234,8 +234,7 @@ def test_a_host_list_naming_no_master_is_an_error(inventory, host):
 def test_the_same_master_twice_runs_once(inventory):
     from pe_remote.cli import targets_from
 
-    targets = targets_from(Context(), host="staging,other,staging,root@puppet-staging.example.com:2200",
-                           inventory=inventory)
+    targets = targets_from(Context(), host="staging,other,staging, other", inventory=inventory)
     assert [t.address for t in targets] == ["puppet-staging.example.com", "10.0.0.9"]
 
 
