@@ -303,7 +303,9 @@ def _continue_unfinished(remote, current: MasterFacts, options: RegenOptions, co
         action = "roll it back" if options.rollback else "resume it from the first step not completed"
         console.notice(f"Dry run: would {action}; nothing was changed on the master.")
         return RegenResult(journal.facts, plan, "dry-run", commands_run=remote.commands_run)
-    _wait_for_steps_still_running(remote, journal, console)
+    if _wait_for_steps_still_running(remote, journal, console):
+        # Steps that were still running have ended since discovery read the journal: read it again.
+        journal = parse_journal(journal.remote_path, remote.run(f"cat {q(journal.remote_path)}").stdout)
     if options.rollback:
         console.confirm(f"Roll back run {journal.run_id}: put the backup back and start the services?")
         with InterruptLatch(console):
@@ -368,10 +370,11 @@ def _recheck_done_steps(remote, plan: Plan, journal: Journal) -> None:
                       f"master is as it should be, close that run with --abandon {journal.run_id}")
 
 
-def _wait_for_steps_still_running(remote, journal: Journal, console: Console) -> None:
-    """Steps of the interrupted run go on without their connection: let them end before going on."""
+def _wait_for_steps_still_running(remote, journal: Journal, console: Console) -> bool:
+    """Steps of the interrupted run go on without their connection: let them end before going on.
+    True if it had to wait (the journal may have grown since it was read)."""
     if remote.run(journal.steps_running_command(), check=False).ok:
-        return
+        return False
     console.notice(f"Steps of run {journal.run_id} are still running on the master (they went on when the "
                    f"connection dropped); waiting up to {STEPS_STILL_RUNNING_WAIT}s for them to end ...")
     with console.waiting("steps of the interrupted run"):
@@ -379,6 +382,7 @@ def _wait_for_steps_still_running(remote, journal: Journal, console: Console) ->
             raise Incomplete(f"steps of run {journal.run_id} still run on the master after "
                              f"{STEPS_STILL_RUNNING_WAIT}s (lock {journal.lock_path}); find them with "
                              f"`fuser -v {journal.lock_path}`, then run `regen` again")
+    return True
 
 
 def backup_only(remote, backup_dir: str, console: Console, flavor: str | None = None) -> Backup:
