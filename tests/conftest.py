@@ -1,5 +1,5 @@
 """Shared helpers for pe-remote's tests. The staging-master fixtures come from
-the `pe_remote.testing` pytest plugin (registered as a pytest11 entry point)."""
+the `pe_remote.testing` pytest plugin, opted in here."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["pe_remote.testing.plugin"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

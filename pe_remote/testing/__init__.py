@@ -1,5 +1,6 @@
-"""Throwaway staging Puppet masters in containers, for pe-remote's tests and for users' CI."""
+"""Throwaway staging Puppet masters in containers, for pe-remote's tests and for users' CI.
 
-from pe_remote.testing.master import FLAVORS, ClientKey, MasterNotReady, StagingMaster, start_master
-
-__all__ = ["FLAVORS", "ClientKey", "MasterNotReady", "StagingMaster", "start_master"]
+`pe_remote.testing.master` (start_master, StagingMaster, ...) needs docker and testcontainers
+(`pip install pe-remote[test]`); `pe_remote.testing.plugin` is the opt-in pytest plugin. Nothing is
+imported here, so importing the plugin does not import docker.
+"""

@@ -17,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # Ryuk's image cannot be pulled here
+# Ryuk's image cannot be pulled where there is no registry; set before testcontainers reads it. This
+# module is imported only when a staging master is asked for.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 import shlex
 import socket

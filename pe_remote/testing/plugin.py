@@ -1,4 +1,7 @@
-"""pytest plugin (entry point `pytest11`): staging Puppet masters as fixtures.
+"""pytest plugin: staging Puppet masters as fixtures. Opt-in: `-p pe_remote.testing.plugin` on the
+command line, or `pytest_plugins = ["pe_remote.testing.plugin"]` in a conftest.py. Installing
+pe-remote changes no other project's pytest runs, and docker/testcontainers are imported only when
+a test asks for a master.
 
 Fixtures:
 - `staging_master`: a SHARED running master, one per flavor per session, for tests
@@ -23,7 +26,10 @@ import os
 
 import pytest
 
-from pe_remote.testing.master import ClientKey, StagingMaster, start_master
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # docker and testcontainers are imported only when a master is asked for
+    from pe_remote.testing.master import ClientKey, StagingMaster
 
 DEFAULT_FLAVOR = "pe37"
 
@@ -53,7 +59,9 @@ def docker_engine() -> None:
 
 
 @pytest.fixture(scope="session")
-def client_key(tmp_path_factory: pytest.TempPathFactory) -> ClientKey:
+def client_key(tmp_path_factory: pytest.TempPathFactory) -> "ClientKey":
+    from pe_remote.testing.master import ClientKey
+
     return ClientKey.create(tmp_path_factory.mktemp("client-key"))
 
 
@@ -65,7 +73,9 @@ class MasterPool:
         self.folder = folder
         self.masters: dict[str, StagingMaster] = {}
 
-    def get(self, flavor: str) -> StagingMaster:
+    def get(self, flavor: str) -> "StagingMaster":
+        from pe_remote.testing.master import start_master
+
         if flavor not in self.masters:
             self.masters[flavor] = start_master(flavor, self.client_key, self.folder)
         return self.masters[flavor]
@@ -103,7 +113,9 @@ def staging_master(request, master_pool: MasterPool):
 def master_factory(docker_engine, client_key, tmp_path):
     started: list[StagingMaster] = []
 
-    def start(flavor: str = DEFAULT_FLAVOR, *, server: bool = True) -> StagingMaster:
+    def start(flavor: str = DEFAULT_FLAVOR, *, server: bool = True) -> "StagingMaster":
+        from pe_remote.testing.master import start_master
+
         master = start_master(flavor, client_key, tmp_path, server=server)
         started.append(master)
         return master
