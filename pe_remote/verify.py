@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 from pe_remote.discovery import CertInfo, cert_info_script, key_matches_cert, parse_cert_info, split_sections
 from pe_remote.errors import VerificationFailed
+from pe_remote.expiry import DEFAULT_WARN_DAYS, Dated, dated_files_command, expiry_problems, read_dates
 from pe_remote.names import san_entries
 from pe_remote.plan import Plan, service_is_active
 
@@ -137,8 +138,29 @@ def check_master(facts, result: Verification, alt_names: tuple[str, ...], *, exa
     return problems
 
 
-def verify_master(remote, facts, alt_names: tuple[str, ...] | None = None) -> tuple[Verification, list[str]]:
+def verify_master(remote, facts, alt_names: tuple[str, ...] | None = None, *,
+                  warn_days: int = DEFAULT_WARN_DAYS) -> tuple[Verification, list[str], list[Dated]]:
+    """`verify`: the cert, the services, and every end date (master cert, CA certs, CRLs)."""
     services = [s.name for s in facts.services if s.exists and s.name in facts.flavor.services]
     result = read_verification(remote, facts, services)
-    return result, check_master(facts, result, facts.dns_alt_names if alt_names is None else alt_names,
-                                exact=alt_names is not None)
+    dates = read_dates(remote.run(dated_files_command(facts), check=False).stdout, facts)
+    problems = check_master(facts, result, facts.dns_alt_names if alt_names is None else alt_names,
+                            exact=alt_names is not None)
+    # The master cert's expiry is in the dates (with the warning margin) rather than twice.
+    problems = [p for p in problems if not p.startswith("the cert expired")]
+    return result, problems + expiry_problems(dates, datetime.now(timezone.utc), warn_days), dates
+
+
+def write_verify_report(path: str, label: str, facts, result: Verification, problems: list[str],
+                        dates: list[dict]) -> None:
+    """`verify --report`: the findings as JSON (schema pe-remote-verify/1)."""
+    import json
+
+    data = {"schema": "pe-remote-verify/1", "host": label, "checked": datetime.now(timezone.utc).isoformat(),
+            "flavor": facts.flavor.name, "certname": facts.certname,
+            "cert": {"serial": result.cert.serial, "issuer": result.cert.issuer, "sans": sorted(result.cert.sans),
+                     "sha256": result.cert.sha256},
+            "dates": dates, "problems": problems, "ok": not problems}
+    with open(path, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")

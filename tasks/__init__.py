@@ -16,7 +16,10 @@ from pe_remote.names import parse_alt_names, printable
 from pe_remote.regen import RegenOptions, backup_only, regen as run_regen
 from pe_remote.render import render_facts
 from pe_remote.restore import restore_backup
-from pe_remote.verify import verify_master
+from pe_remote.verify import verify_master, write_verify_report
+from pe_remote.expiry import dates_to_json, render_dates
+
+from datetime import datetime, timezone
 
 from pe_remote.flavors import FLAVORS
 
@@ -166,29 +169,42 @@ def restore(c, tarball, host=None, inventory=None, key_file=None, known_hosts=No
                      "the master's dns_alt_names, and may carry more)",
     "flavor": FLAVOR_HELP,
     "parallel": PARALLEL_HELP,
+    "warn_days": "name (and exit 9 for) any cert or CRL that ends in fewer days than this (default 90)",
+    "report": "write the findings as JSON to this file (with several hosts, one file each: FILE-<host>.json)",
 })
 @exits_cleanly
 def verify(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
-           dns_alt_names=None, flavor=None, parallel=4):
-    """Check a master's cert and services (read-only); exit non-zero naming every mismatch.
+           dns_alt_names=None, flavor=None, parallel=4, warn_days=90, report=None):
+    """Check a master's cert, services and end dates (read-only); exit 9 naming every problem.
 
-    Checks: issuer is the CA, SANs = certname + alt names, not expired, key matches the cert,
-    port 8140 presents the cert on disk, every Puppet service of the master is running.
+    Checks: issuer is the CA, SANs = certname + alt names, key matches the cert, port 8140 presents
+    the cert on disk, every Puppet service of the master is running, and the end dates of the master
+    cert, every CA cert and the CRLs (expired, or under --warn-days).
     """
     check_flavor(flavor)
+    check_report_path(report)
+    if not isinstance(warn_days, int) or warn_days < 0:
+        raise InputError(f"--warn-days {warn_days!r}: give a whole number of days, 0 or more")
+    targets = targets_from(c, host, inventory, key_file, known_hosts)
+
     def one_master(remote):
         label = remote.target.label
         facts = discover_master(remote, flavor_override=flavor)
-        result, problems = verify_master(remote, facts, alt_names_from(dns_alt_names, remote.target))
+        result, problems, dates = verify_master(remote, facts, alt_names_from(dns_alt_names, remote.target),
+                                                warn_days=warn_days)
+        now = datetime.now(timezone.utc)
         print(printable(f"{label}: {facts.certname} serial {result.cert.serial}, issuer {result.cert.issuer}, "
-                        f"SANs {', '.join(sorted(result.cert.sans))}, expires {result.cert.not_after}"))
+                        f"SANs {', '.join(sorted(result.cert.sans))}"))
+        print(printable(render_dates(label, dates, now, warn_days)))
+        if report:
+            write_verify_report(report_path(report, label) if len(targets) > 1 else report, label, facts,
+                                result, problems, dates_to_json(dates, now, warn_days))
         if problems:
             raise Mismatch(f"{label} fails verification: " + "; ".join(problems))
-        print(f"{label}: OK (issuer, SANs, expiry, key, 8140, services)")
+        print(f"{label}: OK (issuer, SANs, key, 8140, services, end dates)")
         return "OK"
 
-    for_each_host(targets_from(c, host, inventory, key_file, known_hosts), one_master,
-                  accept_new_host_key=accept_new_host_key, parallel=parallel, title="verify")
+    for_each_host(targets, one_master, accept_new_host_key=accept_new_host_key, parallel=parallel, title="verify")
 
 
 ns = Collection(discover, backup, regen, restore, verify)
