@@ -144,3 +144,31 @@ def test_report_is_written_when_the_run_is_refused(staging_master, tmp_path):
     jsonschema.validate(report, SCHEMA)
     assert report["outcome"] == "failed" and report["exit_code"] == 4 and "monolithic" in report["error"]
     assert report["steps"] == [] and report["backup"] is None
+
+
+def test_verify_names_a_ca_that_ends_in_days(master_factory, tmp_path):
+    """A PE 3.7-layout master (Puppet 5.5) whose CA was made with a 10-day lifetime (ca_ttl)."""
+    from pe_remote.testing.master import serving_check
+
+    master = master_factory("pe37")
+    layout = master.flavor
+    master.check(f"systemctl stop pe-puppet pe-puppetserver && rm -rf {layout.ssldir} && "
+                 f"{layout.puppet} cert generate {master.certname} --dns_alt_names=puppet,puppet.pe-remote.test "
+                 "--ca_ttl 10d >/dev/null && systemctl start pe-puppetserver && "
+                 f"for i in $(seq 60); do {serving_check(master)} && break; sleep 1; done && "
+                 "systemctl start pe-puppet")
+    report = tmp_path / "verify.json"
+    proc = run_cli("fab", *fab_target_args(master), "verify", "--known-hosts", str(master.known_hosts_path),
+                   "--report", str(report))
+    assert proc.returncode == 9, describe(proc)
+    assert f"the CA cert (Puppet CA: {master.certname}) ends in" in proc.stderr
+    assert "under --warn-days 90" in proc.stderr
+    assert "CA cert (Puppet CA:" in proc.stdout and "WARN" in proc.stdout  # the table
+    data = json.loads(report.read_text())
+    assert data["ok"] is False and data["flavor"] == "pe37"
+    ca = next(d for d in data["dates"] if d["what"].startswith("CA cert"))
+    assert 9 <= ca["days_left"] <= 10 and ca["status"] == "WARN"
+    # Under a 5-day margin nothing is named: the exit is 0.
+    proc = run_cli("fab", *fab_target_args(master), "verify", "--known-hosts", str(master.known_hosts_path),
+                   "--warn-days", "5")
+    assert proc.returncode == 0, describe(proc)
