@@ -3,4 +3,4 @@
 Run `fab --list` for the tasks and `fab --help regen` for a task's flags.
 """
 
-from tasks import ns  # noqa: F401  (fab uses the module-level `ns` collection)
+from pe_remote.tasks import ns  # noqa: F401  (fab uses the module-level `ns` collection)

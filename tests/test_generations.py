@@ -134,7 +134,9 @@ def test_discover_dry_run_verify_and_backup_change_nothing(staging_master, tmp_p
     assert proc.returncode == 0, describe(proc)
     assert re.search(rf"^flavor: +{FLAVOR_OF[layout.name]} ", proc.stdout, re.M), proc.stdout
 
-    proc = run_cli("fab", *args, "regen", "--dry-run", *known, "--backup-dir", str(tmp_path / "bk"))
+    # The installed program, run outside the checkout, for the dry run.
+    proc = run_cli("pe-remote", *args, "regen", "--dry-run", *known, "--backup-dir", str(tmp_path / "bk"),
+                   cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
     out = proc.stdout
     clean = (f"{layout.puppet} cert clean {master.certname}" if FLAVOR_OF[layout.name] != "puppet6"

@@ -1,0 +1,210 @@
+"""The tasks: `pe-remote TASK`, `fab -H root@master TASK` and `invoke TASK --host ALIAS` run these.
+
+Thin layer: parse flags, call the library, turn its errors into exit codes (pe_remote.cli).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from invoke import Collection, task
+
+from pe_remote.cli import (TARGET_HELP, alt_names_from, check_flavor, check_report_path, connected, exits_cleanly,
+                           for_each_host, report_path, run_id_from, run_log_path, target_from, targets_from)
+from pe_remote.console import Console
+from pe_remote.discovery import discover as discover_master
+from pe_remote.errors import InputError, Mismatch, PeRemoteError
+from pe_remote.expiry import dates_to_json, render_dates
+from pe_remote.flavors import FLAVORS
+from pe_remote.names import parse_alt_names, printable
+from pe_remote.regen import RegenOptions, backup_only, regen as run_regen
+from pe_remote.render import render_facts
+from pe_remote.report import RunReport, utc_now
+from pe_remote.restore import restore_backup
+from pe_remote.verify import verify_master, write_verify_report
+
+FLAVOR_HELP = f"skip detection and use this generation: {', '.join(FLAVORS)}"
+BACKUP_DIR_HELP = "local folder for backups (default: the inventory's backup_dir, else ./backups)"
+
+
+PARALLEL_HELP = "with several hosts, how many to work on at once (default 4)"
+
+
+@task(auto_shortflags=False, help={**TARGET_HELP, "flavor": FLAVOR_HELP, "parallel": PARALLEL_HELP})
+@exits_cleanly
+def discover(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
+             flavor=None, parallel=4):
+    """Show what pe-remote finds on a master (read-only): certname, alt names, paths, services, cert."""
+    check_flavor(flavor)
+    targets = targets_from(c, host, inventory, key_file, known_hosts)
+    found = for_each_host(targets, lambda remote: (remote.target.label, discover_master(remote, flavor_override=flavor)),
+                          accept_new_host_key=accept_new_host_key, parallel=parallel, title="discover",
+                          describe=lambda value: f"{value[1].flavor.name} {value[1].certname} serial "
+                                                 f"{value[1].cert.serial if value[1].cert else '-'}")
+    for label, facts in found:
+        print(printable(render_facts(facts, label)))
+
+
+@task(auto_shortflags=False, help={**TARGET_HELP, "backup_dir": BACKUP_DIR_HELP, "flavor": FLAVOR_HELP,
+                                   "parallel": PARALLEL_HELP})
+@exits_cleanly
+def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
+           backup_dir=None, flavor=None, parallel=4):
+    """Back up the master's SSL directory and pull the tarball back, verified (changes nothing else)."""
+    check_flavor(flavor)
+    targets = targets_from(c, host, inventory, key_file, known_hosts)
+    console = Console()
+    for_each_host(targets, lambda remote: backup_only(remote, backup_dir or remote.target.backup_dir, console,
+                                                      flavor=flavor),
+                  accept_new_host_key=accept_new_host_key, parallel=parallel, title="backup",
+                  describe=lambda b: f"{b.local_path} sha256 {b.sha256[:16]}...")
+
+
+@task(auto_shortflags=False, optional=["rollback"], help={
+    **TARGET_HELP,
+    "dns_alt_names": "comma-separated alt names for the new cert (default: the master's dns_alt_names "
+                     "together with every alt name the current cert carries)",
+    "drop_alt_names": "comma-separated alt names of the current cert to leave out of the new one; a name is "
+                      "never dropped otherwise, --yes included",
+    "yes": "do not ask before changing the master (for CI); the plan is still printed",
+    "dry_run": "discover and print the exact remote commands in order; change nothing",
+    "backup_dir": BACKUP_DIR_HELP,
+    "flavor": FLAVOR_HELP,
+    "verbose": "print every remote command as it runs",
+    "force": "proceed although the master looks like a monolithic PE install (PuppetDB/console on it)",
+    "rollback": "an earlier run on this master did not finish: roll it back instead of resuming it; "
+                "--rollback RUN_ID names it (needed for a run older than 24 hours)",
+    "resume": "resume the unfinished run RUN_ID (needed for a run older than 24 hours; a recent one is "
+              "resumed by default)",
+    "abandon": "close the unfinished run RUN_ID's journal without touching anything else on the master",
+    "server_timeout": "seconds a service start, and then the server's first answer on 8140, may take before "
+                      "the run is rolled back (default 300; a big master with many JRubies may need more)",
+    "report": "write a JSON report of the run to this file, whatever the outcome (schema: README, Report); "
+              "with several hosts, one file each, named FILE-<host>.json",
+    "log_file": "log of the run (default: ~/.local/state/pe-remote/logs/<UTC time>-<host>-regen.log)",
+    "wave": "with several hosts, how many to regenerate at once (default 1); nothing starts after a failure",
+})
+@exits_cleanly
+def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
+          dns_alt_names=None, drop_alt_names=None, yes=False, dry_run=False, backup_dir=None, flavor=None,
+          verbose=False, force=False, rollback=False, resume=None, abandon=None, report=None, log_file=None,
+          wave=1, server_timeout=300):
+    """Regenerate the master's SSL cert: back up, stop services, clean, generate, start, verify.
+
+    Prints the plan first and asks before the first change unless --yes. Any failure after the
+    first change is rolled back from the run's backup. If an earlier run was cut off (lost
+    connection), this resumes it, or rolls it back with --rollback; no second backup is taken.
+    Several hosts (--host a,b) go one at a time (--wave N), stopping at the first failure.
+    """
+    targets = targets_from(c, host, inventory, key_file, known_hosts)
+    several = len(targets) > 1
+    written: list[str] = []
+    # Every flag is checked before the first connection (exit 2, nothing touched).
+    check_flavor(flavor)
+    check_report_path(report)
+    drop = parse_alt_names(drop_alt_names, source="--drop-alt-names")
+    run_id = run_id_from(rollback, resume, abandon)
+    if not isinstance(server_timeout, int) or not 10 <= server_timeout <= 3600:
+        raise InputError(f"--server-timeout {server_timeout!r}: give whole seconds from 10 to 3600")
+    for target in targets:
+        alt_names_from(dns_alt_names, target)
+
+    def one_master(remote):
+        target = remote.target
+        options = RegenOptions(alt_names=alt_names_from(dns_alt_names, target),
+                               drop_alt_names=drop,
+                               dry_run=dry_run,
+                               backup_dir=backup_dir or target.backup_dir, flavor=flavor, force=force,
+                               rollback=bool(rollback), abandon=bool(abandon),
+                               run_id=run_id, server_timeout=server_timeout)
+        console = Console(verbose=verbose, assume_yes=yes,
+                          log_path=(log_file if log_file and not several else run_log_path(target, "regen")))
+        if verbose:
+            remote.on_command = console.command
+        record = RunReport(target.label)
+        try:
+            return run_regen(remote, options, console, record)
+        except Exception as exc:
+            record.error = record.error or str(exc)
+            record.exit_code = record.exit_code or getattr(exc, "exit_code", 1)
+            raise
+        finally:
+            console.info(f"Log: {console.log_path}")
+            console.close()
+            if report:
+                record.write(report_path(report, target.label) if several else report)
+                written.append(target.label)
+
+    try:
+        for_each_host(targets, one_master, accept_new_host_key=accept_new_host_key, changing=True, wave=wave,
+                      title="regen", describe=lambda r: f"{r.outcome}: serial {r.old_serial} -> {r.new_serial}")
+    except PeRemoteError as exc:
+        if report and not several and not written:  # refused before a connection: still leave a report
+            RunReport(targets[0].label, ended=utc_now(), error=str(exc), exit_code=exc.exit_code).write(report)
+        raise
+
+
+@task(auto_shortflags=False, help={
+    **TARGET_HELP,
+    "tarball": "the local backup (.tar.gz taken by backup or regen) to put back",
+    "sha256": "expected sha256 of the tarball (default: the .sha256 file written beside it)",
+    "yes": "do not ask before stopping the services",
+    "flavor": FLAVOR_HELP,
+})
+@exits_cleanly
+def restore(c, tarball, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
+            sha256=None, yes=False, flavor=None):
+    """Put a local SSL backup back on a master (checksum verified first; services stopped and started)."""
+    check_flavor(flavor)
+    from pathlib import Path
+
+    target = target_from(c, host, inventory, key_file, known_hosts)
+    with connected(target, accept_new_host_key) as remote:
+        restore_backup(remote, Path(tarball).expanduser(), Console(assume_yes=yes), sha256=sha256, flavor=flavor)
+
+
+@task(auto_shortflags=False, help={
+    **TARGET_HELP,
+    "dns_alt_names": "exactly the alt names the cert must carry besides the certname (default: it must carry "
+                     "the master's dns_alt_names, and may carry more)",
+    "flavor": FLAVOR_HELP,
+    "parallel": PARALLEL_HELP,
+    "warn_days": "name (and exit 9 for) any cert or CRL that ends in fewer days than this (default 90)",
+    "report": "write the findings as JSON to this file (with several hosts, one file each: FILE-<host>.json)",
+})
+@exits_cleanly
+def verify(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
+           dns_alt_names=None, flavor=None, parallel=4, warn_days=90, report=None):
+    """Check a master's cert, services and end dates (read-only); exit 9 naming every problem.
+
+    Checks: issuer is the CA, SANs = certname + alt names, key matches the cert, port 8140 presents
+    the cert on disk, every Puppet service of the master is running, and the end dates of the master
+    cert, every CA cert and the CRLs (expired, or under --warn-days).
+    """
+    check_flavor(flavor)
+    check_report_path(report)
+    if not isinstance(warn_days, int) or warn_days < 0:
+        raise InputError(f"--warn-days {warn_days!r}: give a whole number of days, 0 or more")
+    targets = targets_from(c, host, inventory, key_file, known_hosts)
+
+    def one_master(remote):
+        label = remote.target.label
+        facts = discover_master(remote, flavor_override=flavor)
+        result, problems, dates = verify_master(remote, facts, alt_names_from(dns_alt_names, remote.target),
+                                                warn_days=warn_days)
+        now = datetime.now(timezone.utc)
+        print(printable(f"{label}: {facts.certname} serial {result.cert.serial}, issuer {result.cert.issuer}, "
+                        f"SANs {', '.join(sorted(result.cert.sans))}"))
+        print(printable(render_dates(label, dates, now, warn_days)))
+        if report:
+            write_verify_report(report_path(report, label) if len(targets) > 1 else report, label, facts,
+                                result, problems, dates_to_json(dates, now, warn_days))
+        if problems:
+            raise Mismatch(f"{label} fails verification: " + "; ".join(problems))
+        print(f"{label}: OK (issuer, SANs, key, 8140, services, end dates)")
+        return "OK"
+
+    for_each_host(targets, one_master, accept_new_host_key=accept_new_host_key, parallel=parallel, title="verify")
+
+
+ns = Collection(discover, backup, regen, restore, verify)
