@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 15
 KEEPALIVE_SECONDS = 15
 DEAD_LINK_SECONDS = 45  # no reply to a keepalive for this long: the link is dead
+COMMAND_TIMEOUT = 1800  # no remote command runs longer without saying so (steps have tighter bounds)
 
 
 class _AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
@@ -69,6 +70,9 @@ class Remote:
         self.watchdog: LinkWatchdog | None = None
 
     def run(self, command: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
+        """Run `command` on the master; a command without a bound of its own is given up after
+        COMMAND_TIMEOUT seconds (steps pass theirs)."""
+        timeout = COMMAND_TIMEOUT if timeout is None else timeout
         with self._count_lock:
             self.commands_run += 1
         if self.on_command:
