@@ -37,3 +37,20 @@ def describe(proc: subprocess.CompletedProcess) -> str:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# Figures the end-to-end tests measure (the downtime beside a bare restart, per generation): printed
+# at the end of the run, whatever pytest captures.
+MEASURED: list[str] = []
+
+
+@pytest.fixture
+def measured():
+    return MEASURED.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASURED:
+        terminalreporter.section("measured by the end-to-end tests")
+        for line in MEASURED:
+            terminalreporter.write_line(line)
