@@ -25,7 +25,6 @@ import hashlib
 import logging
 import os
 import re
-import shlex
 import socket
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import paramiko
 
 from pe_remote.discovery import REMOTE_STATE_DIR, MasterFacts
 from pe_remote.errors import BackupChanged, BackupError, ConnectionFailed, RemoteCommandFailed
+from pe_remote.shell import q
 
 REMOTE_BACKUP_DIR = REMOTE_STATE_DIR
 # A running agent may write the ssldir (its CRL, a cached cert) while tar reads it; tar then
@@ -98,7 +98,7 @@ def backup_paths(facts: MasterFacts) -> list[str]:
 
 
 def _members(facts: MasterFacts) -> str:
-    return " ".join(shlex.quote(p.lstrip("/")) for p in backup_paths(facts))
+    return " ".join(q(p.lstrip("/")) for p in backup_paths(facts))
 
 
 def create_command(facts: MasterFacts, remote_path: str) -> str:
@@ -106,9 +106,9 @@ def create_command(facts: MasterFacts, remote_path: str) -> str:
 
     Paths are stored relative to / so that `tar -xzf FILE -C /` restores them in place.
     """
-    folder = shlex.quote(os.path.dirname(remote_path))
-    target = shlex.quote(remote_path)
-    partial = shlex.quote(remote_path + ".partial")
+    folder = q(os.path.dirname(remote_path))
+    target = q(remote_path)
+    partial = q(remote_path + ".partial")
     return (f"umask 077 && mkdir -p {folder} && chmod 700 {folder} && "
             f"tar -czf {partial} -C / {_members(facts)} && mv {partial} {target} && "
             f"sha256sum {target} && stat -c %s {target}")
@@ -123,10 +123,10 @@ def stream_command(facts: MasterFacts, remote_path: str) -> str:
     into place, and its sha256 and size are printed on stderr, after all the data.
     On failure the partial file is removed and the command exits 1.
     """
-    folder = shlex.quote(os.path.dirname(remote_path))
-    target = shlex.quote(remote_path)
-    partial = shlex.quote(remote_path + ".partial")
-    rc = shlex.quote(remote_path + ".rc")
+    folder = q(os.path.dirname(remote_path))
+    target = q(remote_path)
+    partial = q(remote_path + ".partial")
+    rc = q(remote_path + ".rc")
     return (f"umask 077 && mkdir -p {folder} && chmod 700 {folder} && "
             f"{{ tar -czf - -C / {_members(facts)}; echo $? >{rc}; }} | tee {partial} && "
             f"[ \"$(cat {rc})\" = 0 ] && rm -f {rc} && mv {partial} {target} && "

@@ -8,13 +8,13 @@ validated (see names.py) before any plan is built from them.
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass, field
 
 from pe_remote.errors import DiscoveryError, InvalidName, Refused
 from pe_remote.flavors import (ALL_SERVICES, COPY_DIRS, FLAVORS, MONOLITHIC_DIRS, PE_VERSION_FILES, PUPPET_PATHS,
                                PUPPETSERVER_PATHS, Flavor, UnknownFlavor, detect_flavor)
 from pe_remote.names import parse_alt_names, validate_certname
+from pe_remote.shell import q
 
 # Where backups and run journals live on the master (root-only).
 REMOTE_STATE_DIR = "/root/pe-remote-backups"
@@ -122,12 +122,12 @@ def cert_info_script(cert_var: str, key_var: str | None = None) -> str:
 
 def discovery_script() -> str:
     """The single remote command discovery runs (POSIX sh; reads, never writes)."""
-    puppet_paths = " ".join(shlex.quote(p) for p in PUPPET_PATHS)
-    server_paths = " ".join(shlex.quote(p) for p in PUPPETSERVER_PATHS)
-    pe_files = " ".join(shlex.quote(p) for p in PE_VERSION_FILES)
-    services = " ".join(shlex.quote(s) for s in ALL_SERVICES)
-    marker_dirs = " ".join(shlex.quote(d) for d in (*MONOLITHIC_DIRS, *COPY_DIRS))
-    state_dir = shlex.quote(REMOTE_STATE_DIR)
+    puppet_paths = " ".join(q(p) for p in PUPPET_PATHS)
+    server_paths = " ".join(q(p) for p in PUPPETSERVER_PATHS)
+    pe_files = " ".join(q(p) for p in PE_VERSION_FILES)
+    services = " ".join(q(s) for s in ALL_SERVICES)
+    marker_dirs = " ".join(q(d) for d in (*MONOLITHIC_DIRS, *COPY_DIRS))
+    state_dir = q(REMOTE_STATE_DIR)
     settings = " ".join(SETTINGS)
     return f"""exec 2>&1
 sec() {{ echo "==> $1 <=="; }}

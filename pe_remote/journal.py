@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import re
-import shlex
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,10 +26,11 @@ from pathlib import Path
 from pe_remote.backup import RemoteBackup
 from pe_remote.discovery import REMOTE_STATE_DIR, CertInfo, MasterFacts, ServiceState, path_problem
 from pe_remote.errors import InvalidName, JournalDamaged
+from pe_remote.flavors import FLAVORS
 from pe_remote.names import parse_alt_names, validate_certname
+from pe_remote.shell import q
 
 log = logging.getLogger(__name__)
-from pe_remote.flavors import FLAVORS
 
 
 def facts_to_dict(facts: MasterFacts) -> dict:
@@ -91,7 +91,7 @@ class Journal:
 
     def append_command(self, line: str) -> str:
         """Remote shell that appends one event line (the line is quoted, never interpreted)."""
-        return f"printf '%s\\n' {shlex.quote(line)} >> {shlex.quote(self.remote_path)}"
+        return f"printf '%s\\n' {q(line)} >> {q(self.remote_path)}"
 
     @property
     def lock_path(self) -> str:
@@ -104,13 +104,13 @@ class Journal:
         resumes or rolls back, so it never checks or redoes a step that is still running.
         Without flock(1) there is no lock and nothing waits.
         """
-        return (f"exec 9>>{shlex.quote(self.lock_path)}; "
+        return (f"exec 9>>{q(self.lock_path)}; "
                 "if command -v flock >/dev/null 2>&1; then flock -s 9; fi")
 
     def steps_running_command(self, wait: int = 0) -> str:
         """Exit 0 once no step of the run still runs (waiting up to `wait` seconds), 1 if one does."""
         how = f"-w {int(wait)}" if wait else "-n"
-        return (f"command -v flock >/dev/null 2>&1 || exit 0; exec 9>>{shlex.quote(self.lock_path)}; "
+        return (f"command -v flock >/dev/null 2>&1 || exit 0; exec 9>>{q(self.lock_path)}; "
                 f"flock -x {how} 9")
 
     def start_command(self) -> str:

@@ -6,7 +6,6 @@ state of every service; `check_regen` compares them with what the plan promised.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -15,6 +14,7 @@ from pe_remote.errors import VerificationFailed
 from pe_remote.expiry import DEFAULT_WARN_DAYS, Dated, dated_files_command, expiry_problems, read_dates
 from pe_remote.names import san_entries
 from pe_remote.plan import Plan, service_is_active
+from pe_remote.shell import q
 
 
 @dataclass(frozen=True)
@@ -28,15 +28,15 @@ class Verification:
 
 
 def verification_script(facts, services: list[str], *, agent: bool = False) -> str:
-    checks = "; ".join(f"if {service_is_active(facts, n)}; then echo {shlex.quote(n)} active; "
-                       f"else echo {shlex.quote(n)} inactive; fi" for n in services)
-    crl = shlex.quote(f"{facts.cadir}/ca_crl.pem")
-    agent_run = (f'echo "==> agent <=="; {shlex.quote(facts.puppet)} agent -t --noop --waitforlock 2 '
+    checks = "; ".join(f"if {service_is_active(facts, n)}; then echo {q(n)} active; "
+                       f"else echo {q(n)} inactive; fi" for n in services)
+    crl = q(f"{facts.cadir}/ca_crl.pem")
+    agent_run = (f'echo "==> agent <=="; {q(facts.puppet)} agent -t --noop --waitforlock 2 '
                  f'--maxwaitforlock 120 >/dev/null 2>&1; echo "exit=$?"\n') if agent else ""
     return (
-        f"HC={shlex.quote(facts.hostcert)}; HK={shlex.quote(facts.hostprivkey)}\n"
+        f"HC={q(facts.hostcert)}; HK={q(facts.hostprivkey)}\n"
         f'echo "==> cert <=="; {cert_info_script("HC", "HK")}\n'
-        f'echo "==> served <=="; openssl s_client -connect 127.0.0.1:8140 -servername {shlex.quote(facts.certname)} '
+        f'echo "==> served <=="; openssl s_client -connect 127.0.0.1:8140 -servername {q(facts.certname)} '
         f"</dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256 2>/dev/null\n"
         f'echo "==> services <=="; {checks or "true"}\n'
         f'echo "==> crl <=="; openssl crl -in {crl} -noout -text 2>/dev/null | sed -n "s/^ *Serial Number: //p"\n'
