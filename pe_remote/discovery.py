@@ -356,13 +356,6 @@ def _kb(space: dict[str, str], key: str, what: str) -> int:
     return int(value)
 
 
-def _int(value: str | None) -> int:
-    try:
-        return int((value or "").strip())
-    except ValueError:
-        return 0
-
-
 def generation_problem(facts: MasterFacts, *, overridden: bool = False) -> str | None:
     """Why the chosen generation does not fit what the host runs (None: it fits).
 
