@@ -27,9 +27,10 @@ images: setup
 test: setup
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -v $(PYTEST_ARGS)
 
-# Fast tests only (no Docker needed).
+# Fast tests only (no Docker needed), with the library's line coverage (must stay >= 85%).
 unit: python
-	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -v -m "not container" $(PYTEST_ARGS)
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -v -m "not container" --cov=pe_remote --cov-report=term \
+		--cov-fail-under=85 $(PYTEST_ARGS)
 
 # Start a throwaway PE 3.7 staging master, run `fab ... regen --yes` against it, stop it.
 demo: setup
