@@ -35,7 +35,7 @@ import paramiko
 
 from pe_remote.discovery import REMOTE_STATE_DIR, MasterFacts
 from pe_remote.errors import BackupChanged, BackupError, ConnectionFailed, RemoteCommandFailed
-from pe_remote.shell import q
+from pe_remote.commands import backup as commands
 
 REMOTE_BACKUP_DIR = REMOTE_STATE_DIR
 # A running agent may write the ssldir (its CRL, a cached cert) while tar reads it; tar then
@@ -97,42 +97,14 @@ def backup_paths(facts: MasterFacts) -> list[str]:
     return paths + list(facts.copy_dirs)
 
 
-def _members(facts: MasterFacts) -> str:
-    return " ".join(q(p.lstrip("/")) for p in backup_paths(facts))
-
-
 def create_command(facts: MasterFacts, remote_path: str) -> str:
-    """Make the tarball atomically (umask 077, temp name, rename) and print its sha256 and size.
-
-    Paths are stored relative to / so that `tar -xzf FILE -C /` restores them in place.
-    """
-    folder = q(os.path.dirname(remote_path))
-    target = q(remote_path)
-    partial = q(remote_path + ".partial")
-    return (f"umask 077 && mkdir -p {folder} && chmod 700 {folder} && "
-            f"tar -czf {partial} -C / {_members(facts)} && mv {partial} {target} && "
-            f"sha256sum {target} && stat -c %s {target}")
+    """Make the tarball on the master and print its sha256 and size (see commands.backup)."""
+    return commands.create_tarball(backup_paths(facts), remote_path)
 
 
 def stream_command(facts: MasterFacts, remote_path: str) -> str:
-    """The streamed form of `create_command`: one remote command, one tar.
-
-    `tar -czf -` goes through `tee` into `<remote_path>.partial` AND to stdout (the
-    workstation's copy). tar's exit status is kept in `<remote_path>.rc` (a pipeline's
-    status is tee's); only when tar and tee both succeeded is the master's copy renamed
-    into place, and its sha256 and size are printed on stderr, after all the data.
-    On failure the partial file is removed and the command exits 1.
-    """
-    folder = q(os.path.dirname(remote_path))
-    target = q(remote_path)
-    partial = q(remote_path + ".partial")
-    rc = q(remote_path + ".rc")
-    return (f"umask 077 && mkdir -p {folder} && chmod 700 {folder} && "
-            f"{{ tar -czf - -C / {_members(facts)}; echo $? >{rc}; }} | tee {partial} && "
-            f"[ \"$(cat {rc})\" = 0 ] && rm -f {rc} && mv {partial} {target} && "
-            f"sha256sum {target} >&2 && stat -c %s {target} >&2 || "
-            f"{{ echo \"pe-remote: the backup was not made (tar exit status $(cat {rc} 2>/dev/null || echo none))\" >&2; "
-            f"rm -f {partial} {rc}; exit 1; }}")
+    """Make the tarball, sending it to stdout while it is written (see commands.backup)."""
+    return commands.stream_tarball(backup_paths(facts), remote_path)
 
 
 def _parse_sum_and_size(output: str, remote_path: str) -> RemoteBackup:

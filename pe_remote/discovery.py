@@ -1,8 +1,8 @@
 """Discovery: one read-only remote command that describes the master.
 
-The remote script prints `==> section <==` blocks; `parse_discovery` turns them
-into an immutable `MasterFacts`. Nothing the master reports is trusted: names are
-validated (see names.py) before any plan is built from them.
+The remote script (commands/discovery.py) prints sections; `parse_discovery` turns them into an
+immutable `MasterFacts`. Nothing the master reports is trusted: names are validated (see names.py)
+before any plan is built from them.
 """
 
 from __future__ import annotations
@@ -10,28 +10,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from pe_remote.commands import sections as protocol
+from pe_remote.commands.certs import CertInfo, load_cert
+from pe_remote.commands.discovery import REMOTE_STATE_DIR, SETTINGS, discovery_script
+from pe_remote.commands.facts import read_cert_with_key
 from pe_remote.errors import DiscoveryError, InvalidName, Refused
-from pe_remote.flavors import (ALL_SERVICES, COPY_DIRS, FLAVORS, MONOLITHIC_DIRS, PE_VERSION_FILES, PUPPET_PATHS,
-                               PUPPETSERVER_PATHS, Flavor, UnknownFlavor, detect_flavor)
+from pe_remote.flavors import FLAVORS, PUPPET_PATHS, Flavor, UnknownFlavor, detect_flavor
 from pe_remote.names import parse_alt_names, validate_certname
-from pe_remote.shell import q
 
-# Where backups and run journals live on the master (root-only).
-REMOTE_STATE_DIR = "/root/pe-remote-backups"
-SETTINGS = ("cadir", "certname", "client_datadir", "dns_alt_names", "hostcert", "hostprivkey", "ssldir")
-
-
-@dataclass(frozen=True)
-class CertInfo:
-    """What a certificate says, as `openssl x509` printed it."""
-
-    serial: str
-    subject: str
-    issuer: str
-    not_after: str
-    sha256: str
-    sans: frozenset[str]
-    pubkey_sha256: str = ""
+__all__ = ["CertInfo", "MasterFacts", "ServiceState", "REMOTE_STATE_DIR", "discover", "discovery_script",
+           "parse_discovery"]
 
 
 @dataclass(frozen=True)
@@ -105,93 +93,6 @@ class MasterFacts:
         return self.cadir == self.ssldir or self.cadir.startswith(self.ssldir.rstrip("/") + "/")
 
 
-def cert_info_script(cert_var: str, key_var: str | None = None) -> str:
-    """Shell that prints a cert's facts (and its key's public-key hash) from shell variables."""
-    key_part = (f'[ -f "${key_var}" ] && printf "keypub=%s\\n" "$(openssl pkey -in "${key_var}" -pubout '
-                f'2>/dev/null | sha256sum | cut -d" " -f1)"; ') if key_var else ""
-    return (
-        f'if [ -f "${cert_var}" ]; then '
-        f'openssl x509 -in "${cert_var}" -noout -serial -subject -issuer -enddate -fingerprint -sha256 '
-        f'-nameopt RFC2253; '
-        f'printf "certpub=%s\\n" "$(openssl x509 -in "${cert_var}" -noout -pubkey | sha256sum | cut -d" " -f1)"; '
-        f'{key_part}'
-        f'openssl x509 -in "${cert_var}" -noout -text | sed -n "/Subject Alternative Name/{{n;s/^ *//;s/^/sans=/;p}}"; '
-        f'fi'
-    )
-
-
-def discovery_script() -> str:
-    """The single remote command discovery runs (POSIX sh; reads, never writes)."""
-    puppet_paths = " ".join(q(p) for p in PUPPET_PATHS)
-    server_paths = " ".join(q(p) for p in PUPPETSERVER_PATHS)
-    pe_files = " ".join(q(p) for p in PE_VERSION_FILES)
-    services = " ".join(q(s) for s in ALL_SERVICES)
-    marker_dirs = " ".join(q(d) for d in (*MONOLITHIC_DIRS, *COPY_DIRS))
-    state_dir = q(REMOTE_STATE_DIR)
-    settings = " ".join(SETTINGS)
-    return f"""exec 2>&1
-sec() {{ echo "==> $1 <=="; }}
-sec id; id -u; hostname
-sec init; if [ -d /run/systemd/system ]; then echo systemd; else echo sysv; fi
-P=; for p in {puppet_paths}; do if [ -x "$p" ]; then P=$p; break; fi; done
-S=; for p in {server_paths}; do if [ -x "$p" ]; then S=$p; break; fi; done
-sec binaries; echo "puppet=$P"; echo "puppetserver=$S"
-sec pe_version; PE=; for f in {pe_files}; do [ -f "$f" ] && PE=$(head -c 64 "$f") && echo "$PE" && break; done
-[ -n "$P" ] || exit 0
-# The PE marker decides the generation; only open-source Puppet pays a second Ruby start for it.
-sec puppet_version; V=; [ -n "$PE" ] || V=$("$P" --version 2>&1); echo "$V"
-# The master's settings section: [master] up to Puppet 5 (PE 2018.1), [server] from Puppet 6 on.
-SEC=server; case "$PE" in 3.*|2015.*|2016.*|2017.*|2018.*) SEC=master;; esac
-[ -n "$PE" ] || case "$V" in [0-5].*) SEC=master;; esac
-# The cached catalog is the agent's: its client_datadir may differ from the master section's (Debian's
-# Puppet 5 sets vardir per section). Both settings lookups run at once (one Ruby start's wall time).
-sec settings; CFG=$( ( "$P" config print client_datadir --section agent 2>/dev/null \
-  | sed -n 's|^/|agent_client_datadir = /|p' ) &
-  "$P" config print {settings} --section $SEC 2>/dev/null; wait); echo "$CFG"
-get() {{ printf "%s\\n" "$CFG" | sed -n "s/^$1 = //p"; }}
-HC=$(get hostcert); HK=$(get hostprivkey); CA=$(get cadir)
-sec ca_key; if [ -f "$CA/ca_key.pem" ]; then echo present; else echo absent; fi
-sec ca_cert; [ -f "$CA/ca_crt.pem" ] && openssl x509 -in "$CA/ca_crt.pem" -noout -subject -nameopt RFC2253
-sec services
-for s in {services}; do
-  if [ -d /run/systemd/system ]; then
-    # A name that is only an alias of another unit (Debian's puppetmaster -> puppet-master) is not a service of its own.
-    if systemctl cat "$s.service" >/dev/null 2>&1 && [ "$(systemctl show -p Id "$s.service" 2>/dev/null)" = "Id=$s.service" ]
-    then echo "$s $(systemctl is-active "$s.service")"; else echo "$s absent"; fi
-  elif [ -x "/etc/init.d/$s" ]; then
-    if "/etc/init.d/$s" status >/dev/null 2>&1; then echo "$s active"; else echo "$s inactive"; fi
-  else echo "$s absent"; fi
-done
-sec dirs; for d in {marker_dirs}; do [ -d "$d" ] && echo "$d"; done
-# Which service's process listens on 8140 (cross-checks the detected generation).
-sec listener; if command -v ss >/dev/null 2>&1; then
-  L=$(ss -Htlnp 'sport = :8140' 2>/dev/null); LP=$(printf "%s\\n" "$L" | sed -n 's/.*pid=\\([0-9]*\\).*/\\1/p' | head -n1)
-  if [ -n "$LP" ]; then sed -n 's#.*/\\([^/]*\\)\\.service$#unit=\\1#p' "/proc/$LP/cgroup" 2>/dev/null | head -n1
-  elif [ -n "$L" ]; then echo unit=?; else echo unit=; fi
-else echo unit=?; fi
-sec space; SSL=$(get ssldir)
-echo "ssl_kb=$(du -skc "$SSL" "$CA" 2>/dev/null | tail -n1 | cut -f1)"
-B={state_dir}; [ -d "$B" ] || B=$(dirname "$B")
-echo "free_kb=$(df -Pk "$B" | tail -n1 | awk '{{print $4}}')"
-sec journals; for j in {state_dir}/*.journal; do [ -f "$j" ] || continue
-  tail -n1 "$j" | grep -q '"event": "finished"' || {{ echo "@@journal $j"; cat "$j"; }}; done
-sec cert; {cert_info_script("HC", "HK")}
-"""
-
-
-def split_sections(output: str) -> dict[str, list[str]]:
-    sections: dict[str, list[str]] = {}
-    current = None
-    for line in output.splitlines():
-        match = re.fullmatch(r"==> (\w+) <==", line.strip())
-        if match:
-            current = match.group(1)
-            sections[current] = []
-        elif current is not None:
-            sections[current].append(line.rstrip("\n"))
-    return sections
-
-
 def parse_settings(lines: list[str]) -> dict[str, str]:
     """`name = value` lines; an empty value may come without the space after `=`."""
     settings = {}
@@ -202,39 +103,9 @@ def parse_settings(lines: list[str]) -> dict[str, str]:
     return settings
 
 
-def parse_cert_info(lines: list[str]) -> CertInfo | None:
-    """Parse `openssl x509 -serial -subject -issuer -enddate -fingerprint` plus our extra lines."""
-    values: dict[str, str] = {}
-    for line in lines:
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        key = key.strip().lower()
-        if key.startswith("sha256 fingerprint"):
-            key = "sha256"
-        values.setdefault(key, value.strip())
-    if "serial" not in values:
-        return None
-    sans = frozenset(s.strip() for s in values.get("sans", "").split(",") if s.strip())
-    return CertInfo(
-        serial=values["serial"].upper().lstrip("0") or "0",
-        subject=values.get("subject", ""),
-        issuer=values.get("issuer", ""),
-        not_after=values.get("notafter", ""),
-        sha256=values.get("sha256", "").upper(),
-        sans=sans,
-        pubkey_sha256=values.get("certpub", ""),
-    )
-
-
-def key_matches_cert(lines: list[str]) -> bool:
-    """True when the `keypub=` and `certpub=` lines of cert_info_script agree."""
-    values = dict(line.partition("=")[::2] for line in lines if "=" in line)
-    return bool(values.get("keypub")) and values.get("keypub") == values.get("certpub")
-
-
 def parse_discovery(output: str, *, flavor_override: str | None = None) -> MasterFacts:
-    sections = split_sections(output)
+    found = protocol.parse(output)
+    sections = protocol.split(output)
     if "id" not in sections:
         raise DiscoveryError(f"discovery printed nothing usable: {output.strip()[-300:] or 'no output'}")
     id_lines = sections["id"]
@@ -277,12 +148,7 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
             raise Refused(f"the master's {inner} {settings[inner]!r} is not inside its ssldir "
                           f"{settings['ssldir']!r}; pe-remote handles only certs kept in the ssldir")
     space = dict(line.partition("=")[::2] for line in sections.get("space", []) if "=" in line)
-    journals: list[tuple[str, list[str]]] = []
-    for line in sections.get("journals", []):
-        if line.startswith("@@journal "):
-            journals.append((line.split(" ", 1)[1], []))
-        elif journals:
-            journals[-1][1].append(line)
+    journals = [(s.arg, protocol.decoded(s.lines).decode(errors="replace")) for s in found if s.name == "journal"]
     services = []
     for line in sections.get("services", []):
         name, _, state = line.strip().partition(" ")
@@ -314,15 +180,14 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
         hostprivkey=settings["hostprivkey"],
         ca_key_present=(sections.get("ca_key") or [""])[0].strip() == "present",
         services=tuple(services),
-        cert=parse_cert_info(sections.get("cert", [])),
-        ca_subject=next((line.split("=", 1)[1].strip() for line in sections.get("ca_cert", [])
-                         if line.startswith("subject=")), ""),
+        cert=read_cert_with_key(sections, "cert")[0],
+        ca_subject=_subject(protocol.decoded(sections.get("ca_cert", []))),
         ssl_kb=_kb(space, "ssl_kb", "the size of the SSL folders"),
         backup_free_kb=_kb(space, "free_kb", f"the free space in {REMOTE_STATE_DIR}"),
         monolithic_markers=markers,
         serving_unit=serving_unit if "listener" in sections else None,
         copy_dirs=tuple(c.folder for c in flavor.credential_copies if c.folder in found_dirs),
-        unfinished_journals=tuple((path, "\n".join(lines)) for path, lines in journals),
+        unfinished_journals=tuple(journals),
         settings_raw=settings,
     )
 
@@ -345,6 +210,11 @@ def path_problem(value: str) -> str | None:
     if value.rstrip("/") in SYSTEM_DIRS or len(parts) < 2:
         return "is a system folder, not a Puppet one"
     return None
+
+
+def _subject(pem: bytes) -> str:
+    cert = load_cert(pem)
+    return cert.subject.rfc4514_string() if cert is not None else ""
 
 
 def _kb(space: dict[str, str], key: str, what: str) -> int:
@@ -390,7 +260,7 @@ def generation_problem(facts: MasterFacts, *, overridden: bool = False) -> str |
 def discover(remote, *, flavor_override: str | None = None) -> MasterFacts:
     """Describe the master in one remote command; refuse a generation the host does not run."""
     result = remote.run(discovery_script(), check=False)
-    if not result.ok and "==> id <==" not in result.stdout:
+    if not result.ok and "id" not in protocol.split(result.stdout):
         raise DiscoveryError(f"discovery failed (exit {result.exit_status}): {(result.stdout + result.stderr).strip()[-300:]}")
     facts = parse_discovery(result.stdout, flavor_override=flavor_override)
     problem = generation_problem(facts, overridden=flavor_override is not None)

@@ -18,14 +18,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from pe_remote.commands import run as run_commands
 from pe_remote.errors import Interrupted, StepFailed
 from pe_remote.journal import Journal, event
 from pe_remote.plan import Plan, Step
 from pe_remote.report import utc_now
-
-RC_MARK = "@@pe-remote rc="
-CHECK_MARK = "@@pe-remote check="
-
 
 @dataclass
 class StepRecord:
@@ -52,47 +49,14 @@ class Execution:
 
 
 def step_script(step: Step, journal: Journal | None, *, check_first: bool = False) -> str:
-    """The remote shell for one step. With check_first (resume), a step whose effect is there is not re-run.
-
-    The step's command and check write into a file on the master, not into the SSH channel, and
-    the shell ignores SIGPIPE and SIGHUP: if the connection drops, the step still runs to its end
-    (and its journal line is still written) instead of dying half-way at its next line of output.
-    The output is sent once the command has ended. With a journal, the step's shell holds the
-    run's lock (see Journal.hold_lock_command) for as long as it runs.
-    """
-    begin = journal.append_command(event("begin", step=step.key)) + "\n" if journal else ""
-    end = journal.append_command(event("end", step=step.key)) if journal else "true"
-    check = step.check or "true"
-    prologue = "trap '' PIPE HUP; O=$(mktemp) || O=/dev/null\n"
-    if journal:
-        prologue += journal.hold_lock_command() + "\n"
-    # `9>&-`: a daemon the command starts must not inherit (and hold) the run's lock.
-    run_check = (f"( {check}\n) >\"$O\" 2>&1 </dev/null 9>&-; c=$?; cat \"$O\"; "
-                 f"echo \"{CHECK_MARK}$c\"")
-    body = (f"( {step.command}\n) >\"$O\" 2>&1 </dev/null 9>&-; rc=$?; cat \"$O\"; "
-            f"echo \"{RC_MARK}$rc\"\nif [ $rc = 0 ]; then {run_check}; fi\n")
-    if check_first and step.check:
-        body = (f"if ( {step.check}\n) >/dev/null 2>&1 </dev/null 9>&-; then echo \"{RC_MARK}0\"; "
-                f"echo \"{CHECK_MARK}0\"; echo already-done; rc=0; c=0\nelse\n{body}fi\n")
-    return (f"{prologue}{begin}{body}if [ \"$rc\" = 0 ] && [ \"${{c:-1}}\" = 0 ]; then {end}; fi; "
-            f"[ \"$O\" = /dev/null ] || rm -f \"$O\"")
-
-
-def parse_step_output(output: str) -> tuple[int | None, int | None, str, bool]:
-    """(command exit, check exit, command output, already done) from a step's output."""
-    rc = check = None
-    lines = []
-    already = False
-    for line in output.splitlines():
-        if line.startswith(RC_MARK):
-            rc = int(line[len(RC_MARK):])
-        elif line.startswith(CHECK_MARK):
-            check = int(line[len(CHECK_MARK):])
-        elif line == "already-done":
-            already = True
-        else:
-            lines.append(line)
-    return rc, check, "\n".join(lines), already
+    """The remote shell for one step (see commands.run.step_script): with a journal, "begin" and
+    "end" are journalled around it and the step holds the run's lock for as long as it runs."""
+    if journal is None:
+        return run_commands.step_script(step.command, step.check, check_first=check_first)
+    return run_commands.step_script(step.command, step.check, check_first=check_first,
+                                    begin=journal.append_command(event("begin", step=step.key)),
+                                    end=journal.append_command(event("end", step=step.key)),
+                                    lock=journal.hold_lock_command())
 
 
 class InterruptLatch:
@@ -196,7 +160,8 @@ def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done
             failure = failure or error
             run.records.append(StepRecord(key, step.title, started, ended, "failed", started_at, utc_now()))
             continue
-        rc, check, text, already = parse_step_output(output.stdout + output.stderr)
+        answer = run_commands.parse_step_output(output.stdout + output.stderr)
+        rc, check, text, already = answer.rc, answer.check, answer.text, answer.already_done
         problem = None
         if rc != 0:
             problem = f"exit {rc}: {_last_line(text)}" if rc is not None else f"did not run: {_last_line(text)}"

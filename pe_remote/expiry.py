@@ -8,17 +8,15 @@ differs between OpenSSL 1.0, 1.1 and 3). What a generation keeps where comes fro
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pe_remote.discovery import MasterFacts, split_sections
-from pe_remote.shell import q
+from pe_remote.commands import sections as protocol
+from pe_remote.commands.certs import common_name, pem_blocks
+from pe_remote.commands.sections import file_encoded, mark
+from pe_remote.discovery import MasterFacts
 
 DEFAULT_WARN_DAYS = 90
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.S)
 
 
 @dataclass(frozen=True)
@@ -44,12 +42,7 @@ def dated_files(facts: MasterFacts) -> dict[str, str]:
 
 
 def dated_files_command(facts: MasterFacts) -> str:
-    return "; ".join(f"echo {q('==> ' + name + ' <==')}; [ ! -f {q(path)} ] || base64 < {q(path)}"
-                     for name, path in dated_files(facts).items())
-
-
-def _pem_blocks(data: bytes, kind: bytes) -> list[bytes]:
-    return [m.group(0) for m in _PEM_BLOCK.finditer(data) if m.group(1) == kind]
+    return "\n".join(f"{mark(name)}; {file_encoded(path)}" for name, path in dated_files(facts).items())
 
 
 def read_dates(output: str, facts: MasterFacts) -> list[Dated]:
@@ -58,24 +51,21 @@ def read_dates(output: str, facts: MasterFacts) -> list[Dated]:
 
     files = dated_files(facts)
     dates: list[Dated] = []
-    for name, lines in split_sections(output).items():
+    for name, lines in protocol.split(output).items():
         if name not in files:
             continue
-        try:
-            data = base64.b64decode("".join(lines), validate=False)
-        except (binascii.Error, ValueError):
-            continue
+        data = protocol.decoded(lines)
         path = files[name]
         if name in ("hostcert", "ca_bundle"):
-            for block in _pem_blocks(data, b"CERTIFICATE"):
+            for block in pem_blocks(data, b"CERTIFICATE"):
                 try:
                     cert = x509.load_pem_x509_certificate(block)
                 except ValueError:
                     continue
-                label = "master cert" if name == "hostcert" else f"CA cert ({_cn(cert.subject)})"
+                label = "master cert" if name == "hostcert" else f"CA cert ({common_name(cert.subject)})"
                 dates.append(Dated(label, path, cert.not_valid_after_utc))
         else:
-            for block in _pem_blocks(data, b"X509 CRL"):
+            for block in pem_blocks(data, b"X509 CRL"):
                 try:
                     crl = x509.load_pem_x509_crl(block)
                 except ValueError:
@@ -83,15 +73,8 @@ def read_dates(output: str, facts: MasterFacts) -> list[Dated]:
                 if crl.next_update_utc is None:
                     continue
                 kind = "CA CRL" if name == "ca_crl" else "host CRL"
-                dates.append(Dated(f"{kind} ({_cn(crl.issuer)})", path, crl.next_update_utc))
+                dates.append(Dated(f"{kind} ({common_name(crl.issuer)})", path, crl.next_update_utc))
     return dates
-
-
-def _cn(name) -> str:
-    from cryptography.x509.oid import NameOID
-
-    values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(values[0].value) if values else name.rfc4514_string()
 
 
 def expiry_problems(dates: list[Dated], now: datetime, warn_days: int) -> list[str]:

@@ -28,7 +28,7 @@ from pe_remote.discovery import REMOTE_STATE_DIR, CertInfo, MasterFacts, Service
 from pe_remote.errors import InvalidName, JournalDamaged
 from pe_remote.flavors import FLAVORS
 from pe_remote.names import parse_alt_names, validate_certname
-from pe_remote.shell import q
+from pe_remote.commands import run as run_commands
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Journal:
 
     def append_command(self, line: str) -> str:
         """Remote shell that appends one event line (the line is quoted, never interpreted)."""
-        return f"printf '%s\\n' {q(line)} >> {q(self.remote_path)}"
+        return run_commands.append_line(self.remote_path, line)
 
     @property
     def lock_path(self) -> str:
@@ -104,17 +104,17 @@ class Journal:
         resumes or rolls back, so it never checks or redoes a step that is still running.
         Without flock(1) there is no lock and nothing waits.
         """
-        return (f"exec 9>>{q(self.lock_path)}; "
-                "if command -v flock >/dev/null 2>&1; then flock -s 9; fi")
+        return run_commands.hold_shared_lock(self.lock_path)
 
     def steps_running_command(self, wait: int = 0) -> str:
         """Exit 0 once no step of the run still runs (waiting up to `wait` seconds), 1 if one does."""
-        how = f"-w {int(wait)}" if wait else "-n"
-        return (f"command -v flock >/dev/null 2>&1 || exit 0; exec 9>>{q(self.lock_path)}; "
-                f"flock -x {how} 9")
+        return run_commands.no_holder(self.lock_path, wait)
 
     def start_command(self) -> str:
-        return f"umask 077 && {self.append_command(self.header())}"
+        return run_commands.create_private(self.remote_path, self.header())
+
+    def read_command(self) -> str:
+        return run_commands.read_file(self.remote_path)
 
     def record_local(self, line: str) -> None:
         """The workstation's copy of the journal: a convenience beside the master's, which is the

@@ -14,23 +14,11 @@ import os
 import socket
 from datetime import datetime, timezone
 
+from pe_remote.commands.run import BUSY, HELD, LOCK_FOLDERS, UNAVAILABLE, lock_answer, lock_script
 from pe_remote.errors import Refused
 from pe_remote.names import printable
-from pe_remote.shell import q
 
-LOCK_FOLDERS = ("/run/lock", "/var/lock", "/tmp")
-HELD, BUSY, UNAVAILABLE = "@@lock held", "@@lock busy", "@@lock unavailable"
-
-
-def lock_script(owner: str, folders: tuple[str, ...] = LOCK_FOLDERS) -> str:
-    """Shell that takes the lock (or says who has it) and then holds it until its input ends."""
-    candidates = " ".join(q(f) for f in folders)
-    return (f"L=; for d in {candidates}; do if [ -d \"$d\" ]; then L=$d; break; fi; done\n"
-            f"command -v flock >/dev/null 2>&1 && [ -n \"$L\" ] || {{ echo '{UNAVAILABLE}'; exec cat >/dev/null; }}\n"
-            "exec 8>>\"$L/pe-remote.lock\"\n"
-            f"if flock -n 8; then printf '%s\\n' {q(owner)} > \"$L/pe-remote.owner\"; echo '{HELD}'; "
-            "exec cat >/dev/null; fi\n"
-            f"echo \"{BUSY} $(head -c 300 \"$L/pe-remote.owner\" 2>/dev/null)\"; exit 75")
+__all__ = ["BUSY", "HELD", "LOCK_FOLDERS", "UNAVAILABLE", "MasterLock", "acquire", "lock_script"]
 
 
 def owner_text(task: str) -> str:
@@ -63,12 +51,13 @@ class MasterLock:
 def acquire(remote, task: str, console=None, *, folders: tuple[str, ...] = LOCK_FOLDERS) -> MasterLock:
     """Take the master's run lock or raise Refused (exit 4) naming the run that holds it."""
     first_line, held = remote.hold(lock_script(owner_text(task), folders))
-    if first_line.startswith(HELD):
+    answer, holder = lock_answer(first_line)
+    if answer == HELD:
         return MasterLock(held)
-    if first_line.startswith(UNAVAILABLE):
+    if answer == UNAVAILABLE:
         if console is not None:
             console.warn(f"{remote.target.label} has no flock(1): pe-remote cannot keep a second run out")
         return MasterLock(held)
     held.close()
-    holder = printable(first_line[len(BUSY):].strip()) or "another run (it left no name)"
+    holder = printable(holder.strip()) or "another run (it left no name)"
     raise Refused(f"another run holds {remote.target.label}: {holder}. Wait for it to end; nothing was changed")

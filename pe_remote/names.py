@@ -78,19 +78,12 @@ def parse_alt_names(value: str | list[str] | tuple[str, ...] | None, *, source: 
     return tuple(names)
 
 
-def openssl_ip_text(address: str) -> str:
-    """An IP as `openssl x509 -text` prints it: IPv6 uncompressed, upper-case groups without leading zeros."""
-    ip = ipaddress.ip_address(address)
-    if ip.version == 4:
-        return str(ip)
-    return ":".join(f"{int(group, 16):X}" for group in ip.exploded.split(":"))
-
-
 def san_entries(certname: str, alt_names: tuple[str, ...]) -> frozenset[str]:
     """The SANs Puppet puts in a cert for `certname` with `alt_names` (it adds the certname itself)."""
     entries = {f"DNS:{certname}"}
     for name in alt_names:
-        entries.add(f"IP Address:{openssl_ip_text(name)}" if is_ip_address(name) else f"DNS:{name}")
+        # The form commands/certs.py reads SANs in: the address's canonical text.
+        entries.add(f"IP:{ipaddress.ip_address(name)}" if is_ip_address(name) else f"DNS:{name}")
     return frozenset(entries)
 
 

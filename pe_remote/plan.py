@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from pe_remote.commands import steps as sh
+from pe_remote.commands.steps import SERVER_READY_TIMEOUT, fill, server_ready_check, service_command
 from pe_remote.discovery import MasterFacts
 from pe_remote.errors import InvalidName
 from pe_remote.names import is_ip_address, san_entries
-from pe_remote.shell import join, q
 
-SERVER_READY_TIMEOUT = 300  # seconds puppetserver may take to answer after a start
+__all__ = ["Plan", "Step", "build_plan", "SERVER_READY_TIMEOUT", "fill", "server_ready_check", "service_command"]
 
 
 @dataclass(frozen=True)
@@ -70,79 +71,6 @@ class Plan:
         return resolved
 
 
-def fill(template: tuple[str, ...], facts: MasterFacts, alt_names: tuple[str, ...]) -> str:
-    """Fill an argv template from the flavor table and quote every word."""
-    values = {
-        "puppet": facts.puppet,
-        "puppetserver": facts.puppetserver or "puppetserver",
-        "certname": facts.certname,
-        # puppetserver-ca-cli reads an unprefixed name as DNS: an IP must say so.
-        "alt_names": ",".join(f"IP:{n}" if facts.flavor.ip_alt_names and is_ip_address(n) else n
-                              for n in alt_names),
-    }
-    words = [word.format(**values) for word in template]
-    if not alt_names:
-        # No alt names: drop the flag and its value rather than pass an empty list.
-        words = [w for w in words if not w.startswith("--dns_alt_names")]
-        if "--subject-alt-names" in words:
-            at = words.index("--subject-alt-names")
-            del words[at:at + 2]
-    return join(words)
-
-
-def service_command(facts: MasterFacts, name: str, ensure: str, *, timeout: int = SERVER_READY_TIMEOUT) -> str:
-    command = join([facts.puppet, "resource", "service", name, f"ensure={ensure}"])
-    if ensure == "running":
-        # A start is bounded by `timeout` seconds: a server that never comes up (Puppet Server with a
-        # key it cannot use keeps "activating" until systemd's own limit) fails the step, and the run
-        # is rolled back, instead of waiting twice systemd's limit. One retry, only after a QUICK
-        # failure: a start can fail transiently on a loaded master (Debian's puppetserver unit races
-        # its own privilege drop); a real failure fails twice and the step's check says so.
-        bounded = f"timeout {int(timeout)} {command}"
-        # `timeout` exits 124 when it had to stop the start: a hang, never retried.
-        return (f"t=$(date +%s); {bounded} || {{ r=$?; [ $r != 124 ] && [ $(( $(date +%s) - t )) -lt 30 ] "
-                f"&& sleep 3 && {bounded}; }}")
-    return command
-
-
-def service_is_active(facts: MasterFacts, name: str) -> str:
-    if facts.init_system == "systemd":
-        return f"systemctl is-active --quiet {q(name + '.service')}"
-    return f"/etc/init.d/{q(name)} status >/dev/null 2>&1"
-
-
-def server_ready_check(facts: MasterFacts, timeout: int = SERVER_READY_TIMEOUT) -> str:
-    """Exit 0 once port 8140 serves the cert that is on disk and answers HTTP; 1 after `timeout` seconds.
-
-    What every server generation can show: a TLS handshake on 8140 presenting the hostcert on disk
-    (the new one after a regen, the old one after a rollback) and an answer from the CA endpoint
-    (with an environment: Puppet 5's Ruby master answers 400 without one; Puppet Server ignores it).
-    Puppet Server >= 2.6 also has a status API: where it answers, it must say `running` (it says
-    `starting` while services load); a server without it (PE 3.7's, the Ruby `puppet master`)
-    answers 404 there and is judged by the two checks alone. The bound is wall-clock seconds.
-    """
-    return (f"HC={q(facts.hostcert)}; end=$(( $(date +%s) + {int(timeout)} )); why='nothing answered yet'\n"
-            'want=$(openssl x509 -in "$HC" -noout -fingerprint -sha256 2>/dev/null) '
-            '|| { echo "no readable cert at $HC"; exit 1; }\n'
-            'while :; do\n'
-            '  left=$(( end - $(date +%s) )); [ $left -gt 0 ] || break; t=$(( left < 5 ? left : 5 ))\n'
-            f'  got=$(timeout $t openssl s_client -connect 127.0.0.1:8140 -servername {q(facts.certname)} '
-            '</dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256 2>/dev/null)\n'
-            '  if [ -z "$got" ]; then why="no TLS handshake on 8140"\n'
-            '  elif [ "$got" != "$want" ]; then why="8140 presents a cert other than $HC"\n'
-            '  else ca=$(curl -sk --max-time $t -o /dev/null -w "%{http_code}" '
-            '"https://127.0.0.1:8140/puppet-ca/v1/certificate/ca?environment=production")\n'
-            '    if [ "$ca" != 200 ]; then why="the CA endpoint answered HTTP $ca"\n'
-            '    else st=$(curl -sk --max-time $t -w " %{http_code}" https://127.0.0.1:8140/status/v1/simple)\n'
-            '      case "$st" in "running 200") exit 0;; *" 200"|*" 503"|*" 000") why="status API: $st";; '
-            '*) exit 0;; esac\n'
-            '    fi\n'
-            '  fi\n'
-            '  sleep 1\n'
-            'done\n'
-            f'echo "port 8140 not ready after {int(timeout)}s: $why"; exit 1')
-
-
 def cert_files(facts: MasterFacts) -> list[str]:
     """Every file Puppet keeps for the master's own cert."""
     name = f"{facts.certname}.pem"
@@ -150,33 +78,18 @@ def cert_files(facts: MasterFacts) -> list[str]:
             ("certs", "private_keys", "public_keys", "certificate_requests")] + [f"{facts.cadir}/signed/{name}"]
 
 
-def _none_exist(paths: list[str]) -> str:
-    return "for f in " + " ".join(q(p) for p in paths) + '; do [ ! -e "$f" ] || { echo "still there: $f"; exit 1; }; done'
-
-
-def serial_differs(cert: str, old_serial: str) -> str:
-    """Exit 0 only if `cert` is not the cert of serial `old_serial`: THIS run's generate made it
-    (a cert put back by hand, or a run that never got that far, still carries the old serial)."""
-    return (f"S=$(openssl x509 -in {q(cert)} -noout -serial | sed 's/^serial=0*//'); "
-            f"[ -n \"$S\" ] && [ \"$(echo \"$S\" | tr a-f A-F)\" != {q(old_serial.upper() or 'NONE')} ] "
-            f"|| {{ echo \"{cert} still has the old serial {old_serial}\"; exit 1; }}")
-
-
 def old_serial_revoked(facts: MasterFacts) -> str:
     """Exit 0 only if the current cert's serial is in the CA's CRL (the first CRL: the signing CA's)."""
-    serial = facts.cert.serial if facts.cert else "NONE"
-    return (f"openssl crl -in {q(facts.cadir + '/ca_crl.pem')} -noout -text "
-            f"| sed -n 's/^ *Serial Number: *0*//p' | grep -qix {q(serial)} "
-            f"|| {{ echo 'serial {serial} is not in the CRL'; exit 1; }}")
+    return sh.serial_revoked(facts.cadir + "/ca_crl.pem", facts.cert.serial if facts.cert else "NONE")
 
 
 def _service_step(facts: MasterFacts, name: str, ensure: str, timeout: int = SERVER_READY_TIMEOUT) -> Step:
     if ensure == "stopped":
         return Step(f"stop:{name}", f"Stop {name}", service_command(facts, name, "stopped"),
-                    check=f"! {service_is_active(facts, name)}",
+                    check=f"! {sh.is_active(facts, name)}",
                     undo=service_command(facts, name, "running", timeout=timeout))
     return Step(f"start:{name}", f"Start {name}", service_command(facts, name, "running", timeout=timeout),
-                check=service_is_active(facts, name), undo=service_command(facts, name, "stopped"),
+                check=sh.is_active(facts, name), undo=service_command(facts, name, "stopped"),
                 timeout=2 * timeout + 60)
 
 
@@ -187,13 +100,13 @@ def _clean_step(facts: MasterFacts, alt_names: tuple[str, ...]) -> Step:
         # with the master's own client cert, which the CA may already refuse as revoked (or the
         # cert may be gone from an earlier attempt). The clean has worked when the old serial
         # is in the CA's CRL, whatever the exit code; the leftovers are deleted after the stop.
-        command = f"{command} || echo \"(exit $?; the CA's CRL decides)\""
+        command = sh.tolerate_failure(command, "the CA's CRL decides")
         check = old_serial_revoked(facts)
     else:
         # `puppet cert clean` revokes the cert and deletes the cert, key, request and the CA's copy; it
         # leaves public_keys/ (generate overwrites it). Both halves are checked: files gone, serial revoked.
         kept = f"{facts.ssldir}/public_keys/{facts.certname}.pem"
-        check = _none_exist([p for p in cert_files(facts) if p != kept]) + " && " + old_serial_revoked(facts)
+        check = sh.all_of([sh.none_exist([p for p in cert_files(facts) if p != kept]), old_serial_revoked(facts)])
         # generate re-creates the files: then the files half proves nothing (verification checks the CRL).
         return Step("clean", f"Clean the cert of {facts.certname}", command, check, superseded_by=("generate",))
     return Step("clean", f"Clean the cert of {facts.certname}", command, check)
@@ -209,21 +122,20 @@ def _copy_credentials_step(facts: MasterFacts) -> Step | None:
     commands, checks = [], []
     for copy in facts.credential_copies:
         targets = {kind: f"{copy.folder}/{name}.{kind}.pem" for kind in sources}
-        commands += [f"cp {q(sources[kind])} {q(targets[kind])}" for kind in sources]
-        checks += [f"cmp -s {q(sources[kind])} {q(targets[kind])}" for kind in sources]
+        pairs = [(sources[kind], targets[kind]) for kind in sources]
+        commands.append(sh.copy_files(pairs))
+        checks.append(sh.same_files(pairs))
         private = [targets["private_key"]]
         if copy.pk8:
             pk8 = f"{copy.folder}/{name}.private_key.pk8"
             private.append(pk8)
-            commands.append(f"openssl pkcs8 -topk8 -inform PEM -outform DER -in {q(targets['private_key'])} "
-                            f"-out {q(pk8)} -nocrypt")
-            checks.append(f"[ \"$(openssl pkey -inform DER -in {q(pk8)} -pubout)\" = "
-                          f"\"$(openssl x509 -in {q(sources['cert'])} -noout -pubkey)\" ]")
-        commands.append(f"chown -R {q(copy.owner + ':' + copy.owner)} {q(copy.folder)}")
-        commands.append("chmod 600 " + " ".join(q(p) for p in private))
+            commands.append(sh.pkcs8_der(targets["private_key"], pk8))
+            checks.append(sh.pkcs8_matches_cert(pk8, sources["cert"]))
+        commands.append(sh.chown_tree(copy.owner, copy.folder))
+        commands.append(sh.private_files(private))
     folders = ", ".join(c.folder for c in facts.credential_copies)
-    return Step("copy-credentials", f"Copy the new credentials to {folders}", " && ".join(commands),
-                check=" && ".join(checks))
+    return Step("copy-credentials", f"Copy the new credentials to {folders}", sh.all_of(commands),
+                check=sh.all_of(checks))
 
 
 def _mark_superseded(steps: list[Step]) -> list[Step]:
@@ -273,17 +185,16 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout
     if flavor.delete_leftover_files:
         files = cert_files(facts)
         cert_work.append(Step("delete-leftovers", f"Delete what is left of {facts.certname}'s cert files",
-                              "rm -f " + " ".join(q(p) for p in files), check=_none_exist(files),
+                              sh.remove_files(files), check=sh.none_exist(files),
                               superseded_by=("generate",)))
-    cert_work.append(Step("remove-catalog", "Remove the cached catalog", f"rm -f {q(facts.catalog_path)}",
-                          check=f"test ! -e {q(facts.catalog_path)}"))
+    cert_work.append(Step("remove-catalog", "Remove the cached catalog", sh.remove_files([facts.catalog_path]),
+                          check=sh.absent(facts.catalog_path)))
     new_cert = f"{facts.ssldir}/certs/{facts.certname}.pem"
     cert_work.append(Step("generate", f"Generate a new cert for {facts.certname}",
                           fill(flavor.generate, facts, alt_names),
-                          check=" && ".join(f"test -s {q(p)}" for p in
-                                            (new_cert, f"{facts.ssldir}/private_keys/{facts.certname}.pem",
-                                             f"{facts.cadir}/signed/{facts.certname}.pem"))
-                          + " && " + serial_differs(new_cert, facts.cert.serial if facts.cert else "")))
+                          check=sh.all_of([sh.all_nonempty([new_cert, f"{facts.ssldir}/private_keys/{facts.certname}.pem",
+                                                            f"{facts.cadir}/signed/{facts.certname}.pem"]),
+                                           sh.serial_differs(new_cert, facts.cert.serial if facts.cert else "")])))
     copies = _copy_credentials_step(facts)
     if copies:
         cert_work.append(copies)

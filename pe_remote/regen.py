@@ -26,7 +26,7 @@ from pe_remote.journal import Journal, event, new_run_id, parse_journal
 from pe_remote.names import choose_alt_names, sans_to_names
 from pe_remote.plan import SERVER_READY_TIMEOUT, Plan, build_plan
 from pe_remote.render import render_plan
-from pe_remote.shell import q
+from pe_remote.commands.steps import failing_checks
 from pe_remote.restore import ca_changes, ca_changes_command, put_back, start_services_command
 from pe_remote.report import RunReport, StepEntry, utc_now
 from pe_remote.verify import Verification, check_regen, read_verification
@@ -305,7 +305,7 @@ def _continue_unfinished(remote, current: MasterFacts, options: RegenOptions, co
         return RegenResult(journal.facts, plan, "dry-run", commands_run=remote.commands_run)
     if _wait_for_steps_still_running(remote, journal, console):
         # Steps that were still running have ended since discovery read the journal: read it again.
-        journal = parse_journal(journal.remote_path, remote.run(f"cat {q(journal.remote_path)}").stdout)
+        journal = parse_journal(journal.remote_path, remote.run(journal.read_command()).stdout)
     if options.rollback:
         console.confirm(f"Roll back run {journal.run_id}: put the backup back and start the services?")
         with InterruptLatch(console):
@@ -360,8 +360,7 @@ def _recheck_done_steps(remote, plan: Plan, journal: Journal) -> None:
                 if step.key in done and step.check and not done & set(step.superseded_by)]
     if not to_check:
         return
-    script = "\n".join(f"if ( {step.check}\n) >/dev/null 2>&1 </dev/null 9>&-; then :; else echo {q(step.key)}; fi"
-                        for step in to_check)
+    script = failing_checks([(step.key, step.check) for step in to_check])
     missing = set(remote.run(script, check=False).stdout.split())
     gone = [step.title for step in to_check if step.key in missing]
     if gone:

@@ -18,10 +18,13 @@ from pathlib import Path
 
 from pe_remote import lock as master_lock
 from pe_remote.backup import REMOTE_BACKUP_DIR, backup_paths, sha256_file
-from pe_remote.discovery import MasterFacts, parse_cert_info, split_sections
+from pe_remote.commands import backup as commands
+from pe_remote.commands import sections as protocol
+from pe_remote.commands import steps
+from pe_remote.commands.certs import fingerprint, load_cert
+from pe_remote.commands.facts import cert_with_key, read_cert_with_key, read_served_cert, served_cert
+from pe_remote.discovery import MasterFacts
 from pe_remote.errors import BackupError, InputError, RemoteCommandFailed
-from pe_remote.plan import server_ready_check, service_command
-from pe_remote.shell import q
 
 
 @dataclass(frozen=True)
@@ -33,33 +36,21 @@ class RestoreOutcome:
 
 def stop_services_command(facts: MasterFacts) -> str:
     present = {s.name for s in facts.services if s.exists}
-    names = [n for n in facts.flavor.services if n in present]
-    return " && ".join(service_command(facts, n, "stopped") for n in names) or "true"
+    return steps.stop_all(facts, [n for n in facts.flavor.services if n in present])
 
 
 def start_services_command(facts: MasterFacts, names: list[str]) -> str:
-    commands = []
-    for name in facts.flavor.start_order:
-        if name in names:
-            commands.append(service_command(facts, name, "running"))
-            if name == facts.server_service:
-                commands.append(f"( {server_ready_check(facts)} )")  # it ends in `exit`
-    return " && ".join(commands) or "true"
+    return steps.start_all(facts, names)
 
 
 def put_back_command(facts: MasterFacts, tarball: str, sha256: str, suffix: str) -> str:
     """Verify the tarball, move the current SSL folders aside, extract the backup in place."""
-    moves = " && ".join(f"{{ [ ! -e {q(p)} ] || mv {q(p)} {q(p + suffix)}; }}" for p in backup_paths(facts))
-    return (f"echo {q(sha256 + '  ' + tarball)} | sha256sum -c --status "
-            f"|| {{ echo {q(f'backup {tarball} does not match its sha256')}; exit 3; }}; "
-            f"{moves} && tar -xzpf {q(tarball)} -C /")
+    return commands.put_back(backup_paths(facts), tarball, sha256, suffix)
 
 
 def served_cert_command(facts: MasterFacts) -> str:
-    return (f"HC={q(facts.hostcert)}; echo '==> disk <=='; "
-            f"openssl x509 -in \"$HC\" -noout -serial -fingerprint -sha256; echo '==> served <=='; "
-            f"openssl s_client -connect 127.0.0.1:8140 -servername {q(facts.certname)} </dev/null 2>/dev/null "
-            f"| openssl x509 -noout -serial -fingerprint -sha256 2>/dev/null")
+    """The cert on disk and the cert served on 8140 (read with `read_served_and_disk`)."""
+    return cert_with_key("disk", facts.hostcert) + "\n" + served_cert("served", facts.certname)
 
 
 def put_back(remote, facts: MasterFacts, tarball: str, sha256: str, start: list[str], console) -> RestoreOutcome:
@@ -77,9 +68,9 @@ def put_back(remote, facts: MasterFacts, tarball: str, sha256: str, start: list[
         raise
     console.notice(f"  starting {', '.join(start) or 'nothing'} ...")
     remote.run(start_services_command(facts, start))
-    sections = split_sections(remote.run(served_cert_command(facts), check=False).stdout)
-    disk = parse_cert_info(sections.get("disk", []))
-    served = parse_cert_info(sections.get("served", []))
+    sections = protocol.split(remote.run(served_cert_command(facts), check=False).stdout)
+    disk, _ = read_cert_with_key(sections, "disk")
+    served = read_served_cert(sections, "served")
     return RestoreOutcome(tuple(p + suffix for p in backup_paths(facts)),
                           served.sha256 if served else "", disk.sha256 if disk else "")
 
@@ -87,21 +78,8 @@ def put_back(remote, facts: MasterFacts, tarball: str, sha256: str, start: list[
 # --- has the CA moved on since the backup? -----------------------------------------------------
 
 def ca_changes_command(facts: MasterFacts, tarball: str, scratch: str = REMOTE_BACKUP_DIR) -> str:
-    """Compare the CA's serial counter, signed certs and inventory now with the backup's (read-only;
-    scratch files in the root-only state folder, removed again)."""
-    ca = facts.cadir
-    inner = ca.lstrip("/")
-    return (f"T=$(mktemp -d {q(scratch + '/.ca-check.XXXXXX')}) || exit 1; "
-            f"tar -xzf {q(tarball)} -C \"$T\" {q(inner + '/serial')} {q(inner + '/inventory.txt')} 2>/dev/null; "
-            f"tar -tzf {q(tarball)} | awk -v p={q(inner + '/signed/')} "
-            "'index($0, p) == 1 && length($0) > length(p) { print substr($0, length(p) + 1) }' | sort > \"$T/then\"; "
-            f"ls -1 {q(ca + '/signed')} 2>/dev/null | sort > \"$T/now\"; "
-            f"echo '==> serial <=='; cat \"$T\"/{q(inner + '/serial')} 2>/dev/null || echo; cat {q(ca + '/serial')} 2>/dev/null; "
-            "echo '==> signed_added <=='; comm -13 \"$T/then\" \"$T/now\" | head -n 20; "
-            "echo '==> signed_removed <=='; comm -23 \"$T/then\" \"$T/now\" | head -n 20; "
-            f"echo '==> inventory_added <=='; if [ -f \"$T\"/{q(inner + '/inventory.txt')} ]; then "
-            f"sort \"$T\"/{q(inner + '/inventory.txt')} > \"$T/inv-then\"; sort {q(ca + '/inventory.txt')} > \"$T/inv-now\"; "
-            "comm -13 \"$T/inv-then\" \"$T/inv-now\" | head -n 20; fi; rm -rf \"$T\"")
+    """Compare the CA now with the CA in `tarball` (read-only; see commands.backup.ca_changes)."""
+    return commands.ca_changes(facts.cadir, tarball, scratch)
 
 
 def ca_changes(output: str, certname: str) -> list[str]:
@@ -110,7 +88,7 @@ def ca_changes(output: str, certname: str) -> list[str]:
     A regen revokes the old cert (CRL only), and signs one new cert for the certname: the serial
     counter moves by one, the inventory gains a line for the certname, signed/ keeps the same names.
     """
-    sections = split_sections(output)
+    sections = protocol.split(output)
     changes = []
     serials = [line.strip() for line in sections.get("serial", [])]
     if len(serials) == 2 and all(re.fullmatch(r"[0-9A-Fa-f]+", v) for v in serials):
@@ -146,9 +124,6 @@ def expected_sha256(tarball: Path, given: str | None) -> str:
 
 def cert_sha256_in_tarball(tarball: Path, hostcert: str) -> str:
     """sha256 fingerprint (openssl's format) of the master's cert inside the tarball."""
-    from cryptography import x509  # paramiko depends on cryptography
-    from cryptography.hazmat.primitives import hashes
-
     with tarfile.open(tarball) as tar:
         try:
             member = tar.extractfile(hostcert.lstrip("/"))
@@ -156,8 +131,10 @@ def cert_sha256_in_tarball(tarball: Path, hostcert: str) -> str:
             member = None
         if member is None:
             raise InputError(f"{tarball} holds no {hostcert}: it is not an SSL backup of this master")
-        cert = x509.load_pem_x509_certificate(member.read())
-    return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
+        cert = load_cert(member.read())
+    if cert is None:
+        raise InputError(f"{tarball} holds no readable cert at {hostcert}: it is not an SSL backup of this master")
+    return fingerprint(cert)
 
 
 def check_members(tarball: Path, facts: MasterFacts) -> None:
@@ -205,13 +182,13 @@ def check_members(tarball: Path, facts: MasterFacts) -> None:
 def upload_backup(remote, tarball: Path, sha256: str) -> str:
     """Copy the tarball into the master's root-only state folder (0600) and check its sha256 there."""
     target = f"{REMOTE_BACKUP_DIR}/restore-{tarball.name}"
-    remote.run(f"umask 077 && mkdir -p {q(REMOTE_BACKUP_DIR)} && chmod 700 {q(REMOTE_BACKUP_DIR)}")
+    remote.run(commands.private_folder(REMOTE_BACKUP_DIR))
     sftp = remote.sftp()
     with open(tarball, "rb") as fh:
         sftp.putfo(fh, target, file_size=os.path.getsize(tarball), confirm=True)
     sftp.chmod(target, 0o600)
     try:
-        remote.run(f"echo {q(sha256 + '  ' + target)} | sha256sum -c --status")
+        remote.run(commands.sha256_matches(target, sha256))
     except RemoteCommandFailed:
         raise BackupError(f"the uploaded copy {target} does not match sha256 {sha256}") from None
     return target

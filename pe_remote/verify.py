@@ -9,12 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pe_remote.discovery import CertInfo, cert_info_script, key_matches_cert, parse_cert_info, split_sections
+from pe_remote.commands import sections as protocol
+from pe_remote.commands.certs import CertInfo
+from pe_remote.commands.facts import (cert_with_key, crl_file, read_cert_with_key, read_crl_serials, read_inactive,
+                                      read_served_cert, served_cert, service_states)
+from pe_remote.commands.run import exit_status_of
 from pe_remote.errors import VerificationFailed
 from pe_remote.expiry import DEFAULT_WARN_DAYS, Dated, dated_files_command, expiry_problems, read_dates
 from pe_remote.names import san_entries
-from pe_remote.plan import Plan, service_is_active
-from pe_remote.shell import q
+from pe_remote.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -28,35 +31,28 @@ class Verification:
 
 
 def verification_script(facts, services: list[str], *, agent: bool = False) -> str:
-    checks = "; ".join(f"if {service_is_active(facts, n)}; then echo {q(n)} active; "
-                       f"else echo {q(n)} inactive; fi" for n in services)
-    crl = q(f"{facts.cadir}/ca_crl.pem")
-    agent_run = (f'echo "==> agent <=="; {q(facts.puppet)} agent -t --noop --waitforlock 2 '
-                 f'--maxwaitforlock 120 >/dev/null 2>&1; echo "exit=$?"\n') if agent else ""
-    return (
-        f"HC={q(facts.hostcert)}; HK={q(facts.hostprivkey)}\n"
-        f'echo "==> cert <=="; {cert_info_script("HC", "HK")}\n'
-        f'echo "==> served <=="; openssl s_client -connect 127.0.0.1:8140 -servername {q(facts.certname)} '
-        f"</dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256 2>/dev/null\n"
-        f'echo "==> services <=="; {checks or "true"}\n'
-        f'echo "==> crl <=="; openssl crl -in {crl} -noout -text 2>/dev/null | sed -n "s/^ *Serial Number: //p"\n'
-        f"{agent_run}"
-    )
+    """The master's cert and key, the cert served on 8140, the services, the CA's CRL, and with
+    `agent` the exit status of an agent run (--noop) on the master against itself."""
+    parts = [cert_with_key("cert", facts.hostcert, facts.hostprivkey), served_cert("served", facts.certname),
+             service_states("services", facts.init_system, services), crl_file("crl", f"{facts.cadir}/ca_crl.pem")]
+    if agent:
+        parts.append(exit_status_of("agent", [facts.puppet, "agent", "-t", "--noop", "--waitforlock", "2",
+                                              "--maxwaitforlock", "120"]))
+    return "\n".join(parts) + "\n"
 
 
 def read_verification(remote, facts, services: list[str], *, agent: bool = False) -> Verification:
-    sections = split_sections(remote.run(verification_script(facts, services, agent=agent), check=False).stdout)
-    cert = parse_cert_info(sections.get("cert", []))
+    sections = protocol.split(remote.run(verification_script(facts, services, agent=agent), check=False).stdout)
+    cert, key_matches = read_cert_with_key(sections, "cert")
     if cert is None:
         raise VerificationFailed(f"no readable cert at {facts.hostcert}")
-    served = "".join(sections.get("served", [])).partition("=")[2].strip().upper()
-    inactive = tuple(line.split()[0] for line in sections.get("services", []) if line.endswith(" inactive"))
-    revoked = frozenset(line.strip().upper().lstrip("0") or "0" for line in sections.get("crl", []) if line.strip())
+    served = read_served_cert(sections, "served")
     agent_exit = None
-    for line in sections.get("agent", []):
-        if line.startswith("exit="):
-            agent_exit = int(line[5:])
-    return Verification(cert, served, key_matches_cert(sections.get("cert", [])), inactive, revoked, agent_exit)
+    if agent:
+        values = [line.strip() for line in sections.get("agent", []) if line.strip().isdigit()]
+        agent_exit = int(values[0]) if values else -1
+    return Verification(cert, served.sha256 if served else "", key_matches, read_inactive(sections, "services"),
+                        read_crl_serials(sections, "crl"), agent_exit)
 
 
 def _serial_value(serial: str) -> int:

@@ -324,7 +324,8 @@ def test_local_backup_dir_is_a_safe_single_component(tmp_path, label, expected):
 
 # --- verify.check_regen -----------------------------------------------------------------------
 
-PLAN = build_plan(RECORDED, ALT)
+# The checks below read "2" as the old serial (the recorded master's is 1).
+PLAN = build_plan(dataclasses.replace(RECORDED, cert=dataclasses.replace(RECORDED.cert, serial="2")), ALT)
 NEW_SHA = "AA:" * 31 + "AA"
 
 
@@ -332,7 +333,7 @@ def good_result(**cert_changes) -> Verification:
     cert = CertInfo(serial="3", subject=RECORDED.cert.subject, issuer=RECORDED.cert.issuer,
                     not_after="Nov 23 05:37:26 2046 GMT", sha256=NEW_SHA, sans=PLAN.expected_sans)
     return Verification(dataclasses.replace(cert, **cert_changes), NEW_SHA, True, (),
-                        revoked_serials=frozenset({RECORDED.cert.serial}), agent_exit=2)
+                        revoked_serials=frozenset({PLAN.facts.cert.serial}), agent_exit=2)
 
 
 def test_matching_result_has_no_problems():
@@ -341,7 +342,7 @@ def test_matching_result_has_no_problems():
 
 def test_old_serial_missing_from_the_crl_is_a_problem():
     problems = check_regen(PLAN, dataclasses.replace(good_result(), revoked_serials=frozenset({"7"})))
-    assert problems == [f"the old serial {RECORDED.cert.serial} is not in the CA's CRL"]
+    assert problems == [f"the old serial {PLAN.facts.cert.serial} is not in the CA's CRL"]
 
 
 @pytest.mark.parametrize("code", [1, 4, 6])
@@ -398,7 +399,7 @@ def test_nothing_on_8140():
 
 
 def test_8140_not_checked_when_the_server_was_left_stopped():
-    facts = dataclasses.replace(RECORDED, services=tuple(
+    facts = dataclasses.replace(PLAN.facts, services=tuple(
         dataclasses.replace(s, active=False, state="inactive") if s.name == "puppetserver" else s
         for s in RECORDED.services))
     plan = build_plan(facts, ALT)
@@ -423,10 +424,27 @@ class ScriptedRemote:
         return CommandResult(command, 0, self.stdout, "")
 
 
+def _recorded_section(name: str) -> str:
+    """Section `name` of the recorded discovery output, marker included."""
+    text = (DATA / "discovery-oss7.txt").read_text()
+    body = text.split(f"==> {name} <==\n")[1]
+    return f"==> {name} <==\n" + (body[:body.index("==> ")] if "==> " in body else body)
+
+
+def _served(pem_source: str) -> str:
+    """A `served` section as the script sends it: s_client's output (here: just the PEM), base64."""
+    import base64
+
+    from pe_remote.commands import sections as protocol
+
+    pem = protocol.decoded(protocol.split(_recorded_section(pem_source))[pem_source])
+    noise = b"CONNECTED(00000003)\n---\nServer certificate\n" + pem + b"---\nNo client certificate CA names sent\n"
+    return "==> served <==\n" + base64.encodebytes(noise).decode()
+
+
 def test_read_verification_parses_the_script_output():
-    cert_lines = (DATA / "discovery-oss7.txt").read_text().split("==> cert <==\n")[1]
-    output = (f"==> cert <==\n{cert_lines}==> served <==\nsha256 Fingerprint={RECORDED.cert.sha256}\n"
-              "==> services <==\npuppet active\npuppetserver inactive\n")
+    output = (_recorded_section("cert") + _recorded_section("cert_key") + _served("cert")
+              + "==> services <==\npuppet active\npuppetserver inactive\n")
     remote = ScriptedRemote(output)
     result = read_verification(remote, PLAN.facts, PLAN.facts.running_services)
     assert remote.commands == [verification_script(PLAN.facts, PLAN.facts.running_services)]
@@ -434,6 +452,14 @@ def test_read_verification_parses_the_script_output():
     assert result.served_sha256 == RECORDED.cert.sha256
     assert result.key_matches is True
     assert result.inactive_services == ("puppetserver",)
+
+
+def test_read_verification_sees_another_cert_served():
+    # 8140 presenting the CA's cert (first in the bundle) instead of the master's.
+    output = _recorded_section("cert") + _served("ca_cert") + "==> services <==\npuppet active\n"
+    result = read_verification(ScriptedRemote(output), PLAN.facts, ["puppet"])
+    assert result.served_sha256 and result.served_sha256 != RECORDED.cert.sha256
+    assert result.key_matches is False  # no key section: not a match
 
 
 def test_read_verification_without_a_cert_fails():
@@ -452,16 +478,28 @@ def test_verification_script_asks_only_about_running_services():
     assert "'puppet.service'" not in script and " puppet.service" not in script
 
 
-def test_read_verification_parses_crl_serials_and_the_agent_run():
-    cert_lines = (DATA / "discovery-oss7.txt").read_text().split("==> cert <==\n")[1]
-    output = (f"==> cert <==\n{cert_lines}==> served <==\nsha256 Fingerprint={RECORDED.cert.sha256}\n"
-              "==> services <==\npuppet active\n==> crl <==\n01\n0A\n==> agent <==\nexit=2\n")
+def test_read_verification_parses_crl_serials_and_the_agent_run(tmp_path):
+    import base64
+
+    from test_unit_flavors_plan import _write_crl
+
+    _write_crl(tmp_path / "crl.pem", [1, 10])
+    crl = base64.encodebytes((tmp_path / "crl.pem").read_bytes()).decode()
+    output = (_recorded_section("cert") + _served("cert") + "==> services <==\npuppet active\n"
+              + f"==> crl <==\n{crl}==> agent <==\n2\n")
     remote = ScriptedRemote(output)
     result = read_verification(remote, PLAN.facts, ["puppet"], agent=True)
     assert result.revoked_serials == frozenset({"1", "A"})
     assert result.agent_exit == 2
     assert "agent -t --noop" in remote.commands[0]
     assert "agent -t" not in verification_script(PLAN.facts, ["puppet"], agent=False)
+
+
+def test_an_agent_run_that_reported_nothing_is_a_failure():
+    output = _recorded_section("cert") + _served("cert") + "==> agent <==\n"
+    result = read_verification(ScriptedRemote(output), PLAN.facts, [], agent=True)
+    assert result.agent_exit == -1
+    assert any("agent run" in p for p in check_regen(PLAN, result))
 
 
 def test_a_new_serial_below_the_old_one_is_a_damaged_counter():

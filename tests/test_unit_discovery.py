@@ -10,8 +10,9 @@ from fabric import Config, Connection
 from fabric.testing.fixtures import remote  # noqa: F401  (pytest fixture)
 
 from pe_remote.connection import Remote
-from pe_remote.discovery import (SETTINGS, CertInfo, ServiceState, discover, discovery_script, key_matches_cert,
-                                 parse_cert_info, parse_discovery, split_sections)
+from pe_remote.commands import sections as protocol
+from pe_remote.commands.facts import read_cert_with_key
+from pe_remote.discovery import SETTINGS, ServiceState, discover, discovery_script, parse_discovery
 from pe_remote.errors import DiscoveryError, Refused
 from pe_remote.flavors import PE37, PUPPET6
 from pe_remote.inventory import Target
@@ -31,12 +32,12 @@ def sub(text: str, old: str, new: str) -> str:
 
 def set_setting(text: str, name: str, value: str) -> str:
     line = next(line for line in text.splitlines() if line.startswith(f"{name} = "))
-    return sub(text, line + "\n", f"{name} = {value}\n")
+    return sub(text, "\n" + line + "\n", f"\n{name} = {value}\n")
 
 
 def drop_setting(text: str, name: str) -> str:
     line = next(line for line in text.splitlines() if line.startswith(f"{name} = "))
-    return sub(text, line + "\n", "")
+    return sub(text, "\n" + line + "\n", "\n")
 
 
 def pe37_variant(text: str = OSS7) -> str:
@@ -54,7 +55,7 @@ def pe37_variant(text: str = OSS7) -> str:
     text = set_setting(text, "client_datadir", "/var/opt/lib/pe-puppet/client_data")
     text = set_setting(text, "hostcert", f"/etc/puppetlabs/puppet/ssl/certs/{CERTNAME}.pem")
     text = set_setting(text, "hostprivkey", f"/etc/puppetlabs/puppet/ssl/private_keys/{CERTNAME}.pem")
-    return text
+    return sub(text, "==> listener <==\nunit=puppetserver\n", "==> listener <==\nunit=pe-puppetserver\n")
 
 
 # --- the recorded Puppet 7 master --------------------------------------------------------------
@@ -102,30 +103,43 @@ def test_recorded_oss7_services(facts):
 def test_recorded_oss7_cert(facts):
     cert = facts.cert
     assert cert is not None
-    # NB: the recording prints serial=02 (the brief expected '1'); leading zeros are stripped.
-    assert cert.serial == "2"
+    # The values `openssl x509 -noout -serial -subject -issuer -enddate -fingerprint -sha256 -nameopt RFC2253`
+    # and `openssl pkey -pubin -outform DER | sha256sum` print for the recorded cert (OpenSSL 3.0).
+    assert cert.serial == "1"  # serial=01: leading zeros are stripped
     assert cert.subject == f"CN={CERTNAME}"
     assert cert.issuer == f"CN=Puppet CA: {CERTNAME}"
-    assert cert.not_after == "Nov 23 05:37:26 2041 GMT"
-    assert cert.sha256.startswith("3E:34:B0:D3")
-    assert len(cert.sha256.split(":")) == 32
+    assert cert.not_after == "Nov 30 13:26:01 2041 GMT"
+    assert cert.sha256 == ("20:91:93:A5:8C:2E:05:71:AB:AD:6E:B3:8B:BB:6A:AD:C2:A1:09:80:86:E8:88:8F:15:74:A4:F0:"
+                           "AA:74:88:F8")
     assert cert.sans == frozenset({f"DNS:{CERTNAME}", "DNS:puppet", "DNS:puppet.pe-remote.test"})
-    assert len(cert.sans) == 3
-    assert cert.pubkey_sha256 == "5894591d9567df4b6c571c93f0fe1023b8b9d3458f6e0837f9ea975f9100a28a"
+    assert cert.pubkey_sha256 == "2c4a53fd4bfd6fa13318015f3583c82e399c4b578fdcfb422a0dc3639ff7c1dd"
 
 
 def test_recorded_oss7_key_matches_cert():
-    assert key_matches_cert(split_sections(OSS7)["cert"]) is True
+    assert read_cert_with_key(protocol.split(OSS7), "cert")[1] is True
+
+
+def _with_key_section(text: str, lines: list[str]) -> str:
+    head, _, rest = text.partition("==> cert_key <==\n")
+    tail = rest[rest.index("==> ") if "==> " in rest else len(rest):]
+    return head + "==> cert_key <==\n" + "".join(line + "\n" for line in lines) + tail
 
 
 def test_key_mismatch_is_detected():
-    text = sub(OSS7, "keypub=5894591d", "keypub=0000591d")
-    assert key_matches_cert(split_sections(text)["cert"]) is False
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    text = _with_key_section(OSS7, [base64.b64encode(other).decode()])
+    assert read_cert_with_key(protocol.split(text), "cert")[1] is False
 
 
 def test_key_missing_is_not_a_match():
-    text = sub(OSS7, "keypub=5894591d9567df4b6c571c93f0fe1023b8b9d3458f6e0837f9ea975f9100a28a\n", "")
-    assert key_matches_cert(split_sections(text)["cert"]) is False
+    text = _with_key_section(OSS7, [])
+    assert read_cert_with_key(protocol.split(text), "cert")[1] is False
 
 
 def test_settings_raw_keeps_every_setting(facts):
@@ -133,7 +147,7 @@ def test_settings_raw_keeps_every_setting(facts):
 
 
 def test_split_sections_ignores_text_before_the_first_marker():
-    sections = split_sections("motd noise\n==> a <==\n1\n==> b <==\n==> c <==\nx\ny\n")
+    sections = protocol.split("motd noise\n==> a <==\n1\n==> b <==\n==> c <==\nx\ny\n")
     assert sections == {"a": ["1"], "b": [], "c": ["x", "y"]}
 
 
@@ -161,7 +175,8 @@ def test_pe37_is_detected(text):
 
 @pytest.mark.skipif(not PE37_FILE.exists(), reason="tests/data/discovery-pe37.txt not recorded")
 def test_recorded_pe37_cert_serial():
-    assert parse_discovery(PE37_FILE.read_text()).cert.serial == "1"
+    # Puppet 3/5's CA signs its own cert first (serial 1), the master's next.
+    assert parse_discovery(PE37_FILE.read_text()).cert.serial == "2"
 
 
 def test_derived_pe37_has_no_puppetserver_binary():
@@ -294,16 +309,6 @@ def test_inactive_and_failed_services():
     facts = parse_discovery(text)
     assert facts.service("puppet") == ServiceState("puppet", True, False, "inactive")
     assert facts.service("puppetserver") == ServiceState("puppetserver", True, False, "failed")
-
-
-def test_parse_cert_info_without_serial_is_none():
-    assert parse_cert_info(["subject=CN=x", "garbage"]) is None
-
-
-def test_parse_cert_info_openssl_1_1_fingerprint_spelling():
-    info = parse_cert_info(["serial=0A", "SHA256 Fingerprint=ab:cd", "sans=DNS:a, IP Address:10.0.0.1"])
-    assert info == CertInfo(serial="A", subject="", issuer="", not_after="", sha256="AB:CD",
-                            sans=frozenset({"DNS:a", "IP Address:10.0.0.1"}))
 
 
 # --- discover() through a real fabric Connection on fabric.testing's doubles -------------------

@@ -78,7 +78,8 @@ def test_a_hostcert_outside_the_ssldir_is_refused():
 
 @pytest.mark.parametrize("line", ["free_kb=\n", "free_kb=n/a\n", ""])
 def test_a_missing_free_space_answer_is_an_error_not_zero(line):
-    text = sub(OSS7, "free_kb=51200000\n", line)
+    recorded = next(n for n in OSS7.splitlines() if n.startswith("free_kb="))
+    text = sub(OSS7, recorded + "\n", line)
     with pytest.raises(DiscoveryError, match="free space"):
         parse_discovery(text)
 

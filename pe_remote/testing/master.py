@@ -21,7 +21,6 @@ import os
 # module is imported only when a staging master is asked for.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
-import shlex
 import socket
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import docker
 import paramiko
 from testcontainers.core.container import DockerContainer
 
+from pe_remote.commands.shell import join
 from pe_remote.testing.images import ensure_image
 
 CERTNAME = "master.pe-remote.test"
@@ -185,9 +185,8 @@ class StagingMaster:
 
     def ssl_checksums(self) -> str:
         """sha256 of every file under the ssldir, cadir and credential copies, for before/after comparisons."""
-        dirs = " ".join(shlex.quote(d) for d in
-                        dict.fromkeys((self.flavor.ssldir, self.flavor.cadir, *self.flavor.credential_dirs)))
-        return self.check(f"find -L {dirs} -type f -print0 | sort -z | xargs -0 sha256sum")
+        dirs = list(dict.fromkeys((self.flavor.ssldir, self.flavor.cadir, *self.flavor.credential_dirs)))
+        return self.check(join(["find", "-L", *dirs, "-type", "f", "-print0"]) + " | sort -z | xargs -0 sha256sum")
 
     def agent_run(self, timeout: float = 180) -> tuple[int, str]:
         """`puppet agent -t` on the master against itself, waiting while another run holds the lock."""
@@ -268,7 +267,7 @@ def serving_check(master: StagingMaster) -> str:
     Puppet Server 7/8. Puppet 5.5's CA endpoint wants an `environment` parameter (400 without
     it); Puppet Server ignores it.
     """
-    hostcert = shlex.quote(master.flavor.hostcert(master.certname))
+    hostcert = join([master.flavor.hostcert(master.certname)])
     return (
         f"disk=$(openssl x509 -in {hostcert} -noout -fingerprint -sha256 2>/dev/null) && [ -n \"$disk\" ] && "
         f"served=$(timeout 10 openssl s_client -connect 127.0.0.1:8140 -servername {master.certname} </dev/null "

@@ -1,0 +1,80 @@
+"""The backup's commands: make the tarball (streamed or to a file), check it, put it back, and
+compare the CA now with the CA in a backup."""
+
+from __future__ import annotations
+
+import posixpath
+
+from pe_remote.commands.sections import mark
+from pe_remote.commands.shell import q
+
+
+def _members(paths: list[str]) -> str:
+    # Stored relative to / so that `tar -xzf FILE -C /` restores them in place.
+    return " ".join(q(p.lstrip("/")) for p in paths)
+
+
+def _private_folder(path: str) -> str:
+    folder = q(posixpath.dirname(path))
+    return f"umask 077 && mkdir -p {folder} && chmod 700 {folder}"
+
+
+def private_folder(folder: str) -> str:
+    """Shell that makes `folder` (root-only) if it is not there."""
+    return f"umask 077 && mkdir -p {q(folder)} && chmod 700 {q(folder)}"
+
+
+def create_tarball(paths: list[str], remote_path: str) -> str:
+    """Make the tarball atomically (umask 077, temp name, rename) and print its sha256 and size."""
+    target, partial = q(remote_path), q(remote_path + ".partial")
+    return (f"{_private_folder(remote_path)} && tar -czf {partial} -C / {_members(paths)} && mv {partial} {target} && "
+            f"sha256sum {target} && stat -c %s {target}")
+
+
+def stream_tarball(paths: list[str], remote_path: str) -> str:
+    """The streamed form of `create_tarball`: one remote command, one tar.
+
+    `tar -czf -` goes through `tee` into `<remote_path>.partial` AND to stdout (the workstation's
+    copy). tar's exit status is kept in `<remote_path>.rc` (a pipeline's status is tee's); only when
+    tar and tee both succeeded is the master's copy renamed into place, and its sha256 and size are
+    printed on stderr, after all the data. On failure the partial file is removed and it exits 1.
+    """
+    target, partial, rc = q(remote_path), q(remote_path + ".partial"), q(remote_path + ".rc")
+    return (f"{_private_folder(remote_path)} && "
+            f"{{ tar -czf - -C / {_members(paths)}; echo $? >{rc}; }} | tee {partial} && "
+            f"[ \"$(cat {rc})\" = 0 ] && rm -f {rc} && mv {partial} {target} && "
+            f"sha256sum {target} >&2 && stat -c %s {target} >&2 || "
+            f"{{ echo \"pe-remote: the backup was not made (tar exit status $(cat {rc} 2>/dev/null || echo none))\" >&2; "
+            f"rm -f {partial} {rc}; exit 1; }}")
+
+
+def sha256_matches(path: str, sha256: str) -> str:
+    """Exit 0 only if the file's sha256 is `sha256`."""
+    return f"echo {q(sha256 + '  ' + path)} | sha256sum -c --status"
+
+
+def put_back(paths: list[str], tarball: str, sha256: str, suffix: str) -> str:
+    """Verify the tarball, move the current folders aside (`path + suffix`), extract the backup in place."""
+    moves = " && ".join(f"{{ [ ! -e {q(p)} ] || mv {q(p)} {q(p + suffix)}; }}" for p in paths)
+    return (f"{sha256_matches(tarball, sha256)} "
+            f"|| {{ echo {q(f'backup {tarball} does not match its sha256')}; exit 3; }}; "
+            f"{moves} && tar -xzpf {q(tarball)} -C /")
+
+
+def ca_changes(cadir: str, tarball: str, scratch: str) -> str:
+    """Compare the CA's serial counter, signed certs and inventory now with the backup's (read-only;
+    scratch files in `scratch`, removed again). Sections: serial (then, now), signed_added,
+    signed_removed, inventory_added."""
+    inner = cadir.lstrip("/")
+    then_serial, then_inventory = q(inner + "/serial"), q(inner + "/inventory.txt")
+    return (f"T=$(mktemp -d {q(scratch + '/.ca-check.XXXXXX')}) || exit 1; "
+            f"tar -xzf {q(tarball)} -C \"$T\" {then_serial} {then_inventory} 2>/dev/null; "
+            f"tar -tzf {q(tarball)} | awk -v p={q(inner + '/signed/')} "
+            "'index($0, p) == 1 && length($0) > length(p) { print substr($0, length(p) + 1) }' | sort > \"$T/then\"; "
+            f"ls -1 {q(cadir + '/signed')} 2>/dev/null | sort > \"$T/now\"; "
+            f"{mark('serial')}; cat \"$T\"/{then_serial} 2>/dev/null || echo; cat {q(cadir + '/serial')} 2>/dev/null; "
+            f"{mark('signed_added')}; comm -13 \"$T/then\" \"$T/now\" | head -n 20; "
+            f"{mark('signed_removed')}; comm -23 \"$T/then\" \"$T/now\" | head -n 20; "
+            f"{mark('inventory_added')}; if [ -f \"$T\"/{then_inventory} ]; then "
+            f"sort \"$T\"/{then_inventory} > \"$T/inv-then\"; sort {q(cadir + '/inventory.txt')} > \"$T/inv-now\"; "
+            "comm -13 \"$T/inv-then\" \"$T/inv-now\" | head -n 20; fi; rm -rf \"$T\"")

@@ -1,0 +1,132 @@
+"""Certificates, public keys and CRLs, parsed here from their PEM bytes with `cryptography`
+(installed with paramiko), never by scraping `openssl -text` on the master: that text differs
+between OpenSSL 1.0, 1.1 and 3 (IPv6 addresses, field names, spacing)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.S)
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """What a certificate says."""
+
+    serial: str  # upper-case hex, no leading zeros
+    subject: str  # RFC 4514
+    issuer: str
+    not_after: str  # as openssl prints it: "Nov 24 00:38:59 2041 GMT"
+    sha256: str  # colon-separated upper-case hex, as `openssl x509 -fingerprint -sha256` prints it
+    sans: frozenset[str]  # "DNS:name", "IP:address" (canonical form)
+    pubkey_sha256: str = ""  # sha256 hex of the SubjectPublicKeyInfo (DER)
+
+
+def pem_blocks(data: bytes, kind: bytes = b"CERTIFICATE") -> list[bytes]:
+    return [m.group(0) for m in _PEM_BLOCK.finditer(data) if m.group(1) == kind]
+
+
+def serial_text(number: int) -> str:
+    return f"{number:X}"
+
+
+def fingerprint(cert) -> str:
+    from cryptography.hazmat.primitives import hashes
+
+    return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
+
+
+def _spki_sha256(public_key) -> str:
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def san_entry_of(general_name) -> str | None:
+    from cryptography import x509
+
+    if isinstance(general_name, x509.DNSName):
+        return f"DNS:{general_name.value}"
+    if isinstance(general_name, x509.IPAddress):
+        return f"IP:{general_name.value}"
+    return None
+
+
+def normalize_san(entry: str) -> str:
+    """A SAN entry in this module's form, also from openssl's text ("IP Address:0:0:0:0:0:0:0:1")."""
+    kind, _, value = entry.partition(":")
+    if kind.strip() in ("IP", "IP Address"):
+        try:
+            return f"IP:{ipaddress.ip_address(value.strip())}"
+        except ValueError:
+            return entry
+    return entry.strip()
+
+
+def load_cert(data: bytes):
+    """The first certificate in `data` (PEM), or None."""
+    from cryptography import x509
+
+    for block in pem_blocks(data):
+        try:
+            return x509.load_pem_x509_certificate(block)
+        except ValueError:
+            continue
+    return None
+
+
+def cert_info(cert) -> CertInfo:
+    from cryptography import x509
+
+    try:
+        extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        sans = frozenset(e for e in map(san_entry_of, extension.value) if e)
+    except x509.ExtensionNotFound:
+        sans = frozenset()
+    ends = cert.not_valid_after_utc
+    return CertInfo(serial=serial_text(cert.serial_number), subject=cert.subject.rfc4514_string(),
+                    issuer=cert.issuer.rfc4514_string(),
+                    not_after=f"{ends:%b} {ends.day:2d} {ends:%H:%M:%S %Y} GMT",
+                    sha256=fingerprint(cert), sans=sans, pubkey_sha256=_spki_sha256(cert.public_key()))
+
+
+def read_cert(data: bytes) -> CertInfo | None:
+    cert = load_cert(data)
+    return cert_info(cert) if cert is not None else None
+
+
+def public_key_sha256(data: bytes) -> str:
+    """sha256 of the public key in `data` (PEM `PUBLIC KEY`), "" when there is none."""
+    from cryptography.hazmat.primitives import serialization
+
+    for block in pem_blocks(data, b"PUBLIC KEY"):
+        try:
+            return _spki_sha256(serialization.load_pem_public_key(block))
+        except ValueError:
+            continue
+    return ""
+
+
+def crl_serials(data: bytes) -> frozenset[str] | None:
+    """The serials the first CRL in `data` revokes (None: no readable CRL)."""
+    from cryptography import x509
+
+    for block in pem_blocks(data, b"X509 CRL"):
+        try:
+            crl = x509.load_pem_x509_crl(block)
+        except ValueError:
+            continue
+        return frozenset(serial_text(entry.serial_number) for entry in crl)
+    return None
+
+
+def common_name(name) -> str:
+    from cryptography.x509.oid import NameOID
+
+    values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(values[0].value) if values else name.rfc4514_string()

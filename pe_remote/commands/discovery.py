@@ -1,0 +1,73 @@
+"""The discovery script: one read-only remote command (POSIX sh) whose sections describe the master.
+`pe_remote.discovery.parse_discovery` reads them back."""
+
+from __future__ import annotations
+
+from pe_remote.commands.facts import cert_with_key_from
+from pe_remote.commands.sections import marker
+from pe_remote.commands.shell import q
+from pe_remote.flavors import ALL_SERVICES, COPY_DIRS, MONOLITHIC_DIRS, PE_VERSION_FILES, PUPPET_PATHS, \
+    PUPPETSERVER_PATHS
+
+# Where backups and run journals live on the master (root-only).
+REMOTE_STATE_DIR = "/root/pe-remote-backups"
+SETTINGS = ("cadir", "certname", "client_datadir", "dns_alt_names", "hostcert", "hostprivkey", "ssldir")
+
+
+def _words(values) -> str:
+    return " ".join(q(v) for v in values)
+
+
+def discovery_script() -> str:
+    """The single remote command discovery runs (reads, never writes)."""
+    state_dir = q(REMOTE_STATE_DIR)
+    sec = marker("SECTION").replace("SECTION", "%s")
+    return f"""exec 2>&1
+sec() {{ printf '{sec}\\n' "$1"; }}
+sec id; id -u; hostname
+sec init; if [ -d /run/systemd/system ]; then echo systemd; else echo sysv; fi
+P=; for p in {_words(PUPPET_PATHS)}; do if [ -x "$p" ]; then P=$p; break; fi; done
+S=; for p in {_words(PUPPETSERVER_PATHS)}; do if [ -x "$p" ]; then S=$p; break; fi; done
+sec binaries; echo "puppet=$P"; echo "puppetserver=$S"
+sec pe_version; PE=; for f in {_words(PE_VERSION_FILES)}; do [ -f "$f" ] && PE=$(head -c 64 "$f") && echo "$PE" && break; done
+[ -n "$P" ] || exit 0
+# The PE marker decides the generation; only open-source Puppet pays a second Ruby start for it.
+sec puppet_version; V=; [ -n "$PE" ] || V=$("$P" --version 2>&1); echo "$V"
+# The master's settings section: [master] up to Puppet 5 (PE 2018.1), [server] from Puppet 6 on.
+SEC=server; case "$PE" in 3.*|2015.*|2016.*|2017.*|2018.*) SEC=master;; esac
+[ -n "$PE" ] || case "$V" in [0-5].*) SEC=master;; esac
+# The cached catalog is the agent's: its client_datadir may differ from the master section's (Debian's
+# Puppet 5 sets vardir per section). Both settings lookups run at once (one Ruby start's wall time).
+sec settings; CFG=$( ( "$P" config print client_datadir --section agent 2>/dev/null \\
+  | sed -n 's|^/|agent_client_datadir = /|p' ) &
+  "$P" config print {" ".join(SETTINGS)} --section $SEC 2>/dev/null; wait); echo "$CFG"
+get() {{ printf "%s\\n" "$CFG" | sed -n "s/^$1 = //p"; }}
+HC=$(get hostcert); HK=$(get hostprivkey); CA=$(get cadir)
+sec ca_key; if [ -f "$CA/ca_key.pem" ]; then echo present; else echo absent; fi
+sec ca_cert; [ ! -f "$CA/ca_crt.pem" ] || base64 < "$CA/ca_crt.pem"
+sec services
+for s in {_words(ALL_SERVICES)}; do
+  if [ -d /run/systemd/system ]; then
+    # A name that is only an alias of another unit (Debian's puppetmaster -> puppet-master) is not a service of its own.
+    if systemctl cat "$s.service" >/dev/null 2>&1 && [ "$(systemctl show -p Id "$s.service" 2>/dev/null)" = "Id=$s.service" ]
+    then echo "$s $(systemctl is-active "$s.service")"; else echo "$s absent"; fi
+  elif [ -x "/etc/init.d/$s" ]; then
+    if "/etc/init.d/$s" status >/dev/null 2>&1; then echo "$s active"; else echo "$s inactive"; fi
+  else echo "$s absent"; fi
+done
+sec dirs; for d in {_words((*MONOLITHIC_DIRS, *COPY_DIRS))}; do [ -d "$d" ] && echo "$d"; done
+# Which service's process listens on 8140 (cross-checks the detected generation).
+sec listener; if command -v ss >/dev/null 2>&1; then
+  L=$(ss -Htlnp 'sport = :8140' 2>/dev/null); LP=$(printf "%s\\n" "$L" | sed -n 's/.*pid=\\([0-9]*\\).*/\\1/p' | head -n1)
+  if [ -n "$LP" ]; then sed -n 's#.*/\\([^/]*\\)\\.service$#unit=\\1#p' "/proc/$LP/cgroup" 2>/dev/null | head -n1
+  elif [ -n "$L" ]; then echo unit=?; else echo unit=; fi
+else echo unit=?; fi
+sec space; SSL=$(get ssldir)
+echo "ssl_kb=$(du -skc "$SSL" "$CA" 2>/dev/null | tail -n1 | cut -f1)"
+B={state_dir}; [ -d "$B" ] || B=$(dirname "$B")
+echo "free_kb=$(df -Pk "$B" | tail -n1 | awk '{{print $4}}')"
+# Runs that did not finish: one `journal PATH` section each, the journal base64-encoded.
+for j in {state_dir}/*.journal; do [ -f "$j" ] || continue
+  tail -n1 "$j" | grep -q '"event": "finished"' || {{ printf '{marker("journal", "%s")}\\n' "$j"; base64 < "$j"; }}; done
+{cert_with_key_from("cert", "HC", "HK")}
+"""

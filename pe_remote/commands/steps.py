@@ -1,0 +1,176 @@
+"""The commands and checks of the plan's steps, and the service commands rollback and restore share.
+
+Every function returns shell for `sh` on the master; every value is quoted here. What runs when,
+and why, is plan.py's business.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pe_remote.commands.facts import service_is_active
+from pe_remote.commands.shell import join, q
+from pe_remote.names import is_ip_address
+
+if TYPE_CHECKING:
+    from pe_remote.discovery import MasterFacts
+
+SERVER_READY_TIMEOUT = 300  # seconds puppetserver may take to answer after a start
+
+
+def fill(template: tuple[str, ...], facts: MasterFacts, alt_names: tuple[str, ...]) -> str:
+    """Fill an argv template from the flavor table and quote every word."""
+    values = {
+        "puppet": facts.puppet,
+        "puppetserver": facts.puppetserver or "puppetserver",
+        "certname": facts.certname,
+        # puppetserver-ca-cli reads an unprefixed name as DNS: an IP must say so.
+        "alt_names": ",".join(f"IP:{n}" if facts.flavor.ip_alt_names and is_ip_address(n) else n
+                              for n in alt_names),
+    }
+    words = [word.format(**values) for word in template]
+    if not alt_names:
+        # No alt names: drop the flag and its value rather than pass an empty list.
+        words = [w for w in words if not w.startswith("--dns_alt_names")]
+        if "--subject-alt-names" in words:
+            at = words.index("--subject-alt-names")
+            del words[at:at + 2]
+    return join(words)
+
+
+def service_command(facts: MasterFacts, name: str, ensure: str, *, timeout: int = SERVER_READY_TIMEOUT) -> str:
+    command = join([facts.puppet, "resource", "service", name, f"ensure={ensure}"])
+    if ensure == "running":
+        # A start is bounded by `timeout` seconds: a server that never comes up (Puppet Server with a
+        # key it cannot use keeps "activating" until systemd's own limit) fails the step, and the run
+        # is rolled back, instead of waiting twice systemd's limit. One retry, only after a QUICK
+        # failure: a start can fail transiently on a loaded master (Debian's puppetserver unit races
+        # its own privilege drop); a real failure fails twice and the step's check says so.
+        bounded = f"timeout {int(timeout)} {command}"
+        # `timeout` exits 124 when it had to stop the start: a hang, never retried.
+        return (f"t=$(date +%s); {bounded} || {{ r=$?; [ $r != 124 ] && [ $(( $(date +%s) - t )) -lt 30 ] "
+                f"&& sleep 3 && {bounded}; }}")
+    return command
+
+
+def is_active(facts: MasterFacts, name: str) -> str:
+    return service_is_active(facts.init_system, name)
+
+
+def server_ready_check(facts: MasterFacts, timeout: int = SERVER_READY_TIMEOUT) -> str:
+    """Exit 0 once port 8140 serves the cert that is on disk and answers HTTP; 1 after `timeout` seconds.
+
+    What every server generation can show: a TLS handshake on 8140 presenting the hostcert on disk
+    (the new one after a regen, the old one after a rollback) and an answer from the CA endpoint
+    (with an environment: Puppet 5's Ruby master answers 400 without one; Puppet Server ignores it).
+    Puppet Server >= 2.6 also has a status API: where it answers, it must say `running` (it says
+    `starting` while services load); a server without it (PE 3.7's, the Ruby `puppet master`)
+    answers 404 there and is judged by the two checks alone. The bound is wall-clock seconds.
+    """
+    return (f"HC={q(facts.hostcert)}; end=$(( $(date +%s) + {int(timeout)} )); why='nothing answered yet'\n"
+            'want=$(openssl x509 -in "$HC" -noout -fingerprint -sha256 2>/dev/null) '
+            '|| { echo "no readable cert at $HC"; exit 1; }\n'
+            'while :; do\n'
+            '  left=$(( end - $(date +%s) )); [ $left -gt 0 ] || break; t=$(( left < 5 ? left : 5 ))\n'
+            f'  got=$(timeout $t openssl s_client -connect 127.0.0.1:8140 -servername {q(facts.certname)} '
+            '</dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256 2>/dev/null)\n'
+            '  if [ -z "$got" ]; then why="no TLS handshake on 8140"\n'
+            '  elif [ "$got" != "$want" ]; then why="8140 presents a cert other than $HC"\n'
+            '  else ca=$(curl -sk --max-time $t -o /dev/null -w "%{http_code}" '
+            '"https://127.0.0.1:8140/puppet-ca/v1/certificate/ca?environment=production")\n'
+            '    if [ "$ca" != 200 ]; then why="the CA endpoint answered HTTP $ca"\n'
+            '    else st=$(curl -sk --max-time $t -w " %{http_code}" https://127.0.0.1:8140/status/v1/simple)\n'
+            '      case "$st" in "running 200") exit 0;; *" 200"|*" 503"|*" 000") why="status API: $st";; '
+            '*) exit 0;; esac\n'
+            '    fi\n'
+            '  fi\n'
+            '  sleep 1\n'
+            'done\n'
+            f'echo "port 8140 not ready after {int(timeout)}s: $why"; exit 1')
+
+
+def stop_all(facts: MasterFacts, names: list[str]) -> str:
+    """Stop `names`, in that order, as one command."""
+    return " && ".join(service_command(facts, n, "stopped") for n in names) or "true"
+
+
+def start_all(facts: MasterFacts, names: list[str], *, timeout: int = SERVER_READY_TIMEOUT) -> str:
+    """Start `names` in the generation's start order, waiting for the server to answer before the rest."""
+    commands = []
+    for name in facts.flavor.start_order:
+        if name in names:
+            commands.append(service_command(facts, name, "running", timeout=timeout))
+            if name == facts.server_service:
+                commands.append(f"( {server_ready_check(facts, timeout)} )")  # it ends in `exit`
+    return " && ".join(commands) or "true"
+
+
+def none_exist(paths: list[str]) -> str:
+    return "for f in " + " ".join(q(p) for p in paths) + '; do [ ! -e "$f" ] || { echo "still there: $f"; exit 1; }; done'
+
+
+def all_nonempty(paths: list[str]) -> str:
+    return " && ".join(f"test -s {q(p)}" for p in paths)
+
+
+def remove_files(paths: list[str]) -> str:
+    return "rm -f " + " ".join(q(p) for p in paths)
+
+
+def absent(path: str) -> str:
+    return f"test ! -e {q(path)}"
+
+
+def serial_differs(cert: str, old_serial: str) -> str:
+    """Exit 0 only if `cert` is not the cert of serial `old_serial`: THIS run's generate made it
+    (a cert put back by hand, or a run that never got that far, still carries the old serial)."""
+    return (f"S=$(openssl x509 -in {q(cert)} -noout -serial | sed 's/^serial=0*//'); "
+            f"[ -n \"$S\" ] && [ \"$(echo \"$S\" | tr a-f A-F)\" != {q(old_serial.upper() or 'NONE')} ] "
+            f"|| {{ echo {q(f'{cert} still has the old serial {old_serial}')}; exit 1; }}")
+
+
+def serial_revoked(crl: str, serial: str) -> str:
+    """Exit 0 only if `serial` is in the CRL file `crl`."""
+    return (f"openssl crl -in {q(crl)} -noout -text "
+            f"| sed -n 's/^ *Serial Number: *0*//p' | grep -qix {q(serial)} "
+            f"|| {{ echo {q(f'serial {serial} is not in the CRL')}; exit 1; }}")
+
+
+def tolerate_failure(command: str, why: str) -> str:
+    """`command`, its failure reported but not failing the step (its check decides)."""
+    return f"{command} || echo \"(exit $?; {why})\""
+
+
+def copy_files(pairs: list[tuple[str, str]]) -> str:
+    return " && ".join(f"cp {q(src)} {q(dst)}" for src, dst in pairs)
+
+
+def same_files(pairs: list[tuple[str, str]]) -> str:
+    return " && ".join(f"cmp -s {q(src)} {q(dst)}" for src, dst in pairs)
+
+
+def pkcs8_der(key: str, out: str) -> str:
+    return f"openssl pkcs8 -topk8 -inform PEM -outform DER -in {q(key)} -out {q(out)} -nocrypt"
+
+
+def pkcs8_matches_cert(pk8: str, cert: str) -> str:
+    return (f"[ \"$(openssl pkey -inform DER -in {q(pk8)} -pubout)\" = "
+            f"\"$(openssl x509 -in {q(cert)} -noout -pubkey)\" ]")
+
+
+def chown_tree(owner: str, folder: str) -> str:
+    return f"chown -R {q(owner + ':' + owner)} {q(folder)}"
+
+
+def private_files(paths: list[str]) -> str:
+    return "chmod 600 " + " ".join(q(p) for p in paths)
+
+
+def all_of(commands: list[str]) -> str:
+    return " && ".join(commands)
+
+
+def failing_checks(checks: list[tuple[str, str]]) -> str:
+    """Shell that runs each (key, check) and prints the keys whose check fails, one per line."""
+    return "\n".join(f"if ( {check}\n) >/dev/null 2>&1 </dev/null 9>&-; then :; else echo {q(key)}; fi"
+                     for key, check in checks)
