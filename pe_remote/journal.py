@@ -29,6 +29,7 @@ from pe_remote.errors import InvalidName, JournalDamaged
 from pe_remote.flavors import FLAVORS
 from pe_remote.names import parse_alt_names, validate_certname
 from pe_remote.commands import run as run_commands
+from pe_remote.commands.certs import normalize_san
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ def facts_from_dict(data: dict) -> MasterFacts:
     if data.get("cert"):
         cert_fields = {f.name for f in dataclasses.fields(CertInfo)}
         data["cert"] = CertInfo(**{**{k: v for k, v in data["cert"].items() if k in cert_fields},
-                                   "sans": frozenset(data["cert"]["sans"])})
+                                   # A journal of an older pe-remote spells IP SANs as openssl's text did.
+                                   "sans": frozenset(normalize_san(e) for e in data["cert"]["sans"])})
     return MasterFacts(**data)
 
 
