@@ -15,8 +15,8 @@ stored. On a master whose CA holds 50,000 agent certs (78.5 MB tarball, gzip on
 the master is the bottleneck) that takes 1.08-1.12 times
 `ssh master 'tar czf - SSLDIR' > file` (the difference: writing the master's copy
 and hashing it, 0.15 s), where the former tar-to-file-then-SFTP pull took 1.8-5
-times as long. `pull_backup` (an existing tarball, over SFTP) stays for copies
-that already sit on the master, and for remotes without an SSH transport.
+times as long. `make_remote_backup` and `pull_backup` (tar to a file, then SFTP) stay for tarballs
+that already sit on the master and as the benchmark's baseline.
 """
 
 from __future__ import annotations
@@ -25,16 +25,13 @@ import hashlib
 import logging
 import os
 import re
-import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import paramiko
-
 from pe_remote.discovery import REMOTE_STATE_DIR, MasterFacts
-from pe_remote.errors import BackupChanged, BackupError, ConnectionFailed, RemoteCommandFailed
+from pe_remote.errors import BackupChanged, BackupError, RemoteCommandFailed
 from pe_remote.commands import backup as commands
 
 REMOTE_BACKUP_DIR = REMOTE_STATE_DIR
@@ -58,12 +55,6 @@ STREAM_WINDOW = 16 << 20
 # Seconds without a single byte from the master before the backup is given up
 # as a lost connection (tar produces output steadily while it works).
 STREAM_IDLE_TIMEOUT = 300
-# Ciphers to offer first. paramiko prefers aes*-ctr with hmac-sha2-256; AES-GCM
-# (AEAD, no separate MAC pass) moved a raw channel at 310-470 MB/s here against
-# 170-340 MB/s. That does not change the streamed backup (gzip on the master makes
-# ~20 MB/s) but does change SFTP copies (pull_backup, restore's upload). A server
-# without GCM (OpenSSH < 6.2) still gets its ctr cipher.
-FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
 @dataclass(frozen=True)
@@ -205,66 +196,6 @@ def pull_backup(remote, remote_backup: RemoteBackup, folder: Path) -> Path:
     return final
 
 
-def live_transport(remote) -> paramiko.Transport | None:
-    """The paramiko Transport under a connected `Remote`, or None (a test double, a closed connection)."""
-    transport = getattr(getattr(remote, "connection", None), "transport", None)
-    if isinstance(transport, paramiko.Transport) and transport.is_active():
-        return transport
-    return None
-
-
-def _label(remote) -> str:
-    target = getattr(remote, "target", None)
-    return getattr(target, "label", None) or "the master"
-
-
-def _stream(remote, transport: paramiko.Transport, command: str, sink) -> tuple[int, str]:
-    """Run `command` on a new channel of the connection; stdout goes to `sink` as it arrives.
-
-    Returns (exit status, stderr). stderr is drained while stdout flows, so a chatty
-    tar cannot stall the channel window.
-    """
-    # Counted and shown like every other remote command (Remote.run does the same).
-    if hasattr(remote, "commands_run"):
-        remote.commands_run += 1
-    if getattr(remote, "on_command", None):
-        remote.on_command(command)
-    lost = f"lost the SSH connection to {_label(remote)} during the backup"
-    try:
-        channel = transport.open_session(window_size=STREAM_WINDOW)
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise ConnectionFailed(f"{lost}: {exc}") from exc
-    errors = bytearray()
-    try:
-        channel.settimeout(STREAM_IDLE_TIMEOUT)
-        channel.exec_command(command)
-        while True:
-            data = channel.recv(STREAM_CHUNK)
-            if not data:
-                break
-            try:
-                sink.write(data)
-            except OSError as exc:  # this side's disk, not the connection: nothing was changed
-                raise BackupError(f"could not write the backup on this machine: {exc.strerror or exc}; free some "
-                                  "space or choose another --backup-dir (nothing was changed on the master)") from None
-            while channel.recv_stderr_ready():
-                errors += channel.recv_stderr(65536)
-        while chunk := channel.recv_stderr(65536):
-            errors += chunk
-        if not channel.status_event.wait(STREAM_IDLE_TIMEOUT):
-            raise ConnectionFailed(f"{lost}: no exit status after {STREAM_IDLE_TIMEOUT}s")
-        status = channel.recv_exit_status()
-    except socket.timeout:
-        raise ConnectionFailed(f"{lost}: nothing received for {STREAM_IDLE_TIMEOUT}s") from None
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise ConnectionFailed(f"{lost}: {exc}") from exc
-    finally:
-        channel.close()
-    if status == -1 or not transport.is_active():
-        raise ConnectionFailed(lost)
-    return status, errors.decode(errors="replace")
-
-
 def stream_backup(remote, facts: MasterFacts, folder: Path, *, name: str | None = None) -> Backup:
     """Make the tarball on the master and pull it in the same pass (see `stream_command`).
 
@@ -273,9 +204,6 @@ def stream_backup(remote, facts: MasterFacts, folder: Path, *, name: str | None 
     compared with the sha256 and size the master computed from its own copy, and renamed into
     place (0600, with a `.sha256` sidecar) only when both match.
     """
-    transport = live_transport(remote)
-    if transport is None:
-        raise ConnectionFailed(f"no open SSH connection to {_label(remote)} for the backup")
     prepare_local_dir(folder)
     remote_path = f"{REMOTE_BACKUP_DIR}/{name or backup_name(facts.certname)}"
     final, partial = _destination(folder, remote_path)
@@ -285,7 +213,12 @@ def stream_backup(remote, facts: MasterFacts, folder: Path, *, name: str | None 
         # Unbuffered: chunks are 1 MiB already, and a full disk shows at the write, not at close.
         with os.fdopen(fd, "wb", buffering=0) as fh:
             writer = _HashingWriter(fh)
-            status, errors = _stream(remote, transport, command, writer)
+            try:
+                status, errors = remote.stream(command, writer, window=STREAM_WINDOW, chunk=STREAM_CHUNK,
+                                               idle_timeout=STREAM_IDLE_TIMEOUT, what="the backup")
+            except OSError as exc:  # this side's disk, not the connection: nothing was changed
+                raise BackupError(f"could not write the backup on this machine: {exc.strerror or exc}; free some "
+                                  "space or choose another --backup-dir (nothing was changed on the master)") from None
         if status != 0:
             detail = " / ".join(line.strip() for line in errors.strip().splitlines()[-3:]) or "no output"
             error = BackupChanged if TAR_SAW_A_CHANGE in errors else BackupError
@@ -302,18 +235,14 @@ def stream_backup(remote, facts: MasterFacts, folder: Path, *, name: str | None 
 def take_backup(remote, facts: MasterFacts, folder: Path) -> Backup:
     """Back up the ssldir on the master, keep it there, and pull a verified copy into `folder`.
 
-    Over a live SSH connection the tarball is streamed (`stream_backup`); a remote that offers
-    only `run` and `sftp` (test doubles) gets the two-step make-then-pull.
+    The tarball is streamed (`stream_backup`) through the connection's `Remote.stream`.
     A file changing while tar reads it (a running agent writes the ssldir) makes tar fail; the
     backup is then taken again, up to BACKUP_ATTEMPTS times in all.
     """
     prepare_local_dir(folder)
     for attempt in range(1, BACKUP_ATTEMPTS + 1):
         try:
-            if live_transport(remote) is not None:
-                return stream_backup(remote, facts, folder)
-            remote_backup = make_remote_backup(remote, facts)
-            return Backup(remote_backup, pull_backup(remote, remote_backup, folder))
+            return stream_backup(remote, facts, folder)
         except BackupChanged as exc:
             if attempt == BACKUP_ATTEMPTS:
                 raise BackupChanged(f"{exc} ({BACKUP_ATTEMPTS} attempts: something keeps writing the SSL "
@@ -321,25 +250,6 @@ def take_backup(remote, facts: MasterFacts, folder: Path) -> Backup:
             log.warning("backup attempt %d: %s; trying again", attempt, exc)
             time.sleep(BACKUP_RETRY_PAUSE)
     raise AssertionError("unreachable")
-
-
-def prefer_fast_ciphers(transport: paramiko.Transport) -> None:
-    """Offer AES-GCM first (FAST_CIPHERS), then paramiko's own order; effective at the next key exchange.
-
-    Call it before the handshake, through `fast_cipher_transport`; on an open transport it
-    only changes what the next rekey negotiates.
-    """
-    options = transport.get_security_options()
-    offered = tuple(options.ciphers)
-    options.ciphers = tuple(c for c in FAST_CIPHERS if c in offered) + tuple(c for c in offered
-                                                                            if c not in FAST_CIPHERS)
-
-
-def fast_cipher_transport(*args, **kwargs) -> paramiko.Transport:
-    """A `transport_factory` for paramiko's `SSHClient.connect` (fabric: `connect_kwargs`)."""
-    transport = paramiko.Transport(*args, **kwargs)
-    prefer_fast_ciphers(transport)
-    return transport
 
 
 def sha256_file(path: Path) -> str:

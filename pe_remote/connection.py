@@ -58,6 +58,13 @@ class CommandResult:
         return self.exit_status == 0
 
 
+class _SinkFailed(Exception):
+    """The sink of `Remote.stream` failed (this machine's disk): not the connection."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+
+
 class Remote:
     """One SSH connection to one master; every remote command goes through `run`."""
 
@@ -109,6 +116,54 @@ class Remote:
         except (paramiko.SSHException, socket.error, EOFError, AttributeError) as exc:
             raise ConnectionFailed(f"lost the SSH connection to {self.target.label}: {exc}") from exc
         return line.decode(errors="replace").strip(), HeldCommand(channel)
+
+    def stream(self, command: str, sink, *, window: int = 16 << 20, chunk: int = 1 << 20,
+               idle_timeout: float = 300, what: str = "a remote command") -> tuple[int, str]:
+        """Run `command` on its own channel; its stdout goes to `sink.write` as it arrives.
+
+        Returns (exit status, stderr). stderr is drained while stdout flows, so a chatty command
+        cannot stall the channel window; `idle_timeout` seconds without a byte is a lost connection.
+        An OSError from the sink (this machine's disk) is raised as it is: it is not the connection.
+        """
+        with self._count_lock:
+            self.commands_run += 1
+        if self.on_command:
+            self.on_command(command)
+        lost = f"lost the SSH connection to {self.target.label} during {what}"
+        transport = self.connection.transport
+        if transport is None or not transport.is_active():
+            raise ConnectionFailed(f"no open SSH connection to {self.target.label} for {what}")
+        try:
+            channel = transport.open_session(window_size=window)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectionFailed(f"{lost}: {exc}") from exc
+        errors = bytearray()
+        try:
+            channel.settimeout(idle_timeout)
+            channel.exec_command(command)
+            while data := channel.recv(chunk):
+                try:
+                    sink.write(data)
+                except OSError as exc:
+                    raise _SinkFailed(exc) from exc
+                while channel.recv_stderr_ready():
+                    errors += channel.recv_stderr(65536)
+            while more := channel.recv_stderr(65536):
+                errors += more
+            if not channel.status_event.wait(idle_timeout):
+                raise ConnectionFailed(f"{lost}: no exit status after {idle_timeout:.0f}s")
+            status = channel.recv_exit_status()
+        except _SinkFailed as failed:
+            raise failed.error from None
+        except socket.timeout:
+            raise ConnectionFailed(f"{lost}: nothing received for {idle_timeout:.0f}s") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectionFailed(f"{lost}: {exc}") from exc
+        finally:
+            channel.close()
+        if status == -1 or not transport.is_active():
+            raise ConnectionFailed(lost)
+        return status, errors.decode(errors="replace")
 
     def sftp(self) -> paramiko.SFTPClient:
         return self.connection.sftp()

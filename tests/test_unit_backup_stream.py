@@ -1,10 +1,15 @@
-"""stream_backup (the backup as `regen` and `backup` take it): success, tar failure, corruption, lost connection."""
+"""stream_backup (the backup as `regen` and `backup` take it): success, tar failure, corruption, lost connection.
+
+The remote is the real `Remote` (its `stream` is the only way the backup travels); only the SSH channel
+underneath is a double, running the command in a local `sh` (channel-level, as fabric.testing mocks)."""
 import dataclasses, hashlib, subprocess, threading
 from pathlib import Path
-import paramiko, pytest
+import pytest
 import pe_remote.backup as backup
 from pe_remote.backup import Backup, sha256_file, stream_backup, take_backup
+from pe_remote.connection import Remote
 from pe_remote.errors import BackupError, ConnectionFailed
+from pe_remote.inventory import Target
 from test_unit_backup_verify import RECORDED, mode, leftovers
 
 
@@ -32,8 +37,8 @@ class LocalChannel:
     def close(self): pass
 
 
-class LocalTransport(paramiko.Transport):
-    def __init__(self, **channel_kwargs):  # no socket: only what stream_backup uses
+class LocalTransport:
+    def __init__(self, **channel_kwargs):  # no socket: only what Remote.stream uses
         self.channel_kwargs, self.active, self.channels = channel_kwargs, True, []
     def is_active(self): return self.active
     def open_session(self, window_size=None, max_packet_size=None, timeout=None):
@@ -41,11 +46,16 @@ class LocalTransport(paramiko.Transport):
         return self.channels[-1]
 
 
-class StreamRemote:
-    def __init__(self, **channel_kwargs):
-        self.connection = type("C", (), {"transport": LocalTransport(**channel_kwargs)})()
-        self.commands_run, self.on_command, self.seen = 0, None, []
+class _Connection:
+    def __init__(self, transport):
+        self.transport = transport
     def run(self, *a, **k): raise AssertionError("the streamed backup runs no other command")
+
+
+class StreamRemote(Remote):
+    def __init__(self, **channel_kwargs):
+        super().__init__(_Connection(LocalTransport(**channel_kwargs)), Target("m.example"))
+        self.seen = []
 
 
 def tree(tmp_path):

@@ -127,6 +127,12 @@ class LocalRemote:
     def sftp(self):
         return _LocalSFTP()
 
+    def stream(self, command, sink, **kwargs):
+        self.commands.append(command)
+        proc = subprocess.run(["sh", "-c", command], capture_output=True)
+        sink.write(proc.stdout)
+        return proc.returncode, proc.stderr.decode()
+
 
 class _LocalSFTP:
     def getfo(self, path, fl, prefetch=True, max_concurrent_prefetch_requests=None):
