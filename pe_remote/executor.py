@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from pe_remote.commands import run as run_commands
 from pe_remote.errors import Interrupted, StepFailed
+from pe_remote.events import ConsoleSteps, Events, JournalCopy, Phase
 from pe_remote.journal import Journal, event
 from pe_remote.plan import Plan, Step
 from pe_remote.report import utc_now
@@ -99,15 +100,20 @@ class InterruptLatch:
 
 
 def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done: tuple[str, ...] = (),
-            latch: InterruptLatch | None = None, resume: bool = False, run: Execution | None = None) -> Execution:
+            latch: InterruptLatch | None = None, resume: bool = False, run: Execution | None = None,
+            events: Events | None = None) -> Execution:
     """Run the steps not in `done`; raise StepFailed (or Interrupted) at the first failure.
 
     A step starts once the steps it needs are done (by default: the step listed before it), so
     steps the plan lets overlap run at the same time, each on its own channel of the one SSH
     connection. After a failure or a Ctrl-C no step starts; the running ones are let finish.
-    Pass `run` to keep the records of the steps that ran when a step fails.
+    Pass `run` to keep the records of the steps that ran when a step fails. Each step's start and
+    end are `events` (by default shown on `console` and copied into the local journal); the first
+    step that starts makes the run's phase "changing".
     """
     run = run if run is not None else Execution()
+    if events is None:
+        events = Events(ConsoleSteps(console), *([JournalCopy(journal)] if journal else []))
     total = len(plan.steps)
     needs = plan.needs()
     finished: set[str] = set()
@@ -133,7 +139,8 @@ def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done
                 if step.key in done:
                     waiting.remove(entry)
                     finished.add(step.key)
-                    console.step_finished(number, total, step.title, 0.0, "already done")
+                    events.emit("step-finished", key=step.key, title=step.title, number=number, total=total,
+                                outcome="journalled", seconds=0.0, started_at="", ended_at="")
                     continue
                 if not all(key in finished for key in needs[step.key]):
                     continue
@@ -141,11 +148,13 @@ def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done
                     interrupted_at = step.title
                     break
                 waiting.remove(entry)
-                console.step_started(number, total, step.title)
+                events.enter(Phase.CHANGING)
+                events.emit("step-started", key=step.key, title=step.title, number=number, total=total,
+                            command=step.command)
                 started = time.monotonic()
                 if step.key.startswith("stop:") and run.downtime_started is None:
                     run.downtime_started = started
-                console.command(step.command)
+                    events.emit("window-opened")
                 running[step.key] = (number, step, started, utc_now())
                 threading.Thread(target=one, args=(step,), name=f"step {step.key}", daemon=True).start()
         if not running:
@@ -158,7 +167,11 @@ def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done
         ended = time.monotonic()
         if error is not None:
             failure = failure or error
-            run.records.append(StepRecord(key, step.title, started, ended, "failed", started_at, utc_now()))
+            record = StepRecord(key, step.title, started, ended, "failed", started_at, utc_now())
+            run.records.append(record)
+            # No answer (a lost connection): the step may still be running there; nothing is journalled.
+            events.emit("step-finished", key=key, title=step.title, number=number, total=total, outcome="lost",
+                        seconds=ended - started, started_at=started_at, ended_at=record.ended_at)
             continue
         answer = run_commands.parse_step_output(output.stdout + output.stderr)
         rc, check, text, already = answer.rc, answer.check, answer.text, answer.already_done
@@ -168,17 +181,18 @@ def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done
         elif check != 0:
             problem = f"its check failed: {_last_line(text) or step.check}"
         outcome = "failed" if problem else ("already-done" if already else "ok")
-        run.records.append(StepRecord(key, step.title, started, ended, outcome, started_at, utc_now()))
-        console.step_finished(number, total, step.title, ended - started, "FAILED" if problem else
-                              ("already done" if already else "done"))
-        if journal:
-            journal.record_local(event("end" if not problem else "failed", step=key))
+        record = StepRecord(key, step.title, started, ended, outcome, started_at, utc_now())
+        run.records.append(record)
+        events.emit("step-finished", key=key, title=step.title, number=number, total=total, outcome=outcome,
+                    seconds=ended - started, started_at=started_at, ended_at=record.ended_at)
         if problem:
             failure = failure or StepFailed(step.title, problem)
             continue
         finished.add(key)
         if step.server_ready:
             run.downtime_ended = ended
+            if run.downtime is not None:
+                events.emit("window-closed", seconds=run.downtime)
         if latch and latch.interrupted and interrupted_at is None and failure is None:
             console.warn(f"interrupt received during '{step.title}': the step was finished; rolling back")
             interrupted_at = step.title

@@ -28,7 +28,8 @@ from pe_remote.plan import SERVER_READY_TIMEOUT, Plan, build_plan
 from pe_remote.render import render_plan
 from pe_remote.commands.steps import failing_checks
 from pe_remote.restore import ca_changes, ca_changes_command, put_back, start_services_command
-from pe_remote.report import RunReport, StepEntry, utc_now
+from pe_remote.events import ConsoleSteps, Events, JournalCopy, Listener, Phase, ReportWriter, exit_code
+from pe_remote.report import RunReport
 from pe_remote.verify import Verification, check_regen, read_verification
 
 # How long a resume or rollback waits for the interrupted run's steps that still run on the master
@@ -103,51 +104,60 @@ def preflight(plan: Plan, *, force: bool = False, local_folder: Path | None = No
                               f"up to {facts.ssl_kb} KiB needed; choose another with --backup-dir")
 
 
-def regen(remote, options: RegenOptions, console: Console, report: RunReport | None = None) -> RegenResult:
-    """Run the job; `report` (if given) is filled in as it goes, whatever the outcome."""
+def regen(remote, options: RegenOptions, console: Console, report: RunReport | None = None, *,
+          listeners: tuple[Listener, ...] = ()) -> RegenResult:
+    """Run the job. Its events go to the console, to `report` (if given: filled in whatever the
+    outcome) and to `listeners`; the exit code is the phase's it ended in (see events.py)."""
     report = report if report is not None else RunReport(remote.target.label)
+    events = Events(ReportWriter(report), ConsoleSteps(console), *listeners)
     lock = None
+    outcome, error = "failed", None
     try:
         # One run at a time on a master, for the whole run, rollback included (a dry run changes nothing).
         lock = None if options.dry_run else master_lock.acquire(remote, "regen", console)
-        result = _regen(remote, options, console, report)
-        report.outcome = result.outcome
+        result = _regen(remote, options, console, events)
+        outcome = result.outcome
         return result
     except RolledBack as exc:
-        report.outcome, report.error, report.exit_code = "rolled-back", str(exc), exc.exit_code
+        outcome, error = "rolled-back", exc
+        events.enter(Phase.ROLLED_BACK)
         raise
     except PeRemoteError as exc:
-        report.outcome, report.error, report.exit_code = "failed", str(exc), exc.exit_code
+        error = exc
+        if events.phase is Phase.CHANGING:  # never left half-way without saying so
+            events.enter(Phase.INCOMPLETE)
+            if not isinstance(exc, Incomplete):
+                error = Incomplete(f"{exc}; the master may be part-way through the run: run `regen` again on it "
+                                   "to resume, or `regen --rollback`")
+                raise error from exc
         raise
-    except KeyboardInterrupt:
-        report.outcome, report.error, report.exit_code = "failed", "interrupted before any change", 130
+    except KeyboardInterrupt as exc:
+        error = exc
         raise
     finally:
         if lock is not None:
             lock.release()
-        report.ended = utc_now()
-        report.remote_commands = remote.commands_run
+        message = ("interrupted before any change" if isinstance(error, KeyboardInterrupt) else
+                   str(error) if error is not None else None)
+        events.emit("finished", outcome=outcome, error=message, exit_code=exit_code(events.phase, error),
+                    remote_commands=remote.commands_run)
 
 
-def _describe(report: RunReport, facts: MasterFacts, alt_names: tuple[str, ...]) -> None:
-    report.flavor, report.certname = facts.flavor.name, facts.certname
-    report.alt_names = list(alt_names)
-    report.old_cert = RunReport.cert_dict(facts.cert)
-
-
-def _regen(remote, options: RegenOptions, console: Console, report: RunReport) -> RegenResult:
+def _regen(remote, options: RegenOptions, console: Console, events: Events) -> RegenResult:
     started = time.monotonic()
+    events.emit("discovery-started")
     facts = discover(remote, flavor_override=options.flavor)
+    events.emit("discovery-finished", facts=facts)
     if facts.unfinished_journals:
-        return _continue_unfinished(remote, facts, options, console, started, report)
+        return _continue_unfinished(remote, facts, options, console, started, events)
     if options.rollback or options.abandon or options.run_id:
         raise InputError(f"there is no unfinished run on {remote.target.label} to "
                          f"{'roll back' if options.rollback else 'abandon' if options.abandon else 'resume'}")
     alt_names = choose_alt_names(facts.certname, facts.dns_alt_names,
                                  sans_to_names(facts.certname, facts.cert.sans) if facts.cert else (),
                                  options.alt_names, options.drop_alt_names)
-    _describe(report, facts, alt_names)
     plan = build_plan(facts, alt_names, server_timeout=options.server_timeout)
+    events.emit("planned", facts=facts, alt_names=alt_names, plan=plan)
     label = remote.target.label
     shown = render_plan(plan, stream_command(facts, f"{REMOTE_BACKUP_DIR}/{backup_name(facts.certname)}"), label)
     # The plan is detail on a real run (terminal and log only); a dry run exists to show it.
@@ -167,60 +177,58 @@ def _regen(remote, options: RegenOptions, console: Console, report: RunReport) -
                     f"{', '.join(alt_names) or '(none)'}? Puppet services stop until it is done.")
     console.notice(f"Backing up {facts.ssldir} on {label} ...")
     backup_started = time.monotonic()
+    events.emit("backup-started")
     backup = take_backup(remote, facts, folder)
     backup_seconds = time.monotonic() - backup_started
+    events.emit("backup-finished", backup=backup)
     console.notice(f"Backup: {backup.local_path} (sha256 {backup.sha256}, {backup_seconds:.1f}s); "
                    f"on the master: {backup.remote.path}")
     journal = Journal(new_run_id(facts.certname), facts, alt_names, backup.remote, str(backup.local_path),
                       local_path=backup.local_path.with_name(backup.local_path.name + ".journal"),
                       warn=console.warn)
-    report.run_id = journal.run_id
-    report.backup = {"local_path": str(backup.local_path), "remote_path": backup.remote.path,
-                     "sha256": backup.sha256, "size": backup.remote.size}
     journal.record_local(journal.header())
     remote.run(journal.start_command())
-    result = _run_steps(remote, plan, journal, console, started, report, backup=backup)
+    events.emit("journal-started", journal=journal)
+    result = _run_steps(remote, plan, journal, console, started, events, backup=backup)
     result.backup_seconds = backup_seconds
     return result
 
 
-def _run_steps(remote, plan: Plan, journal: Journal, console: Console, started: float, report: RunReport, *,
+def _run_steps(remote, plan: Plan, journal: Journal, console: Console, started: float, events: Events, *,
                backup: Backup | None = None, resume: bool = False) -> RegenResult:
     execution = Execution()
+    events.subscribe(JournalCopy(journal))
     with InterruptLatch(console) as latch:
         try:
             execute(remote, plan, console, journal=journal, done=tuple(journal.done), latch=latch,
-                    resume=resume, run=execution)
+                    resume=resume, run=execution, events=events)
             verification = read_verification(remote, plan.facts, plan.facts.running_services,
                                              agent=plan.facts.flavor.agent_check)
             problems = check_regen(plan, verification)
             if problems:
                 raise VerificationFailed("the new cert or the services are not right: " + "; ".join(problems))
         except (StepFailed, VerificationFailed) as exc:
-            _record_steps(report, execution)
-            rollback(remote, journal, console, reason=str(exc))
+            rollback(remote, journal, console, reason=str(exc), events=events)
         except ConnectionFailed as exc:
-            _record_steps(report, execution)
+            events.enter(Phase.INCOMPLETE)
             raise Incomplete(
                 f"{exc}. The master may be part-way through the run {journal.run_id}; its journal is "
                 f"{journal.remote_path}. Run `regen` again on it to resume (or `regen --rollback` to put the "
                 f"old cert back); backup: {journal.backup.path} on the master, {journal.local_backup} here"
             ) from None
         except Exception as exc:  # noqa: BLE001 - after the first change, whatever it is, put the master back
-            _record_steps(report, execution)
             rollback(remote, journal, console, reason=f"unexpected error during the run: "
-                                                      f"{type(exc).__name__}: {exc}")
+                                                      f"{type(exc).__name__}: {exc}", events=events)
+        events.emit("verified", cert=verification.cert)
         try:
             _finish(remote, journal, "ok")
         except ConnectionFailed as exc:
-            _record_steps(report, execution)
+            events.enter(Phase.INCOMPLETE)
             raise Incomplete(f"the cert was regenerated and verified, then {exc} before the run was closed in "
                              f"its journal {journal.remote_path}; run `regen` again on it to close the run "
                              "(every step is found done)") from None
     facts = plan.facts
-    _record_steps(report, execution)
-    report.new_cert = RunReport.cert_dict(verification.cert)
-    report.downtime_seconds = round(execution.downtime, 3) if execution.downtime is not None else None
+    events.enter(Phase.DONE)
     result = RegenResult(facts, plan, "ok", backup, execution, verification, remote.commands_run,
                          time.monotonic() - started)
     downtime = f"{execution.downtime:.1f}s" if execution.downtime is not None else "n/a"
@@ -229,21 +237,29 @@ def _run_steps(remote, plan: Plan, journal: Journal, console: Console, started: 
     return result
 
 
-def _record_steps(report: RunReport, execution: Execution) -> None:
-    report.steps = [StepEntry(r.key, r.title, r.started_at, r.ended_at, r.outcome) for r in execution.records]
-    if execution.downtime is not None:
-        report.downtime_seconds = round(execution.downtime, 3)
-
-
 def _finish(remote, journal: Journal, outcome: str) -> None:
     line = event("finished", outcome=outcome)
     remote.run(journal.append_command(line))
     journal.record_local(line)
 
 
-def rollback(remote, journal: Journal, console: Console, *, reason: str) -> None:
-    """Put this run's backup back and prove the old cert is served again; always raises."""
+def rollback(remote, journal: Journal, console: Console, *, reason: str, events: Events | None = None) -> None:
+    """Put this run's backup back and prove the old cert is served again; always raises (RolledBack, or
+    Incomplete when the master could not be put back; the phase says which)."""
+    events = events if events is not None else Events()
+    try:
+        _rollback(remote, journal, console, reason, events)
+    except RolledBack:
+        events.enter(Phase.ROLLED_BACK)
+        raise
+    except BaseException:
+        events.enter(Phase.INCOMPLETE)
+        raise
+
+
+def _rollback(remote, journal: Journal, console: Console, reason: str, events: Events) -> None:
     facts = journal.facts
+    events.emit("rollback-started", reason=reason)
     console.warn(f"{reason}")
     # A step given up as hung may still run on the master (steps outlive their channel): let it end.
     _wait_for_steps_still_running(remote, journal, console)
@@ -281,13 +297,11 @@ def rollback(remote, journal: Journal, console: Console, *, reason: str) -> None
 
 
 def _continue_unfinished(remote, current: MasterFacts, options: RegenOptions, console: Console,
-                         started: float, report: RunReport) -> RegenResult:
+                         started: float, events: Events) -> RegenResult:
     journal = _chosen_journal(current, options, remote.target.label)
-    _describe(report, journal.facts, journal.alt_names)
-    report.run_id = journal.run_id
-    report.backup = {"local_path": journal.local_backup, "remote_path": journal.backup.path,
-                     "sha256": journal.backup.sha256, "size": journal.backup.size}
     plan = build_plan(journal.facts, journal.alt_names, server_timeout=options.server_timeout)
+    events.emit("planned", facts=journal.facts, alt_names=journal.alt_names, plan=plan)
+    events.emit("journal-started", journal=journal)
     done = ", ".join(journal.done) or "none"
     console.notice(f"Found an unfinished run {journal.run_id} on {remote.target.label} (journal "
                    f"{journal.remote_path}); completed steps: {done}. Its backup: {journal.backup.path}.")
@@ -309,11 +323,11 @@ def _continue_unfinished(remote, current: MasterFacts, options: RegenOptions, co
     if options.rollback:
         console.confirm(f"Roll back run {journal.run_id}: put the backup back and start the services?")
         with InterruptLatch(console):
-            rollback(remote, journal, console, reason=f"run {journal.run_id} rolled back on request")
+            rollback(remote, journal, console, reason=f"run {journal.run_id} rolled back on request", events=events)
     _recheck_done_steps(remote, plan, journal)
     console.confirm(f"Resume run {journal.run_id} (no new backup is taken)?")
     console.notice("Resuming: steps whose effect is already there are not run again.")
-    return _run_steps(remote, plan, journal, console, started, report, resume=True)
+    return _run_steps(remote, plan, journal, console, started, events, resume=True)
 
 
 def journal_age_hours(run_id: str, now: datetime | None = None) -> float:

@@ -8,10 +8,13 @@ exit 1 and no rollback; a lost connection while journalling 'finished' after a g
 
 from __future__ import annotations
 
+import types
+
 import pytest
 
 from pe_remote import regen
 from pe_remote.errors import ConnectionFailed, Incomplete, RolledBack
+from pe_remote.events import Events, Phase, ReportWriter
 from pe_remote.journal import Journal
 from pe_remote.plan import build_plan
 from pe_remote.report import RunReport
@@ -48,22 +51,22 @@ def test_an_unexpected_error_after_the_first_change_rolls_back(monkeypatch, tmp_
     def failing_execute(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    def fake_rollback(remote, journal, console, *, reason):
+    def fake_rollback(remote, journal, console, *, reason, events=None):
         reasons.append(reason)
         raise RolledBack(f"rolled back: {reason}")
 
     monkeypatch.setattr(regen, "execute", failing_execute)
     monkeypatch.setattr(regen, "rollback", fake_rollback)
-    report = RunReport("m")
+    events = Events(ReportWriter(RunReport("m")))
     with pytest.raises(RolledBack) as info:
-        regen._run_steps(Remote(), build_plan(RECORDED, ("puppet",)), _journal(tmp_path), Quiet(), 0.0, report)
+        regen._run_steps(Remote(), build_plan(RECORDED, ("puppet",)), _journal(tmp_path), Quiet(), 0.0, events)
     assert info.value.exit_code == 7
     assert reasons and "unexpected error during the run: OSError" in reasons[0] and "No space left" in reasons[0]
 
 
 def test_a_lost_connection_after_success_is_incomplete_not_nothing_touched(monkeypatch, tmp_path):
     monkeypatch.setattr(regen, "execute", lambda *a, **k: None)
-    verification = object()
+    verification = types.SimpleNamespace(cert=None)
     monkeypatch.setattr(regen, "read_verification", lambda *a, **k: verification)
     monkeypatch.setattr(regen, "check_regen", lambda plan, result: [])
 
@@ -71,10 +74,10 @@ def test_a_lost_connection_after_success_is_incomplete_not_nothing_touched(monke
         raise ConnectionFailed("lost the SSH connection to m")
 
     monkeypatch.setattr(regen, "_finish", lost)
+    events = Events(ReportWriter(RunReport("m")))
     with pytest.raises(Incomplete) as info:
-        regen._run_steps(Remote(), build_plan(RECORDED, ("puppet",)), _journal(tmp_path), Quiet(), 0.0,
-                         RunReport("m"))
-    assert info.value.exit_code == 8
+        regen._run_steps(Remote(), build_plan(RECORDED, ("puppet",)), _journal(tmp_path), Quiet(), 0.0, events)
+    assert info.value.exit_code == 8 and events.phase is Phase.INCOMPLETE
     assert "regenerated and verified" in str(info.value) and "run `regen` again" in str(info.value)
 
 
