@@ -54,7 +54,7 @@ def fmt(value: float | None, unit: str) -> str:
 
 
 def render(figures: list[Figure]) -> str:
-    rows = [("figure", "median", "target", "result", f"runs")]
+    rows = [("figure", "median", "target", "result", "runs")]
     for f in figures:
         runs = " ".join(fmt(s, f.unit).replace(" ", "") for s in f.samples) if f.samples else ""
         rows.append((f.name, fmt(f.median, f.unit), f.target or "-", f.verdict, runs))

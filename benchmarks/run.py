@@ -50,6 +50,7 @@ from pe_remote.backup import backup_paths, make_remote_backup, pull_backup, sha2
 from pe_remote.connection import connect
 from pe_remote.console import Console
 from pe_remote.discovery import discover
+from pe_remote.events import Timings
 from pe_remote.fleet import render_table, run_parallel
 from pe_remote.inventory import Target, parse_target
 from pe_remote.plan import server_ready_check, service_command
@@ -195,34 +196,6 @@ def check_backup(master: StagingMaster, result) -> None:
                        f"sha256sum {shlex.quote(result.remote.path)}").split()
     assert out[0] == "600" and out[1] == "700", f"master's copy/folder modes {out[:2]}"
     assert out[2] == result.sha256, "master's copy changed"
-
-
-class TimedCalls:
-    """Time calls to library functions wherever a module imported them (benchmark instrumentation)."""
-
-    def __init__(self, **functions) -> None:
-        self.functions = functions
-        self.seconds: dict[str, float] = {}
-        self.patched: list[tuple[object, str, object]] = []
-
-    def __enter__(self) -> "TimedCalls":
-        for name, original in self.functions.items():
-            def timed(*args, _original=original, _name=name, **kwargs):
-                started = time.monotonic()
-                try:
-                    return _original(*args, **kwargs)
-                finally:
-                    self.seconds[_name] = self.seconds.get(_name, 0.0) + time.monotonic() - started
-            for module in list(sys.modules.values()):
-                if getattr(module, "__name__", "").startswith("pe_remote") and \
-                        getattr(module, name, None) is original:
-                    self.patched.append((module, name, original))
-                    setattr(module, name, timed)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for module, name, original in self.patched:
-            setattr(module, name, original)
 
 
 class Bench:
@@ -419,12 +392,12 @@ class Bench:
                 bare = self.bare_restart(master)
                 overlapped = self.bare_restart(master, overlap=True)
             folder = self.folder(f"regen-{i}")
-            with TimedCalls(take_backup=take_backup, discover=discover) as timed:
-                started = time.monotonic()
-                with connect(target) as remote:
-                    result = regen(remote, RegenOptions(backup_dir=str(folder)),
-                                   Console(assume_yes=True, out=io.StringIO()))
-                wall = time.monotonic() - started
+            timed = Timings()  # the run's own events: discovery-*, backup-*, window-closed
+            started = time.monotonic()
+            with connect(target) as remote:
+                result = regen(remote, RegenOptions(backup_dir=str(folder)),
+                               Console(assume_yes=True, out=io.StringIO()), listeners=(timed,))
+            wall = time.monotonic() - started
             if i % 2 == 1:
                 overlapped = self.bare_restart(master, overlap=True)
                 bare = self.bare_restart(master)
@@ -432,9 +405,9 @@ class Bench:
                 raise RuntimeError(f"regen did not regenerate the cert: {result.outcome}, serial "
                                    f"{result.old_serial} -> {result.new_serial}")
             downtime = result.execution.downtime
-            if "take_backup" not in timed.seconds:
-                raise RuntimeError("could not time regen's backup (take_backup was not called where patched)")
-            spent_backup = timed.seconds["take_backup"]
+            if "backup" not in timed.seconds:
+                raise RuntimeError("regen reported no backup-started/backup-finished events")
+            spent_backup = timed.seconds["backup"]
             # Wall time from the server answering to the last start (those starts overlap).
             after = max((r.ended for r in result.execution.records if r.started >= result.execution.downtime_ended),
                         default=result.execution.downtime_ended) - result.execution.downtime_ended
@@ -451,10 +424,10 @@ class Bench:
             ratio.samples.append(downtime / bare)
             wall_fig.samples.append(wall)
             backup_fig.samples.append(spent_backup)
-            discovery_fig.samples.append(timed.seconds.get("discover", 0.0))
+            discovery_fig.samples.append(timed.seconds.get("discovery", 0.0))
             after_fig.samples.append(after)
             overhead.samples.append(wall - downtime - spent_backup)
-            rest_fig.samples.append(wall - downtime - spent_backup - timed.seconds.get("discover", 0.0) - after)
+            rest_fig.samples.append(wall - downtime - spent_backup - timed.seconds.get("discovery", 0.0) - after)
             commands.samples.append(result.commands_run)
             say(f"regen round {i + 1} ({self.others()}): bare window {bare:.2f}s (overlapped {overlapped:.2f}s), "
                 f"regen downtime {downtime:.2f}s "
