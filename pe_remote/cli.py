@@ -31,9 +31,35 @@ TARGET_HELP = {
 }
 
 
+# Defaults a config file may set instead of a flag on every call: a `pe_remote:` section in
+# pe-remote.yaml (the `pe-remote` program), fabric.yaml (`fab`) or invoke.yaml (`invoke`).
+CONFIG_DEFAULTS = {"inventory": None, "key_file": None, "known_hosts": None}
+
+
+def config_defaults(c) -> dict[str, str]:
+    """The `pe_remote:` section of the Invoke/Fabric config, checked (a flag given wins over it)."""
+    config = getattr(c, "config", None)
+    section = config.get("pe_remote") if config is not None else None
+    if not section:
+        return {}
+    found = {}
+    for key in CONFIG_DEFAULTS:
+        value = section.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(f"config pe_remote.{key} is {value!r}: give a path as a string")
+        found[key] = value
+    return found
+
+
 def target_from(c, host: str | None = None, inventory: str | None = None, key_file: str | None = None,
                 known_hosts: str | None = None) -> Target:
-    inv = load_inventory(inventory or os.environ.get("PE_REMOTE_INVENTORY", DEFAULT_INVENTORY))
+    configured = config_defaults(c)
+    key_file = key_file or configured.get("key_file")
+    known_hosts = known_hosts or configured.get("known_hosts")
+    inv = load_inventory(inventory or configured.get("inventory")
+                         or os.environ.get("PE_REMOTE_INVENTORY", DEFAULT_INVENTORY))
     fab_host = getattr(c, "original_host", None)  # set only on a fabric Connection (fab -H)
     if fab_host:
         given = c.connect_kwargs.get("key_filename") or ()

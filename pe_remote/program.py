@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fabric import Config, Executor
 from fabric.main import Fab
 
+from pe_remote.cli import CONFIG_DEFAULTS
 from pe_remote.tasks import ns
 
 
@@ -22,7 +23,22 @@ def _version() -> str:
         return "unknown"
 
 
-program = Fab(name="pe-remote", version=_version(), namespace=ns, executor_class=Executor, config_class=Config)
+class PeRemoteConfig(Config):
+    """Fabric's config, read from /etc/pe-remote.yaml, ~/.pe-remote.yaml and `-f FILE`; its `pe_remote:`
+    section sets the target defaults (see cli.CONFIG_DEFAULTS). The inventory's own variable,
+    PE_REMOTE_INVENTORY, still works."""
+
+    prefix = "pe-remote"
+
+    @staticmethod
+    def global_defaults():
+        defaults = Config.global_defaults()
+        defaults["pe_remote"] = dict(CONFIG_DEFAULTS)
+        return defaults
+
+
+program = Fab(name="pe-remote", version=_version(), namespace=ns, executor_class=Executor,
+              config_class=PeRemoteConfig)
 
 
 def main() -> None:
