@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pe_remote.report import RunReport, StepEntry, utc_now
+from pe_remote.report import RunReport, StepRecord, utc_now
 
 
 class Phase(str, enum.Enum):
@@ -130,7 +130,8 @@ class ReportWriter:
                              "sha256": journal.backup.sha256, "size": journal.backup.size}
         elif event.name == "step-finished" and data["outcome"] != "journalled":
             outcome = "failed" if data["outcome"] == "lost" else data["outcome"]
-            report.steps.append(StepEntry(data["key"], data["title"], data["started_at"], data["ended_at"], outcome))
+            report.steps.append(StepRecord(data["key"], data["title"], event.at - data["seconds"], event.at, outcome,
+                                           data["started_at"], data["ended_at"]))
         elif event.name == "window-closed":
             report.downtime_seconds = round(data["seconds"], 3)
         elif event.name == "verified":

@@ -23,18 +23,7 @@ from pe_remote.errors import Interrupted, StepFailed
 from pe_remote.events import ConsoleSteps, Events, JournalCopy, Phase
 from pe_remote.journal import Journal, event
 from pe_remote.plan import Plan, Step
-from pe_remote.report import utc_now
-
-@dataclass
-class StepRecord:
-    key: str
-    title: str
-    started: float
-    ended: float
-    outcome: str  # ok, already-done, failed
-    started_at: str = ""
-    ended_at: str = ""
-
+from pe_remote.report import StepRecord, utc_now
 
 @dataclass
 class Execution:

@@ -22,15 +22,19 @@ def utc_now() -> str:
 
 
 @dataclass
-class StepEntry:
+class StepRecord:
+    """One step as it ran: what the executor keeps and the report shows."""
+
     key: str
     title: str
-    started: str
-    ended: str
+    started: float  # time.monotonic()
+    ended: float
     outcome: str  # ok, already-done, failed
+    started_at: str = ""  # UTC, for the report
+    ended_at: str = ""
 
     def as_dict(self) -> dict:
-        return {"key": self.key, "title": self.title, "started": self.started, "ended": self.ended,
+        return {"key": self.key, "title": self.title, "started": self.started_at, "ended": self.ended_at,
                 "outcome": self.outcome}
 
 
@@ -48,7 +52,7 @@ class RunReport:
     old_cert: dict | None = None
     new_cert: dict | None = None
     backup: dict | None = None
-    steps: list[StepEntry] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)
     downtime_seconds: float | None = None
     remote_commands: int = 0
     run_id: str | None = None
