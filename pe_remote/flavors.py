@@ -185,3 +185,8 @@ def detect_flavor(puppet_version: str, pe_version: str | None) -> Flavor:
         f"open-source Puppet {puppet_version.strip() or '(unknown version)'} is not supported "
         "(Puppet 4 and later, or Puppet Enterprise 3.x and 2016+, are)"
     )
+
+
+# Ruby with its OpenSSL library, which every generation's agent runs on (PE's own, or the system's):
+# the CA's CRL is re-signed with it on the master, so the CA key never leaves the CA's folder.
+RUBY_PATHS = ("/opt/puppetlabs/puppet/bin/ruby", "/opt/puppet/bin/ruby", "/usr/bin/ruby", "/usr/local/bin/ruby")

@@ -50,6 +50,12 @@ def render_plan(plan: Plan, backup_command: str, label: str) -> str:
         lines.append(f"  not on this host, skipped: {', '.join(plan.skipped_services)}")
     if plan.stopped_services:
         lines.append(f"  already stopped, left stopped: {', '.join(plan.stopped_services)}")
+    return "\n".join(lines + [render_steps(plan, backup_command)])
+
+
+def render_steps(plan: Plan, backup_command: str) -> str:
+    """The backup and each step with its remote command and check, in order."""
+    lines = []
     lines.append("  remote commands, in order (a step marked 'after' starts as soon as those steps are done,")
     lines.append("  alongside the others):")
     lines.append(f"   0. Back up the SSL directory\n      $ {backup_command}")

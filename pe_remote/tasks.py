@@ -12,6 +12,7 @@ from invoke import Collection, task
 from pe_remote.cli import (TARGET_HELP, alt_names_from, check_flavor, check_report_path, connected, exits_cleanly,
                            for_each_host, report_path, run_id_from, run_log_path, target_from, targets_from)
 from pe_remote.console import Console
+from pe_remote.crl import DEFAULT_DAYS as DEFAULT_CRL_DAYS, MAX_DAYS as MAX_CRL_DAYS, refresh_crl as refresh
 from pe_remote.discovery import discover as discover_master
 from pe_remote.errors import InputError, Mismatch, PeRemoteError
 from pe_remote.expiry import dates_to_json, render_dates
@@ -207,4 +208,38 @@ def verify(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
     for_each_host(targets, one_master, accept_new_host_key=accept_new_host_key, parallel=parallel, title="verify")
 
 
-ns = Collection(discover, backup, regen, restore, verify)
+@task(name="refresh-crl", auto_shortflags=False, help={
+    **TARGET_HELP,
+    "days": f"how long the re-signed CRL is valid, in days (default {DEFAULT_CRL_DAYS}, Puppet's own)",
+    "yes": "do not ask before changing the CRL",
+    "dry_run": "show the plan (every remote command) and change nothing",
+    "backup_dir": BACKUP_DIR_HELP,
+    "flavor": FLAVOR_HELP,
+    "verbose": "print every remote command as it runs",
+})
+@exits_cleanly
+def refresh_crl(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
+                days=DEFAULT_CRL_DAYS, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False):
+    """Re-sign the CA's CRL with a fresh end date: same entries, CRL number + 1 (backup first).
+
+    For a CRL near its nextUpdate (see `verify`): the signing CA's CRL is re-signed on the master with
+    the CA key, copied to the host's CRL, and the server made to read it (a reload where its unit can,
+    else a restart). The result is proven from the CRL's bytes; a failure puts the backup back.
+    """
+    check_flavor(flavor)
+    if not isinstance(days, int) or not 1 <= days <= MAX_CRL_DAYS:
+        raise InputError(f"--days {days!r}: give whole days from 1 to {MAX_CRL_DAYS}")
+    target = target_from(c, host, inventory, key_file, known_hosts)
+    console = Console(verbose=verbose, assume_yes=yes, log_path=run_log_path(target, "refresh-crl"))
+    try:
+        with connected(target, accept_new_host_key) as remote:
+            if verbose:
+                remote.on_command = console.command
+            refresh(remote, console, days=days, dry_run=dry_run, backup_dir=backup_dir or target.backup_dir,
+                    flavor=flavor)
+    finally:
+        console.info(f"Log: {console.log_path}")
+        console.close()
+
+
+ns = Collection(discover, backup, regen, restore, verify, refresh_crl)

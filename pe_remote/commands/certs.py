@@ -130,3 +130,53 @@ def common_name(name) -> str:
 
     values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(values[0].value) if values else name.rfc4514_string()
+
+
+@dataclass(frozen=True)
+class CrlInfo:
+    """What a CRL says, and whether the CA cert given signed it."""
+
+    issuer: str
+    number: int | None
+    last_update: object  # datetime (UTC)
+    next_update: object  # datetime (UTC) or None
+    entries: frozenset[tuple[str, str]]  # (serial, revocation date ISO)
+    signed_by_ca: bool
+    der_sha256: str
+
+
+def read_crls(data: bytes, ca_cert_pem: bytes = b"") -> list[CrlInfo]:
+    """Every CRL in `data` (PEM), each checked against the first cert of `ca_cert_pem` that names its issuer."""
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cas = []
+    for block in pem_blocks(ca_cert_pem):
+        try:
+            cas.append(x509.load_pem_x509_certificate(block))
+        except ValueError:
+            continue
+    found = []
+    for block in pem_blocks(data, b"X509 CRL"):
+        try:
+            crl = x509.load_pem_x509_crl(block)
+        except ValueError:
+            continue
+        try:
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        except x509.ExtensionNotFound:
+            number = None
+        issuer = next((ca for ca in cas if ca.subject == crl.issuer), None)
+        signed = False
+        if issuer is not None:
+            try:
+                signed = crl.is_signature_valid(issuer.public_key())
+            except (TypeError, ValueError):
+                signed = False
+        entries = frozenset((serial_text(e.serial_number), e.revocation_date_utc.isoformat()) for e in crl)
+        found.append(CrlInfo(crl.issuer.rfc4514_string(), number, crl.last_update_utc, crl.next_update_utc,
+                             entries, signed,
+                             hashlib.sha256(crl.public_bytes(serialization.Encoding.DER)).hexdigest()))
+    return found

@@ -1,0 +1,87 @@
+"""The CRL's commands: read the CA's CRL, CA cert and the host's CRL copy; re-sign the CA's CRL in
+place with the CA key (same entries, CRL number + 1, a fresh nextUpdate); copy it to the host CRL.
+
+The re-signing runs in the master's Ruby (RUBY_PATHS) with its OpenSSL: the CA key is read there and
+never travels. The new CRL is written beside the old one and moved over it with the old one's owner
+and mode, so a reader sees the old CRL or the new one, never half of either.
+"""
+
+from __future__ import annotations
+
+from pe_remote.commands.sections import file_encoded, mark
+from pe_remote.commands.shell import join, q
+from pe_remote.flavors import RUBY_PATHS
+
+# ARGV: CRL file, CA key, CA cert bundle, days, output file. Only the FIRST CRL of the file (the
+# signing CA's: Puppet 6+ keeps the root CA's after it) is re-signed; the rest is kept byte for byte.
+RESIGN_RUBY = r'''
+require "openssl"
+crl_path, key_path, ca_path, days, out_path = ARGV
+pem = File.read(crl_path)
+blocks = pem.scan(/-----BEGIN X509 CRL-----.+?-----END X509 CRL-----\n?/m)
+abort "no CRL in #{crl_path}" if blocks.empty?
+crl = OpenSSL::X509::CRL.new(blocks[0])
+ca = OpenSSL::X509::Certificate.new(File.read(ca_path)[/-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----/m])
+key = OpenSSL::PKey.read(File.read(key_path))
+abort "the CRL in #{crl_path} is not signed by the CA of #{ca_path}" unless crl.verify(ca.public_key)
+abort "#{key_path} is not the key of the CA cert in #{ca_path}" unless ca.check_private_key(key)
+number = crl.extensions.find { |e| e.oid == "crlNumber" }
+n = number ? OpenSSL::ASN1.decode(OpenSSL::ASN1.decode(number.to_der).value.last.value).value.to_i : 0
+crl.extensions = crl.extensions.reject { |e| e.oid == "crlNumber" } +
+                 [OpenSSL::X509::Extension.new("crlNumber", OpenSSL::ASN1::Integer.new(n + 1))]
+now = Time.now.utc
+crl.last_update = now
+crl.next_update = now + Integer(days) * 86400
+digest = crl.signature_algorithm[/sha(512|384|256|224)/i] || "sha256"
+crl.sign(key, OpenSSL::Digest.new(digest.upcase))
+rest = blocks.drop(1).map { |b| b.end_with?("\n") ? b : b + "\n" }.join
+File.open(out_path, "w", 0600) { |f| f.write(crl.to_pem + rest) }
+puts "crlNumber #{n} -> #{n + 1}, nextUpdate #{crl.next_update.utc}"
+'''
+
+
+def ruby_script(script: str, args: list[str]) -> str:
+    """Shell that runs `script` with the first Ruby of RUBY_PATHS there is, `args` as its ARGV."""
+    candidates = " ".join(q(p) for p in RUBY_PATHS)
+    return (f"R=; for r in {candidates}; do if [ -x \"$r\" ]; then R=$r; break; fi; done; "
+            f"[ -n \"$R\" ] || {{ echo 'no Ruby found (looked in {', '.join(RUBY_PATHS)})'; exit 1; }}; "
+            f"\"$R\" -e {q(script)} " + join(args))
+
+
+def resign(crl: str, key: str, ca_cert: str, days: int) -> str:
+    """Re-sign the CA's CRL in place (see the module docstring)."""
+    new = crl + ".pe-remote-new"
+    return (f"{ruby_script(RESIGN_RUBY, [crl, key, ca_cert, str(int(days)), new])} && "
+            f"chown --reference={q(crl)} {q(new)} && chmod --reference={q(crl)} {q(new)} && mv {q(new)} {q(crl)}")
+
+
+def differs_from(path: str, sha256: str) -> str:
+    """Exit 0 only if the file is there and is not the one of sha256 `sha256`."""
+    return (f"[ -s {q(path)} ] && [ \"$(sha256sum < {q(path)} | cut -d' ' -f1)\" != {q(sha256)} ] "
+            f"|| {{ echo {q(f'{path} is unchanged')}; exit 1; }}")
+
+
+def copy_over(source: str, target: str) -> str:
+    """Copy `source`'s bytes into `target`, keeping `target`'s owner and mode (a new file: `source`'s)."""
+    return (f"if [ -e {q(target)} ]; then cat {q(source)} > {q(target)}; "
+            f"else cp -p {q(source)} {q(target)}; fi")
+
+
+def same_bytes(source: str, target: str) -> str:
+    return f"cmp -s {q(source)} {q(target)}"
+
+
+def reload_service(name: str) -> str:
+    return join(["systemctl", "reload", f"{name}.service"])
+
+
+def crl_files(ca_crl: str, host_crl: str, ca_cert: str, server: str) -> str:
+    """The CRL facts: the CA's CRL, the host's copy, the CA bundle (base64 each), the CRL the CA
+    endpoint on 8140 serves, and whether `server`'s unit can reload."""
+    served = ("curl -sk --max-time 20 "
+              "'https://127.0.0.1:8140/puppet-ca/v1/certificate_revocation_list/ca?environment=production' | base64")
+    return "\n".join([
+        mark("ca_crl"), file_encoded(ca_crl), mark("host_crl"), file_encoded(host_crl),
+        mark("ca_cert"), file_encoded(ca_cert), mark("served_crl"), served,
+        mark("can_reload"), f"systemctl show -p CanReload {q(server + '.service')} 2>/dev/null || true",
+    ])

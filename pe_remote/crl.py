@@ -1,0 +1,240 @@
+"""`refresh-crl`: the CA's CRL re-signed with a fresh nextUpdate before it ends.
+
+An expired CRL stops every agent of the site. Puppet re-signs its CRL only when it revokes a cert;
+a quiet CA's CRL simply runs out (PE 3.x-era CRLs were issued for five years). This job re-signs the
+signing CA's CRL in place with the CA's own key: the same entries, the CRL number + 1, nextUpdate
+`days` from now; copies it to the host's CRL; and makes the server read it (a reload where its unit
+can, else a restart). Backup first, plan shown, each step checked, the result proven from the CRL's
+bytes, and any failure rolled back from the backup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from pe_remote import lock as master_lock
+from pe_remote.backup import Backup, backup_name, local_backup_dir, stream_command, take_backup
+from pe_remote.commands import crl as commands
+from pe_remote.commands import sections as protocol
+from pe_remote.commands.certs import CrlInfo, read_crls
+from pe_remote.commands.steps import server_ready_check, service_command
+from pe_remote.commands.discovery import REMOTE_STATE_DIR
+from pe_remote.discovery import MasterFacts, discover
+from pe_remote.errors import (ConnectionFailed, Incomplete, InputError, PeRemoteError, Refused, RolledBack,
+                              VerificationFailed)
+from pe_remote.events import ConsoleSteps, Events, Listener, Phase, ReportWriter, exit_code
+from pe_remote.executor import InterruptLatch, execute
+from pe_remote.plan import Plan, Step
+from pe_remote.render import render_steps
+from pe_remote.report import RunReport
+from pe_remote.restore import put_back
+
+DEFAULT_DAYS = 5 * 365  # the lifetime Puppet gives its own CRLs
+MAX_DAYS = 20 * 365
+
+
+@dataclass(frozen=True)
+class CrlPaths:
+    ca_crl: str
+    host_crl: str
+    ca_cert: str
+    ca_key: str
+
+    @classmethod
+    def of(cls, facts: MasterFacts) -> "CrlPaths":
+        return cls(f"{facts.cadir}/ca_crl.pem", f"{facts.ssldir}/crl.pem", f"{facts.cadir}/ca_crt.pem",
+                   f"{facts.cadir}/ca_key.pem")
+
+
+@dataclass(frozen=True)
+class CrlState:
+    """The CRLs as the master has them, read from their bytes."""
+
+    ca_crl: tuple[CrlInfo, ...]
+    host_crl: tuple[CrlInfo, ...]
+    served: tuple[CrlInfo, ...]  # what the CA endpoint on 8140 hands agents (empty: nothing answered)
+    ca_crl_sha256: str  # of the file as it is, for the step's check
+    can_reload: bool
+
+
+def read_state(remote, facts: MasterFacts) -> CrlState:
+    import hashlib
+
+    paths = CrlPaths.of(facts)
+    output = remote.run(commands.crl_files(paths.ca_crl, paths.host_crl, paths.ca_cert, facts.server_service),
+                        check=False).stdout
+    found = protocol.split(output)
+    ca_cert = protocol.decoded(found.get("ca_cert", []))
+    ca_crl = protocol.decoded(found.get("ca_crl", []))
+    return CrlState(tuple(read_crls(ca_crl, ca_cert)),
+                    tuple(read_crls(protocol.decoded(found.get("host_crl", [])), ca_cert)),
+                    tuple(read_crls(protocol.decoded(found.get("served_crl", [])), ca_cert)),
+                    hashlib.sha256(ca_crl).hexdigest(),
+                    any(line.strip() == "CanReload=yes" for line in found.get("can_reload", [])))
+
+
+def build_refresh_plan(facts: MasterFacts, state: CrlState, days: int) -> Plan:
+    """The steps: re-sign, copy to the host CRL, make the server read it (reload or restart), wait for it."""
+    paths = CrlPaths.of(facts)
+    steps = [
+        Step("resign-crl", f"Re-sign the CA's CRL (valid {days} days from now)",
+             commands.resign(paths.ca_crl, paths.ca_key, paths.ca_cert, days),
+             check=commands.differs_from(paths.ca_crl, state.ca_crl_sha256)),
+        Step("copy-host-crl", f"Copy it to the host's CRL {paths.host_crl}",
+             commands.copy_over(paths.ca_crl, paths.host_crl), check=commands.same_bytes(paths.ca_crl, paths.host_crl)),
+    ]
+    server = facts.server_service
+    if server in facts.running_services:
+        if state.can_reload:
+            steps.append(Step(f"reload:{server}", f"Reload {server} (it reads the CRL again)",
+                              commands.reload_service(server)))
+        else:
+            steps.append(Step(f"stop:{server}", f"Stop {server}", service_command(facts, server, "stopped")))
+            steps.append(Step(f"start:{server}", f"Start {server}", service_command(facts, server, "running")))
+        steps.append(Step("wait-server", f"Wait for {server} to answer on 8140", server_ready_check(facts),
+                          server_ready=True))
+    return Plan(facts, (), tuple(steps), (), (), ())
+
+
+def refresh_problems(before: CrlState, after: CrlState, days: int, now: datetime, *, served: bool) -> list[str]:
+    """Every way the refreshed CRLs differ from what the job promised (empty: all good)."""
+    if not after.ca_crl:
+        return ["no readable CRL in the CA's folder"]
+    old, new = before.ca_crl[0], after.ca_crl[0]
+    problems = []
+    if not new.signed_by_ca:
+        problems.append("the new CRL does not verify against the CA cert")
+    if new.issuer != old.issuer:
+        problems.append(f"the CRL's issuer changed from {old.issuer!r} to {new.issuer!r}")
+    if new.number != (old.number or 0) + 1:
+        problems.append(f"the CRL number is {new.number}, not {(old.number or 0) + 1}")
+    if new.entries != old.entries:
+        lost, gained = sorted(old.entries - new.entries), sorted(new.entries - old.entries)
+        problems.append(f"the CRL's entries changed (lost {len(lost)}, gained {len(gained)})")
+    if new.next_update is None or new.next_update < now + timedelta(days=days) - timedelta(hours=1):
+        problems.append(f"the CRL's nextUpdate is {new.next_update}, not {days} days from now")
+    if [c.der_sha256 for c in after.ca_crl[1:]] != [c.der_sha256 for c in before.ca_crl[1:]]:
+        problems.append("the other CRLs of the CA's file (the root CA's) changed")
+    if [c.der_sha256 for c in after.host_crl] != [c.der_sha256 for c in after.ca_crl]:
+        problems.append("the host's CRL is not the CA's")
+    if served and (not after.served or after.served[0].der_sha256 != new.der_sha256):
+        problems.append("the CA endpoint on 8140 does not serve the new CRL")
+    return problems
+
+
+@dataclass
+class RefreshResult:
+    facts: MasterFacts
+    plan: Plan
+    outcome: str  # ok, dry-run
+    before: CrlState
+    after: CrlState | None = None
+    backup: Backup | None = None
+
+
+def refresh_crl(remote, console, *, days: int = DEFAULT_DAYS, dry_run: bool = False, backup_dir: str = "backups",
+                flavor: str | None = None, report: RunReport | None = None,
+                listeners: tuple[Listener, ...] = ()) -> RefreshResult:
+    """The `refresh-crl` job (see the module docstring); raises RolledBack (7) or Incomplete (8) on failure."""
+    if not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
+        raise InputError(f"--days {days!r}: give whole days from 1 to {MAX_DAYS}")
+    report = report if report is not None else RunReport(remote.target.label)
+    events = Events(ReportWriter(report), ConsoleSteps(console), *listeners)
+    outcome, error, lock = "failed", None, None
+    try:
+        lock = None if dry_run else master_lock.acquire(remote, "refresh-crl", console)
+        result = _refresh(remote, console, events, days, dry_run, backup_dir, flavor)
+        outcome = result.outcome
+        return result
+    except RolledBack as exc:
+        outcome, error = "rolled-back", exc
+        raise
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+        events.emit("finished", outcome=outcome, error=str(error) if error is not None else None,
+                    exit_code=exit_code(events.phase, error), remote_commands=remote.commands_run)
+
+
+def _refresh(remote, console, events: Events, days: int, dry_run: bool, backup_dir: str,
+             flavor: str | None) -> RefreshResult:
+    label = remote.target.label
+    facts = discover(remote, flavor_override=flavor)
+    if facts.unfinished_journals:
+        raise Refused(f"{label} has an unfinished regen run ({facts.unfinished_journals[-1][0]}): finish it first "
+                      "with `regen` (resume, --rollback or --abandon); nothing was changed")
+    if not facts.ca_key_present:
+        raise Refused(f"{facts.cadir}/ca_key.pem is absent: this host is not the CA, it cannot sign a CRL; "
+                      "run refresh-crl against the CA master")
+    before = read_state(remote, facts)
+    if not before.ca_crl or not before.ca_crl[0].signed_by_ca:
+        raise Refused(f"the CRL {CrlPaths.of(facts).ca_crl} is missing, unreadable or not signed by the CA cert "
+                      f"{CrlPaths.of(facts).ca_cert}: refusing to re-sign it; nothing was changed")
+    plan = build_refresh_plan(facts, before, days)
+    events.emit("planned", facts=facts, alt_names=(), plan=plan)
+    current = before.ca_crl[0]
+    shown = "\n".join([
+        f"Plan for {label}: re-sign the CA's CRL ({facts.flavor.title})",
+        f"  now: CRL number {current.number}, {len(current.entries)} revoked certs, nextUpdate "
+        f"{current.next_update:%Y-%m-%d %H:%M} UTC",
+        f"  after: CRL number {(current.number or 0) + 1}, the same {len(current.entries)} entries, nextUpdate "
+        f"{datetime.now(timezone.utc) + timedelta(days=days):%Y-%m-%d} (--days {days})",
+        render_steps(plan, stream_command(facts, f"{REMOTE_STATE_DIR}/{backup_name(facts.certname)}")),
+    ])
+    (console.notice if dry_run else console.info)(shown)
+    if dry_run:
+        console.notice("Dry run: nothing was changed on the master.")
+        return RefreshResult(facts, plan, "dry-run", before)
+    console.confirm(f"Re-sign the CRL of {facts.certname}'s CA on {label}, valid {days} days?")
+    folder = local_backup_dir(backup_dir, label)
+    console.notice(f"Backing up {facts.ssldir} on {label} ...")
+    events.emit("backup-started")
+    backup = take_backup(remote, facts, folder)
+    events.emit("backup-finished", backup=backup)
+    console.notice(f"Backup: {backup.local_path} (sha256 {backup.sha256}); on the master: {backup.remote.path}")
+    try:
+        with InterruptLatch(console) as latch:
+            execute(remote, plan, console, latch=latch, events=events)
+        after = read_state(remote, facts)
+        problems = refresh_problems(before, after, days, datetime.now(timezone.utc),
+                                    served=facts.server_service in facts.running_services)
+        if problems:
+            raise VerificationFailed("the refreshed CRL is not right: " + "; ".join(problems))
+    except ConnectionFailed as exc:
+        events.enter(Phase.INCOMPLETE)
+        raise Incomplete(f"{exc}. The CRL may be half-way refreshed on {label}: check it with `verify`, or put "
+                         f"the backup back with `restore {backup.local_path}`") from None
+    except Exception as exc:  # noqa: BLE001 - once changing, whatever it is, put it back
+        _roll_back(remote, facts, backup, before, console, events, reason=str(exc))
+    events.enter(Phase.DONE)
+    new = after.ca_crl[0]
+    console.notice(f"Refreshed the CRL on {label}: number {current.number} -> {new.number}, "
+                   f"{len(new.entries)} entries kept, next update {new.next_update:%Y-%m-%d %H:%M} UTC "
+                   f"(was {current.next_update:%Y-%m-%d}); backup {backup.local_path}")
+    return RefreshResult(facts, plan, "ok", before, after, backup)
+
+
+def _roll_back(remote, facts: MasterFacts, backup: Backup, before: CrlState, console, events: Events, *,
+               reason: str) -> None:
+    """Put the backup back and prove the old CRL is there again; always raises."""
+    console.warn(reason)
+    events.emit("rollback-started", reason=reason)
+    try:
+        outcome = put_back(remote, facts, backup.remote.path, backup.sha256, facts.running_services, console)
+        restored = read_state(remote, facts)
+    except PeRemoteError as exc:
+        events.enter(Phase.INCOMPLETE)
+        raise Incomplete(f"{reason}; then the ROLLBACK FAILED too: {exc}. Restore by hand from {backup.remote.path} "
+                         f"on the master ({backup.local_path} here)") from None
+    if restored.ca_crl_sha256 != before.ca_crl_sha256:
+        events.enter(Phase.INCOMPLETE)
+        raise Incomplete(f"{reason}; the backup was put back but the CA's CRL is not the old one; check the master "
+                         f"by hand; backup {backup.remote.path}")
+    events.enter(Phase.ROLLED_BACK)
+    raise RolledBack(f"rolled back: {reason}. The old CRL is back; the replaced folders are kept as "
+                     f"{', '.join(outcome.moved_aside)}; backup {backup.local_path}")
+

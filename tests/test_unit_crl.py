@@ -1,0 +1,220 @@
+"""Unit tests for `refresh-crl` (pe_remote/crl.py): the plan, the proof read from the CRLs' bytes, and the
+job's paths (dry run, refusals, success, rollback) on fakes. The re-signing itself runs on real
+masters in tests/test_refresh_crl.py."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import datetime
+import io
+import types
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from pe_remote import crl as job
+from pe_remote.commands import sections as protocol
+from pe_remote.commands.certs import read_crls
+from pe_remote.console import Console
+from pe_remote.errors import Incomplete, InputError, Refused, RemoteCommandFailed, RolledBack
+from pe_remote.report import RunReport
+from test_unit_backup_verify import RECORDED
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+KEY = ec.generate_private_key(ec.SECP256R1())
+OTHER_KEY = ec.generate_private_key(ec.SECP256R1())
+CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Puppet CA: master.pe-remote.test")])
+
+
+def _ca_pem(key=KEY) -> bytes:
+    cert = (x509.CertificateBuilder().subject_name(CA_NAME).issuer_name(CA_NAME).public_key(key.public_key())
+            .serial_number(1).not_valid_before(NOW - datetime.timedelta(days=1))
+            .not_valid_after(NOW + datetime.timedelta(days=3650)).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _crl_pem(number: int, days: float, revoked=(7, 9), key=KEY) -> bytes:
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(CA_NAME).last_update(NOW)
+               .next_update(NOW + datetime.timedelta(days=days)).add_extension(x509.CRLNumber(number), False))
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial)
+                                                  .revocation_date(datetime.datetime(2025, 1, 1)).build())
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+CA = _ca_pem()
+OLD = _crl_pem(4, 3)
+NEW = _crl_pem(5, 1825)
+
+
+def state(ca_crl: bytes, host_crl: bytes | None = None, served: bytes | None = None, *, reload: bool = True):
+    return job.CrlState(tuple(read_crls(ca_crl, CA)), tuple(read_crls(host_crl if host_crl is not None else ca_crl,
+                                                                      CA)),
+                        tuple(read_crls(served if served is not None else ca_crl, CA)), hashlib.sha256(ca_crl).hexdigest(),
+                        reload)
+
+
+def problems(after, before=None, days=1825):
+    return job.refresh_problems(before or state(OLD), after, days, NOW, served=True)
+
+
+def test_a_good_refresh_has_no_problems():
+    assert problems(state(NEW)) == []
+
+
+@pytest.mark.parametrize("after, expected", [
+    (lambda: state(_crl_pem(6, 1825)), "the CRL number is 6, not 5"),
+    (lambda: state(_crl_pem(5, 1825, revoked=(7,))), "the CRL's entries changed (lost 1, gained 0)"),
+    (lambda: state(_crl_pem(5, 30)), "nextUpdate"),
+    (lambda: state(_crl_pem(5, 1825, key=OTHER_KEY)), "does not verify against the CA cert"),
+    (lambda: state(NEW, host_crl=OLD), "the host's CRL is not the CA's"),
+    (lambda: state(NEW, served=OLD), "the CA endpoint on 8140 does not serve the new CRL"),
+    (lambda: state(NEW + OLD, host_crl=NEW + OLD), "the other CRLs of the CA's file"),
+    (lambda: state(b""), "no readable CRL"),
+])
+def test_each_way_a_refresh_can_be_wrong_is_named(after, expected):
+    found = problems(after())
+    assert len(found) == 1 and expected in found[0], found
+
+
+def test_a_server_left_stopped_is_not_asked_for_the_crl():
+    assert job.refresh_problems(state(OLD), state(NEW, served=b""), 1825, NOW, served=False) == []
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+def test_plan_reloads_a_server_whose_unit_can():
+    plan = job.build_refresh_plan(RECORDED, state(OLD, reload=True), 1825)
+    assert [s.key for s in plan.steps] == ["resign-crl", "copy-host-crl", "reload:puppetserver", "wait-server"]
+    assert " 1825 " in plan.steps[0].command and "/ca_key.pem " in plan.steps[0].command
+    assert plan.steps[-1].server_ready
+
+
+def test_plan_restarts_a_server_that_cannot_reload():
+    plan = job.build_refresh_plan(RECORDED, state(OLD, reload=False), 30)
+    assert [s.key for s in plan.steps] == ["resign-crl", "copy-host-crl", "stop:puppetserver", "start:puppetserver",
+                                           "wait-server"]
+
+
+def test_plan_leaves_a_stopped_server_stopped():
+    stopped = dataclasses.replace(RECORDED, services=tuple(
+        dataclasses.replace(s, active=False) if s.name == "puppetserver" else s for s in RECORDED.services))
+    assert [s.key for s in job.build_refresh_plan(stopped, state(OLD), 30).steps] == ["resign-crl", "copy-host-crl"]
+
+
+def test_read_state_parses_the_sections():
+    encode = lambda data: base64.encodebytes(data).decode()  # noqa: E731
+    output = (f"{protocol.marker('ca_crl')}\n{encode(OLD)}{protocol.marker('host_crl')}\n{encode(OLD)}"
+              f"{protocol.marker('ca_cert')}\n{encode(CA)}{protocol.marker('served_crl')}\n{encode(OLD)}"
+              f"{protocol.marker('can_reload')}\nCanReload=yes\n")
+    remote = types.SimpleNamespace(run=lambda command, check=True: types.SimpleNamespace(stdout=output))
+    found = job.read_state(remote, RECORDED)
+    assert found.can_reload and found.ca_crl[0].number == 4 and found.ca_crl[0].signed_by_ca
+    assert found.served[0].der_sha256 == found.ca_crl[0].der_sha256
+    assert {serial for serial, _ in found.ca_crl[0].entries} == {"7", "9"}
+
+
+# --- the job on fakes ----------------------------------------------------------------------------
+
+class Master:
+    commands_run = 0
+    target = types.SimpleNamespace(label="m", backup_dir="backups")
+
+    def hold(self, command):
+        return "==> lock-held <==", types.SimpleNamespace(close=lambda: None)
+
+
+@pytest.fixture
+def fakes(monkeypatch, tmp_path):
+    facts = dataclasses.replace(RECORDED, backup_free_kb=10**7)
+    states = [state(OLD), state(NEW)]
+    calls = types.SimpleNamespace(executed=[], put_back=[], backup=0, states=states)
+    monkeypatch.setattr(job, "discover", lambda remote, flavor_override=None: facts)
+    monkeypatch.setattr(job, "read_state", lambda remote, facts: calls.states.pop(0))
+
+    def backup(remote, facts, folder):
+        calls.backup += 1
+        return types.SimpleNamespace(local_path=tmp_path / "b.tar.gz", sha256="a" * 64,
+                                     remote=types.SimpleNamespace(path="/root/pe-remote-backups/b.tar.gz"))
+
+    monkeypatch.setattr(job, "take_backup", backup)
+    monkeypatch.setattr(job, "execute", lambda remote, plan, console, **kw: calls.executed.append(plan))
+
+    def put_back(remote, facts, tarball, sha256, start, console):
+        calls.put_back.append(tarball)
+        return types.SimpleNamespace(moved_aside=("/var/lib/puppet/ssl.pe-remote-failed-x",))
+
+    monkeypatch.setattr(job, "put_back", put_back)
+    return calls
+
+
+def _run(**kwargs):
+    report = RunReport("m")
+    console = Console(out=io.StringIO(), assume_yes=True)
+    try:
+        return job.refresh_crl(Master(), console, report=report, **kwargs), report, console
+    except Exception as exc:  # noqa: BLE001 - the tests look at it
+        return exc, report, console
+
+
+def test_a_refresh_backs_up_runs_the_plan_and_proves_it(fakes):
+    result, report, console = _run(days=1825)
+    assert result.outcome == "ok" and fakes.backup == 1 and len(fakes.executed) == 1
+    assert report.exit_code == 0 and report.outcome == "ok"
+    assert "number 4 -> 5, 2 entries kept" in console.out.getvalue()
+
+
+def test_a_dry_run_shows_the_plan_and_changes_nothing(fakes):
+    result, report, console = _run(dry_run=True)
+    assert result.outcome == "dry-run" and fakes.backup == 0 and fakes.executed == []
+    shown = console.out.getvalue()
+    assert "Re-sign the CA's CRL" in shown and "CRL number 4, 2 revoked certs" in shown and "Dry run" in shown
+
+
+def test_a_wrong_result_is_rolled_back_exit_7(fakes):
+    fakes.states[1:] = [state(_crl_pem(5, 1825, revoked=(7,))), state(OLD)]
+    error, report, _ = _run()
+    assert isinstance(error, RolledBack) and "entries changed" in str(error)
+    assert fakes.put_back == ["/root/pe-remote-backups/b.tar.gz"] and report.exit_code == 7
+
+
+def test_a_rollback_that_does_not_bring_the_old_crl_back_is_incomplete(fakes):
+    fakes.states[1:] = [state(_crl_pem(5, 30)), state(NEW)]
+    error, report, _ = _run()
+    assert isinstance(error, Incomplete) and "not the old one" in str(error) and report.exit_code == 8
+
+
+def test_a_rollback_that_fails_is_incomplete(fakes, monkeypatch):
+    fakes.states[1:] = [state(_crl_pem(5, 30))]
+
+    def broken(*a, **k):
+        raise RemoteCommandFailed("tar -xzpf", 2, "tar: error")
+
+    monkeypatch.setattr(job, "put_back", broken)
+    error, report, _ = _run()
+    assert isinstance(error, Incomplete) and "ROLLBACK FAILED" in str(error) and report.exit_code == 8
+
+
+def test_no_ca_key_is_refused_before_anything(fakes, monkeypatch):
+    monkeypatch.setattr(job, "discover", lambda remote, flavor_override=None:
+                        dataclasses.replace(RECORDED, ca_key_present=False))
+    error, report, _ = _run()
+    assert isinstance(error, Refused) and "not the CA" in str(error) and report.exit_code == 4
+    assert fakes.backup == 0
+
+
+def test_a_crl_the_ca_did_not_sign_is_refused(fakes):
+    fakes.states[0] = state(_crl_pem(4, 3, key=OTHER_KEY))
+    error, _, _ = _run()
+    assert isinstance(error, Refused) and "not signed by the CA" in str(error) and fakes.backup == 0
+
+
+@pytest.mark.parametrize("days", [0, -1, job.MAX_DAYS + 1, "10"])
+def test_days_out_of_range_is_an_input_error(fakes, days):
+    error, _, _ = _run(days=days)
+    assert isinstance(error, InputError) and "--days" in str(error)
