@@ -8,7 +8,7 @@ before any plan is built from them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import CertInfo, load_cert
@@ -61,7 +61,6 @@ class MasterFacts:
     serving_unit: str | None = None
     copy_dirs: tuple[str, ...] = ()  # the generation's credential-copy folders that exist here
     unfinished_journals: tuple[tuple[str, str], ...] = ()  # (path, content) of runs that did not finish
-    settings_raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def catalog_path(self) -> str:
@@ -188,7 +187,6 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
         serving_unit=serving_unit if "listener" in sections else None,
         copy_dirs=tuple(c.folder for c in flavor.credential_copies if c.folder in found_dirs),
         unfinished_journals=tuple(journals),
-        settings_raw=settings,
     )
 
 

@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 def facts_to_dict(facts: MasterFacts) -> dict:
     data = dataclasses.asdict(facts)
     data["flavor"] = facts.flavor.name
-    data.pop("settings_raw", None)
     data.pop("unfinished_journals", None)
     if facts.cert:
         data["cert"]["sans"] = sorted(facts.cert.sans)
@@ -46,7 +45,7 @@ def facts_to_dict(facts: MasterFacts) -> dict:
 
 def facts_from_dict(data: dict) -> MasterFacts:
     """The facts a journal recorded, with unknown fields ignored (a newer pe-remote may add some)."""
-    known = {f.name for f in dataclasses.fields(MasterFacts)} - {"settings_raw", "unfinished_journals"}
+    known = {f.name for f in dataclasses.fields(MasterFacts)} - {"unfinished_journals"}
     data = {key: value for key, value in data.items() if key in known}
     data["flavor"] = FLAVORS[data["flavor"]]
     data["services"] = tuple(ServiceState(**{k: s[k] for k in ("name", "exists", "active", "state")})

@@ -142,8 +142,10 @@ def test_key_missing_is_not_a_match():
     assert read_cert_with_key(protocol.split(text), "cert")[1] is False
 
 
-def test_settings_raw_keeps_every_setting(facts):
-    assert set(SETTINGS) <= set(facts.settings_raw)
+def test_the_recording_has_every_setting_discovery_asks_for():
+    from pe_remote.discovery import parse_settings
+
+    assert set(SETTINGS) <= set(parse_settings(protocol.split(OSS7)["settings"]))
 
 
 def test_split_sections_ignores_text_before_the_first_marker():

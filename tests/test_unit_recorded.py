@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pe_remote.discovery import generation_problem, parse_discovery
+from pe_remote.commands import sections as protocol
+from pe_remote.discovery import generation_problem, parse_discovery, parse_settings
 from pe_remote.plan import build_plan
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
@@ -54,8 +55,10 @@ def test_debian_aliases_are_not_services_of_their_own():
 
 
 def test_puppet5_catalog_is_the_agents_not_the_master_sections():
-    facts = parse_discovery(recorded("puppet5"))
-    assert facts.settings_raw["client_datadir"] == "/var/lib/puppet/client_data"  # [master] section
+    text = recorded("puppet5")
+    facts = parse_discovery(text)
+    master_section = parse_settings(protocol.split(text)["settings"])
+    assert master_section["client_datadir"] == "/var/lib/puppet/client_data"  # [master] section
     assert facts.catalog_path == f"/var/cache/puppet/client_data/catalog/{C}.json"
 
 
