@@ -12,5 +12,6 @@ side by side, each with its target and PASS/FAIL:
 - fleet ratio: `backup` on 4 masters in parallel / on 1 master (<= 1.5);
 - remote commands per regen, and the peak RSS of a real `fab ... regen` process.
 
-See benchmarks/run.py for how each figure is measured.
+See benchmarks/scenarios/ (one module per scenario, its docstring) for how each figure is measured;
+benchmarks/run.py runs them in order.
 """

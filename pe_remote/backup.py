@@ -179,7 +179,8 @@ def _check_and_keep(writer: _HashingWriter, partial: Path, final: Path, remote_b
         fh.write(f"{remote_backup.sha256}  {final.name}\n")
 
 
-def pull_backup(remote, remote_backup: RemoteBackup, folder: Path) -> Path:
+def pull_backup(remote, remote_backup: RemoteBackup, folder: Path, *,
+                prefetch_requests: int = PREFETCH_REQUESTS) -> Path:
     """Download over SFTP on the existing connection; verify the sha256; then rename into place."""
     prepare_local_dir(folder)
     final, partial = _destination(folder, remote_backup.path)
@@ -188,7 +189,7 @@ def pull_backup(remote, remote_backup: RemoteBackup, folder: Path) -> Path:
         with os.fdopen(fd, "wb") as fh:
             writer = _HashingWriter(fh)
             remote.sftp().getfo(remote_backup.path, writer, prefetch=True,
-                                max_concurrent_prefetch_requests=PREFETCH_REQUESTS)
+                                max_concurrent_prefetch_requests=prefetch_requests)
         _check_and_keep(writer, partial, final, remote_backup)
     except BaseException:
         partial.unlink(missing_ok=True)
