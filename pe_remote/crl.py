@@ -13,22 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from pe_remote import lock as master_lock
-from pe_remote.backup import Backup, backup_name, local_backup_dir, stream_command, take_backup
+from pe_remote.backup import Backup, backup_name, stream_command
 from pe_remote.commands import crl as commands
 from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import CrlInfo, read_crls
 from pe_remote.commands.steps import server_ready_check, service_command
 from pe_remote.commands.discovery import REMOTE_STATE_DIR
 from pe_remote.discovery import MasterFacts, discover
-from pe_remote.errors import (ConnectionFailed, Incomplete, InputError, PeRemoteError, Refused, RolledBack,
-                              VerificationFailed)
-from pe_remote.events import ConsoleSteps, Events, Listener, Phase, ReportWriter, exit_code
-from pe_remote.executor import InterruptLatch, execute
+from pe_remote.errors import InputError, Refused
+from pe_remote.events import Events, Listener
+from pe_remote.inplace import change_and_prove, refuse_unless_ca, run_job
 from pe_remote.plan import Plan, Step
 from pe_remote.render import render_steps
 from pe_remote.report import RunReport
-from pe_remote.restore import put_back
 
 DEFAULT_DAYS = 5 * 365  # the lifetime Puppet gives its own CRLs
 MAX_DAYS = 20 * 365
@@ -139,50 +136,36 @@ def refresh_crl(remote, console, *, days: int = DEFAULT_DAYS, dry_run: bool = Fa
     """The `refresh-crl` job (see the module docstring); raises RolledBack (7) or Incomplete (8) on failure."""
     if not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
         raise InputError(f"--days {days!r}: give whole days from 1 to {MAX_DAYS}")
-    report = report if report is not None else RunReport(remote.target.label)
-    events = Events(ReportWriter(report), ConsoleSteps(console), *listeners)
-    outcome, error, lock = "failed", None, None
-    try:
-        lock = None if dry_run else master_lock.acquire(remote, "refresh-crl", console)
-        result = _refresh(remote, console, events, days, dry_run, backup_dir, flavor)
-        outcome = result.outcome
-        return result
-    except RolledBack as exc:
-        outcome, error = "rolled-back", exc
-        raise
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
-        events.emit("finished", outcome=outcome, error=str(error) if error is not None else None,
-                    exit_code=exit_code(events.phase, error), remote_commands=remote.commands_run)
+    return run_job(remote, console, "refresh-crl",
+                   lambda events: _refresh(remote, console, events, days, dry_run, backup_dir, flavor),
+                   dry_run=dry_run, report=report, listeners=listeners)
+
+
+def crl_plan_lines(before: CrlState, days: int) -> list[str]:
+    current = before.ca_crl[0]
+    return [f"  CRL now: number {current.number}, {len(current.entries)} revoked certs, nextUpdate "
+            f"{current.next_update:%Y-%m-%d %H:%M} UTC",
+            f"  CRL after: number {(current.number or 0) + 1}, the same {len(current.entries)} entries, nextUpdate "
+            f"{datetime.now(timezone.utc) + timedelta(days=days):%Y-%m-%d} ({days} days)"]
+
+
+def refuse_unsigned_crl(facts: MasterFacts, before: CrlState) -> None:
+    if not before.ca_crl or not before.ca_crl[0].signed_by_ca:
+        raise Refused(f"the CRL {CrlPaths.of(facts).ca_crl} is missing, unreadable or not signed by the CA cert "
+                      f"{CrlPaths.of(facts).ca_cert}: refusing to re-sign it; nothing was changed")
 
 
 def _refresh(remote, console, events: Events, days: int, dry_run: bool, backup_dir: str,
              flavor: str | None) -> RefreshResult:
     label = remote.target.label
     facts = discover(remote, flavor_override=flavor)
-    if facts.unfinished_journals:
-        raise Refused(f"{label} has an unfinished regen run ({facts.unfinished_journals[-1][0]}): finish it first "
-                      "with `regen` (resume, --rollback or --abandon); nothing was changed")
-    if not facts.ca_key_present:
-        raise Refused(f"{facts.cadir}/ca_key.pem is absent: this host is not the CA, it cannot sign a CRL; "
-                      "run refresh-crl against the CA master")
+    refuse_unless_ca(facts, label, "refresh-crl")
     before = read_state(remote, facts)
-    if not before.ca_crl or not before.ca_crl[0].signed_by_ca:
-        raise Refused(f"the CRL {CrlPaths.of(facts).ca_crl} is missing, unreadable or not signed by the CA cert "
-                      f"{CrlPaths.of(facts).ca_cert}: refusing to re-sign it; nothing was changed")
+    refuse_unsigned_crl(facts, before)
     plan = build_refresh_plan(facts, before, days)
     events.emit("planned", facts=facts, alt_names=(), plan=plan)
-    current = before.ca_crl[0]
     shown = "\n".join([
-        f"Plan for {label}: re-sign the CA's CRL ({facts.flavor.title})",
-        f"  now: CRL number {current.number}, {len(current.entries)} revoked certs, nextUpdate "
-        f"{current.next_update:%Y-%m-%d %H:%M} UTC",
-        f"  after: CRL number {(current.number or 0) + 1}, the same {len(current.entries)} entries, nextUpdate "
-        f"{datetime.now(timezone.utc) + timedelta(days=days):%Y-%m-%d} (--days {days})",
+        f"Plan for {label}: re-sign the CA's CRL ({facts.flavor.title})", *crl_plan_lines(before, days),
         render_steps(plan, stream_command(facts, f"{REMOTE_STATE_DIR}/{backup_name(facts.certname)}")),
     ])
     (console.notice if dry_run else console.info)(shown)
@@ -190,51 +173,17 @@ def _refresh(remote, console, events: Events, days: int, dry_run: bool, backup_d
         console.notice("Dry run: nothing was changed on the master.")
         return RefreshResult(facts, plan, "dry-run", before)
     console.confirm(f"Re-sign the CRL of {facts.certname}'s CA on {label}, valid {days} days?")
-    folder = local_backup_dir(backup_dir, label)
-    console.notice(f"Backing up {facts.ssldir} on {label} ...")
-    events.emit("backup-started")
-    backup = take_backup(remote, facts, folder)
-    events.emit("backup-finished", backup=backup)
-    console.notice(f"Backup: {backup.local_path} (sha256 {backup.sha256}); on the master: {backup.remote.path}")
-    try:
-        with InterruptLatch(console) as latch:
-            execute(remote, plan, console, latch=latch, events=events)
-        after = read_state(remote, facts)
-        problems = refresh_problems(before, after, days, datetime.now(timezone.utc),
-                                    served=facts.server_service in facts.running_services)
-        if problems:
-            raise VerificationFailed("the refreshed CRL is not right: " + "; ".join(problems))
-    except ConnectionFailed as exc:
-        events.enter(Phase.INCOMPLETE)
-        raise Incomplete(f"{exc}. The CRL may be half-way refreshed on {label}: check it with `verify`, or put "
-                         f"the backup back with `restore {backup.local_path}`") from None
-    except Exception as exc:  # noqa: BLE001 - once changing, whatever it is, put it back
-        _roll_back(remote, facts, backup, before, console, events, reason=str(exc))
-    events.enter(Phase.DONE)
-    new = after.ca_crl[0]
+    found: list[CrlState] = []
+
+    def prove() -> list[str]:
+        found.append(read_state(remote, facts))
+        return refresh_problems(before, found[-1], days, datetime.now(timezone.utc),
+                                served=facts.server_service in facts.running_services)
+
+    backup = change_and_prove(remote, facts, plan, console, events, backup_dir=backup_dir, what="CRL", prove=prove,
+                              is_back=lambda: read_state(remote, facts).ca_crl_sha256 == before.ca_crl_sha256)
+    current, new = before.ca_crl[0], found[-1].ca_crl[0]
     console.notice(f"Refreshed the CRL on {label}: number {current.number} -> {new.number}, "
                    f"{len(new.entries)} entries kept, next update {new.next_update:%Y-%m-%d %H:%M} UTC "
                    f"(was {current.next_update:%Y-%m-%d}); backup {backup.local_path}")
-    return RefreshResult(facts, plan, "ok", before, after, backup)
-
-
-def _roll_back(remote, facts: MasterFacts, backup: Backup, before: CrlState, console, events: Events, *,
-               reason: str) -> None:
-    """Put the backup back and prove the old CRL is there again; always raises."""
-    console.warn(reason)
-    events.emit("rollback-started", reason=reason)
-    try:
-        outcome = put_back(remote, facts, backup.remote.path, backup.sha256, facts.running_services, console)
-        restored = read_state(remote, facts)
-    except PeRemoteError as exc:
-        events.enter(Phase.INCOMPLETE)
-        raise Incomplete(f"{reason}; then the ROLLBACK FAILED too: {exc}. Restore by hand from {backup.remote.path} "
-                         f"on the master ({backup.local_path} here)") from None
-    if restored.ca_crl_sha256 != before.ca_crl_sha256:
-        events.enter(Phase.INCOMPLETE)
-        raise Incomplete(f"{reason}; the backup was put back but the CA's CRL is not the old one; check the master "
-                         f"by hand; backup {backup.remote.path}")
-    events.enter(Phase.ROLLED_BACK)
-    raise RolledBack(f"rolled back: {reason}. The old CRL is back; the replaced folders are kept as "
-                     f"{', '.join(outcome.moved_aside)}; backup {backup.local_path}")
-
+    return RefreshResult(facts, plan, "ok", before, found[-1], backup)

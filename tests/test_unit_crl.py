@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pe_remote import crl as job
+from pe_remote import inplace
 from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import read_crls
 from pe_remote.console import Console
@@ -142,14 +143,14 @@ def fakes(monkeypatch, tmp_path):
         return types.SimpleNamespace(local_path=tmp_path / "b.tar.gz", sha256="a" * 64,
                                      remote=types.SimpleNamespace(path="/root/pe-remote-backups/b.tar.gz"))
 
-    monkeypatch.setattr(job, "take_backup", backup)
-    monkeypatch.setattr(job, "execute", lambda remote, plan, console, **kw: calls.executed.append(plan))
+    monkeypatch.setattr(inplace, "take_backup", backup)
+    monkeypatch.setattr(inplace, "execute", lambda remote, plan, console, **kw: calls.executed.append(plan))
 
     def put_back(remote, facts, tarball, sha256, start, console):
         calls.put_back.append(tarball)
         return types.SimpleNamespace(moved_aside=("/var/lib/puppet/ssl.pe-remote-failed-x",))
 
-    monkeypatch.setattr(job, "put_back", put_back)
+    monkeypatch.setattr(inplace, "put_back", put_back)
     return calls
 
 
@@ -173,7 +174,7 @@ def test_a_dry_run_shows_the_plan_and_changes_nothing(fakes):
     result, report, console = _run(dry_run=True)
     assert result.outcome == "dry-run" and fakes.backup == 0 and fakes.executed == []
     shown = console.out.getvalue()
-    assert "Re-sign the CA's CRL" in shown and "CRL number 4, 2 revoked certs" in shown and "Dry run" in shown
+    assert "Re-sign the CA's CRL" in shown and "CRL now: number 4, 2 revoked certs" in shown and "Dry run" in shown
 
 
 def test_a_wrong_result_is_rolled_back_exit_7(fakes):
@@ -195,7 +196,7 @@ def test_a_rollback_that_fails_is_incomplete(fakes, monkeypatch):
     def broken(*a, **k):
         raise RemoteCommandFailed("tar -xzpf", 2, "tar: error")
 
-    monkeypatch.setattr(job, "put_back", broken)
+    monkeypatch.setattr(inplace, "put_back", broken)
     error, report, _ = _run()
     assert isinstance(error, Incomplete) and "ROLLBACK FAILED" in str(error) and report.exit_code == 8
 

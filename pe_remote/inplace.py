@@ -1,0 +1,99 @@
+"""What the jobs that change the CA's files in place (`refresh-crl`, `extend-ca`) share with each other
+and with `regen`'s safety: one run at a time, events and the report, the backup pulled first, each
+step checked, the result proven from the files' bytes, and any failure rolled back from the backup."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from pe_remote import lock as master_lock
+from pe_remote.backup import Backup, local_backup_dir, take_backup
+from pe_remote.discovery import MasterFacts
+from pe_remote.errors import ConnectionFailed, Incomplete, PeRemoteError, Refused, RolledBack, VerificationFailed
+from pe_remote.events import ConsoleSteps, Events, Listener, Phase, ReportWriter, exit_code
+from pe_remote.executor import InterruptLatch, execute
+from pe_remote.plan import Plan
+from pe_remote.report import RunReport
+from pe_remote.restore import put_back
+
+
+def run_job(remote, console, task: str, body: Callable[[Events], object], *, dry_run: bool,
+            report: RunReport | None = None, listeners: tuple[Listener, ...] = ()):
+    """Run `body(events)` holding the master's run lock (not for a dry run); the report and the console
+    listen; the `finished` event carries the exit code of the phase the job ended in."""
+    report = report if report is not None else RunReport(remote.target.label)
+    events = Events(ReportWriter(report), ConsoleSteps(console), *listeners)
+    outcome, error, lock = "failed", None, None
+    try:
+        lock = None if dry_run else master_lock.acquire(remote, task, console)
+        result = body(events)
+        outcome = result.outcome
+        return result
+    except RolledBack as exc:
+        outcome, error = "rolled-back", exc
+        raise
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+        events.emit("finished", outcome=outcome, error=str(error) if error is not None else None,
+                    exit_code=exit_code(events.phase, error), remote_commands=remote.commands_run)
+
+
+def refuse_unless_ca(facts: MasterFacts, label: str, task: str) -> None:
+    """The CA's files are changed only on the CA, and never under an unfinished regen."""
+    if facts.unfinished_journals:
+        raise Refused(f"{label} has an unfinished regen run ({facts.unfinished_journals[-1][0]}): finish it first "
+                      "with `regen` (resume, --rollback or --abandon); nothing was changed")
+    if not facts.ca_key_present:
+        raise Refused(f"{facts.cadir}/ca_key.pem is absent: this host is not the CA; run {task} against the CA "
+                      "master")
+
+
+def change_and_prove(remote, facts: MasterFacts, plan: Plan, console, events: Events, *, backup_dir: str,
+                     what: str, prove: Callable[[], list[str]], is_back: Callable[[], bool]) -> Backup:
+    """Back up, run `plan`, then `prove()` (problems, empty: all good). A failure after the backup puts it
+    back and checks `is_back()`: RolledBack (7), or Incomplete (8) when the master could not be put back."""
+    label = remote.target.label
+    console.notice(f"Backing up {facts.ssldir} on {label} ...")
+    events.emit("backup-started")
+    backup = take_backup(remote, facts, local_backup_dir(backup_dir, label))
+    events.emit("backup-finished", backup=backup)
+    console.notice(f"Backup: {backup.local_path} (sha256 {backup.sha256}); on the master: {backup.remote.path}")
+    try:
+        with InterruptLatch(console) as latch:
+            execute(remote, plan, console, latch=latch, events=events)
+        problems = prove()
+        if problems:
+            raise VerificationFailed(f"the {what} is not right: " + "; ".join(problems))
+    except ConnectionFailed as exc:
+        events.enter(Phase.INCOMPLETE)
+        raise Incomplete(f"{exc}. The {what} may be half-way changed on {label}: check it with `verify`, or put "
+                         f"the backup back with `restore {backup.local_path}`") from None
+    except Exception as exc:  # noqa: BLE001 - once changing, whatever it is, put it back
+        _roll_back(remote, facts, backup, console, events, reason=str(exc), what=what, is_back=is_back)
+    events.enter(Phase.DONE)
+    return backup
+
+
+def _roll_back(remote, facts: MasterFacts, backup: Backup, console, events: Events, *, reason: str, what: str,
+               is_back: Callable[[], bool]) -> None:
+    """Put the backup back and prove the old files are there again; always raises."""
+    console.warn(reason)
+    events.emit("rollback-started", reason=reason)
+    try:
+        outcome = put_back(remote, facts, backup.remote.path, backup.sha256, facts.running_services, console)
+        back = is_back()
+    except PeRemoteError as exc:
+        events.enter(Phase.INCOMPLETE)
+        raise Incomplete(f"{reason}; then the ROLLBACK FAILED too: {exc}. Restore by hand from {backup.remote.path} "
+                         f"on the master ({backup.local_path} here)") from None
+    if not back:
+        events.enter(Phase.INCOMPLETE)
+        raise Incomplete(f"{reason}; the backup was put back but the {what} is not the old one; check the master "
+                         f"by hand; backup {backup.remote.path}")
+    events.enter(Phase.ROLLED_BACK)
+    raise RolledBack(f"rolled back: {reason}. The old {what} is back; the replaced folders are kept as "
+                     f"{', '.join(outcome.moved_aside)}; backup {backup.local_path}")
