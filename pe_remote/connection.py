@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,7 @@ class Remote:
         if self.on_command:
             self.on_command(command)
         log.debug("remote: %s", command)
+        started = time.monotonic()
         try:
             result = self.connection.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
         except CommandTimedOut:
@@ -92,7 +94,12 @@ class Remote:
         except (paramiko.SSHException, socket.error, EOFError) as exc:
             raise ConnectionFailed(f"lost the SSH connection to {self.target.label}: {exc}") from exc
         transport = self.connection.transport
-        if result.exited == -1 or transport is None or not transport.is_active():
+        alive = transport is not None and transport.is_active()
+        if result.exited == -1 and alive and time.monotonic() - started >= timeout:
+            # Invoke closed the channel at the time limit but did not say so (its timer thread had not
+            # ended yet): a hung command, on a connection that is still there.
+            raise RemoteCommandTimedOut(command, timeout)
+        if result.exited == -1 or not alive:
             # The channel closed without an exit status: the connection is gone, not the command failed.
             raise ConnectionFailed(f"lost the SSH connection to {self.target.label} during a remote command")
         outcome = CommandResult(command, result.exited, result.stdout, result.stderr)
@@ -279,6 +286,8 @@ def connect(target: Target, *, accept_new_host_key: bool = False) -> Remote:
             f"host key of {target.label} does NOT match {known_hosts} (got {exc.key.get_name()}): "
             "possible man-in-the-middle; if the master was rebuilt, remove the old line and verify the new key"
         ) from None
+    except paramiko.AuthenticationException as exc:  # an SSHException too: before it
+        raise ConnectionFailed(f"SSH login as {target.user} to {target.label} failed: {exc}") from None
     except paramiko.SSHException as exc:
         if "not found in known_hosts" in str(exc):
             raise HostKeyRejected(
@@ -287,8 +296,6 @@ def connect(target: Target, *, accept_new_host_key: bool = False) -> Remote:
                 "or opt in with --accept-new-host-key"
             ) from None
         raise ConnectionFailed(f"SSH to {target.label} failed: {exc}") from None
-    except paramiko.AuthenticationException as exc:
-        raise ConnectionFailed(f"SSH login as {target.user} to {target.label} failed: {exc}") from None
     except (OSError, socket.timeout, EOFError) as exc:
         raise ConnectionFailed(f"cannot connect to {target.label}: {exc}") from None
     remote = Remote(connection, target)

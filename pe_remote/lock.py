@@ -59,5 +59,8 @@ def acquire(remote, task: str, console=None, *, folders: tuple[str, ...] = LOCK_
             console.warn(f"{remote.target.label} has no flock(1): pe-remote cannot keep a second run out")
         return MasterLock(held)
     held.close()
+    if answer != BUSY:
+        raise Refused(f"could not take the run lock on {remote.target.label}: the master answered "
+                      f"{printable(first_line.strip())[:200]!r}; nothing was changed")
     holder = printable(holder.strip()) or "another run (it left no name)"
     raise Refused(f"another run holds {remote.target.label}: {holder}. Wait for it to end; nothing was changed")

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
-OUTCOMES = ("ok", "rolled-back", "failed", "dry-run")
+OUTCOMES = ("ok", "rolled-back", "failed", "dry-run", "abandoned")
 
 
 def utc_now() -> str:
