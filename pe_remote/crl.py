@@ -73,25 +73,35 @@ def read_state(remote, facts: MasterFacts) -> CrlState:
 
 def build_refresh_plan(facts: MasterFacts, state: CrlState, days: int) -> Plan:
     """The steps: re-sign, copy to the host CRL, make the server read it (reload or restart), wait for it."""
+    steps = crl_steps(facts, state, days) + server_pickup_steps(facts, state.can_reload, "the CRL")
+    return Plan(facts, (), tuple(steps), (), (), ())
+
+
+def crl_steps(facts: MasterFacts, state: CrlState, days: int) -> list[Step]:
+    """Re-sign the CA's CRL in place, then copy it to the host's CRL."""
     paths = CrlPaths.of(facts)
-    steps = [
+    return [
         Step("resign-crl", f"Re-sign the CA's CRL (valid {days} days from now)",
              commands.resign(paths.ca_crl, paths.ca_key, paths.ca_cert, days),
              check=commands.differs_from(paths.ca_crl, state.ca_crl_sha256)),
         Step("copy-host-crl", f"Copy it to the host's CRL {paths.host_crl}",
              commands.copy_over(paths.ca_crl, paths.host_crl), check=commands.same_bytes(paths.ca_crl, paths.host_crl)),
     ]
+
+
+def server_pickup_steps(facts: MasterFacts, can_reload: bool, what: str) -> list[Step]:
+    """Make a running server read `what` again: a reload where its unit can (seconds), else a restart;
+    then wait until it answers on 8140. A server that was stopped is left stopped."""
     server = facts.server_service
-    if server in facts.running_services:
-        if state.can_reload:
-            steps.append(Step(f"reload:{server}", f"Reload {server} (it reads the CRL again)",
-                              commands.reload_service(server)))
-        else:
-            steps.append(Step(f"stop:{server}", f"Stop {server}", service_command(facts, server, "stopped")))
-            steps.append(Step(f"start:{server}", f"Start {server}", service_command(facts, server, "running")))
-        steps.append(Step("wait-server", f"Wait for {server} to answer on 8140", server_ready_check(facts),
-                          server_ready=True))
-    return Plan(facts, (), tuple(steps), (), (), ())
+    if server not in facts.running_services:
+        return []
+    if can_reload:
+        steps = [Step(f"reload:{server}", f"Reload {server} (it reads {what} again)", commands.reload_service(server))]
+    else:
+        steps = [Step(f"stop:{server}", f"Stop {server}", service_command(facts, server, "stopped")),
+                 Step(f"start:{server}", f"Start {server}", service_command(facts, server, "running"))]
+    return steps + [Step("wait-server", f"Wait for {server} to answer on 8140", server_ready_check(facts),
+                         server_ready=True)]
 
 
 def refresh_problems(before: CrlState, after: CrlState, days: int, now: datetime, *, served: bool) -> list[str]:

@@ -14,6 +14,7 @@ from pe_remote.cli import (TARGET_HELP, alt_names_from, check_flavor, check_repo
 from pe_remote.console import Console
 from pe_remote.crl import DEFAULT_DAYS as DEFAULT_CRL_DAYS, MAX_DAYS as MAX_CRL_DAYS, refresh_crl as refresh
 from pe_remote.discovery import discover as discover_master
+from pe_remote.extend_ca import DEFAULT_YEARS as DEFAULT_CA_YEARS, MAX_YEARS as MAX_CA_YEARS, extend_ca as extend
 from pe_remote.errors import InputError, Mismatch, PeRemoteError
 from pe_remote.expiry import dates_to_json, render_dates
 from pe_remote.flavors import FLAVORS
@@ -229,17 +230,51 @@ def refresh_crl(c, host=None, inventory=None, key_file=None, known_hosts=None, a
     check_flavor(flavor)
     if not isinstance(days, int) or not 1 <= days <= MAX_CRL_DAYS:
         raise InputError(f"--days {days!r}: give whole days from 1 to {MAX_CRL_DAYS}")
+    _ca_job(c, "refresh-crl", host, inventory, key_file, known_hosts, accept_new_host_key, verbose, yes,
+            lambda remote, console, folder: refresh(remote, console, days=days, dry_run=dry_run, backup_dir=folder,
+                                                    flavor=flavor), backup_dir)
+
+
+@task(name="extend-ca", auto_shortflags=False, help={
+    **TARGET_HELP,
+    "years": f"the renewed CA cert's lifetime in years (default {DEFAULT_CA_YEARS})",
+    "yes": "do not ask before changing the CA cert",
+    "dry_run": "show the plan (every remote command) and change nothing",
+    "backup_dir": BACKUP_DIR_HELP,
+    "flavor": FLAVOR_HELP,
+    "verbose": "print every remote command as it runs",
+})
+@exits_cleanly
+def extend_ca(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
+              years=DEFAULT_CA_YEARS, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False):
+    """Renew the CA cert before it ends: same key, serial, subject and extensions (backup first).
+
+    Every cert of the CA bundle (Puppet 6+: the intermediate and the root) is re-signed on the master
+    with its issuer's key and a new validity, written to the CA folder and the ssldir's certs/ca.pem; the
+    CA's CRL is re-signed; the server reads them again (reload or restart). Proven from the bytes and by an
+    agent run that still trusts only the OLD CA cert; a failure puts the backup back. Prints what agents need.
+    """
+    check_flavor(flavor)
+    if not isinstance(years, int) or not 1 <= years <= MAX_CA_YEARS:
+        raise InputError(f"--years {years!r}: give whole years from 1 to {MAX_CA_YEARS}")
+    _ca_job(c, "extend-ca", host, inventory, key_file, known_hosts, accept_new_host_key, verbose, yes,
+            lambda remote, console, folder: extend(remote, console, years=years, dry_run=dry_run, backup_dir=folder,
+                                                   flavor=flavor), backup_dir)
+
+
+def _ca_job(c, task_name, host, inventory, key_file, known_hosts, accept_new_host_key, verbose, yes, job,
+            backup_dir) -> None:
+    """One master, a console with its log, the connection: what refresh-crl and extend-ca share."""
     target = target_from(c, host, inventory, key_file, known_hosts)
-    console = Console(verbose=verbose, assume_yes=yes, log_path=run_log_path(target, "refresh-crl"))
+    console = Console(verbose=verbose, assume_yes=yes, log_path=run_log_path(target, task_name))
     try:
         with connected(target, accept_new_host_key) as remote:
             if verbose:
                 remote.on_command = console.command
-            refresh(remote, console, days=days, dry_run=dry_run, backup_dir=backup_dir or target.backup_dir,
-                    flavor=flavor)
+            job(remote, console, backup_dir or target.backup_dir)
     finally:
         console.info(f"Log: {console.log_path}")
         console.close()
 
 
-ns = Collection(discover, backup, regen, restore, verify, refresh_crl)
+ns = Collection(discover, backup, regen, restore, verify, refresh_crl, extend_ca)

@@ -180,3 +180,51 @@ def read_crls(data: bytes, ca_cert_pem: bytes = b"") -> list[CrlInfo]:
                              entries, signed,
                              hashlib.sha256(crl.public_bytes(serialization.Encoding.DER)).hexdigest()))
     return found
+
+
+@dataclass(frozen=True)
+class CaCertInfo:
+    """One cert of a CA bundle: what must stay the same when it is renewed, and its end."""
+
+    subject: str
+    serial: str
+    pubkey_sha256: str
+    extensions: tuple[tuple[str, bool, bytes], ...]  # (oid, critical, DER value)
+    not_after: object  # datetime (UTC)
+    sha256: str
+    issued_by_bundle: bool  # its signature verifies with its issuer's key (itself, for a root)
+
+
+def read_bundle(data: bytes) -> list[CaCertInfo]:
+    """Every cert of a CA bundle (PEM), each checked against its issuer in the same bundle."""
+    from cryptography import x509
+
+    certs = []
+    for block in pem_blocks(data):
+        try:
+            certs.append(x509.load_pem_x509_certificate(block))
+        except ValueError:
+            continue
+    found = []
+    for cert in certs:
+        issuer = next((c for c in certs if c.subject == cert.issuer), None)
+        issued = issuer is not None and _verifies(cert, issuer)
+        extensions = tuple((e.oid.dotted_string, e.critical, e.value.public_bytes()) for e in cert.extensions)
+        found.append(CaCertInfo(cert.subject.rfc4514_string(), serial_text(cert.serial_number),
+                                _spki_sha256(cert.public_key()), extensions, cert.not_valid_after_utc,
+                                fingerprint(cert), issued))
+    return found
+
+
+def issued_by(cert_pem: bytes, issuer_pem: bytes) -> bool:
+    """Whether the first cert of `cert_pem` verifies with the first cert of `issuer_pem`."""
+    cert, issuer = load_cert(cert_pem), load_cert(issuer_pem)
+    return cert is not None and issuer is not None and _verifies(cert, issuer)
+
+
+def _verifies(cert, issuer) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except Exception:  # noqa: BLE001 - InvalidSignature, ValueError, TypeError: not issued by it
+        return False

@@ -1,0 +1,203 @@
+"""`extend-ca`: the CA certificate renewed in place before it ends, with the same key, serial, subject
+and extensions (as Puppet's ca_extend does), so every cert it signed stays valid and agents that still
+hold the old CA cert keep working.
+
+Every cert of the CA bundle is renewed (Puppet 6+ keeps an intermediate CA signed by a root CA whose key
+sits beside it; older generations one self-signed CA), each signed by its issuer's key, on the master.
+The bundle goes where the generation keeps it (the CA folder and the ssldir's certs/ca.pem), the CA's
+CRL is re-signed (`refresh-crl`'s step), and the server reads them again (reload or restart). Then the
+proof, from the bytes: same keys, serials, subjects and extensions, the new end dates, each cert
+verifying against its issuer, the master's cert against the new CA cert, the CRL, the CA endpoint
+serving the new cert, and an agent run on the master that trusts only the OLD bundle.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from pe_remote.backup import Backup, backup_name, stream_command
+from pe_remote.commands import ca as commands
+from pe_remote.commands import crl as crl_commands
+from pe_remote.commands import sections as protocol
+from pe_remote.commands.certs import CaCertInfo, issued_by, read_bundle
+from pe_remote.commands.discovery import REMOTE_STATE_DIR
+from pe_remote.crl import (CrlState, crl_plan_lines, crl_steps, read_state, refresh_problems, refuse_unsigned_crl,
+                           server_pickup_steps)
+from pe_remote.discovery import MasterFacts, discover
+from pe_remote.errors import InputError, Refused
+from pe_remote.events import Events, Listener
+from pe_remote.inplace import change_and_prove, refuse_unless_ca, run_job
+from pe_remote.plan import Plan, Step
+from pe_remote.render import render_steps
+from pe_remote.report import RunReport
+
+DEFAULT_YEARS = 15  # as ca_extend, and as Puppet's own CA lifetime
+MAX_YEARS = 50
+CRL_DAYS = 5 * 365
+
+
+@dataclass(frozen=True)
+class CaState:
+    bundle: bytes  # the CA folder's ca_crt.pem
+    certs: tuple[CaCertInfo, ...]
+    host_bundle: bytes  # the ssldir's certs/ca.pem
+    hostcert: bytes
+    root_key: bool  # a root CA key beside the CA's (Puppet 6+)
+    served: tuple[CaCertInfo, ...]  # what the CA endpoint on 8140 hands agents
+
+
+def bundle_paths(facts: MasterFacts) -> tuple[str, str, list[str]]:
+    """(the CA bundle, the host's copy, the CA keys that may sign)."""
+    return (f"{facts.cadir}/ca_crt.pem", f"{facts.ssldir}/certs/ca.pem",
+            [f"{facts.cadir}/ca_key.pem", f"{facts.cadir}/root_key.pem"])
+
+
+def read_ca_state(remote, facts: MasterFacts) -> CaState:
+    bundle, host_bundle, keys = bundle_paths(facts)
+    found = protocol.split(remote.run(commands.ca_files(bundle, host_bundle, facts.hostcert, keys[1]),
+                                      check=False).stdout)
+    data = protocol.decoded(found.get("ca_bundle", []))
+    return CaState(data, tuple(read_bundle(data)), protocol.decoded(found.get("host_bundle", [])),
+                   protocol.decoded(found.get("hostcert", [])),
+                   any(line.strip() == "present" for line in found.get("root_key", [])),
+                   tuple(read_bundle(protocol.decoded(found.get("served_ca", [])))))
+
+
+def build_extend_plan(facts: MasterFacts, ca: CaState, crl: CrlState, years: int) -> Plan:
+    bundle, host_bundle, keys = bundle_paths(facts)
+    steps = [
+        Step("extend-ca", f"Renew the CA cert{'s' if len(ca.certs) > 1 else ''} ({years} years, same keys)",
+             commands.extend(bundle, keys, years), check=crl_commands.differs_from(bundle, _sha256(ca.bundle))),
+        Step("copy-host-ca", f"Copy the CA bundle to {host_bundle}", crl_commands.copy_over(bundle, host_bundle),
+             check=crl_commands.same_bytes(bundle, host_bundle)),
+        *crl_steps(facts, crl, CRL_DAYS),
+    ]
+    return Plan(facts, (), tuple(steps + server_pickup_steps(facts, crl.can_reload, "the CA cert and CRL")),
+                (), (), ())
+
+
+def extend_problems(before: CaState, after: CaState, years: int, now: datetime, *, served: bool) -> list[str]:
+    """Every way the renewed CA differs from what the job promised (empty: all good)."""
+    problems = []
+    if len(after.certs) != len(before.certs):
+        return [f"the CA bundle holds {len(after.certs)} certs, not {len(before.certs)}"]
+    for old, new in zip(before.certs, after.certs):
+        for field, what in (("subject", "subject"), ("serial", "serial"), ("pubkey_sha256", "key"),
+                            ("extensions", "extensions")):
+            if getattr(old, field) != getattr(new, field):
+                problems.append(f"the {what} of {old.subject} changed")
+        if new.not_after < now + timedelta(days=365 * years - 2):
+            problems.append(f"{new.subject} ends {new.not_after:%Y-%m-%d}, not in {years} years")
+        if not new.issued_by_bundle:
+            problems.append(f"{new.subject} does not verify against its issuer's key")
+    if after.host_bundle != after.bundle:
+        problems.append("the host's CA bundle is not the CA's")
+    if not issued_by(after.hostcert, after.bundle):
+        problems.append("the master's cert does not verify against the new CA cert")
+    if served and (not after.served or after.served[0].sha256 != after.certs[0].sha256):
+        problems.append("the CA endpoint on 8140 does not serve the new CA cert")
+    return problems
+
+
+@dataclass
+class ExtendResult:
+    facts: MasterFacts
+    plan: Plan
+    outcome: str  # ok, dry-run
+    before: CaState
+    after: CaState | None = None
+    backup: Backup | None = None
+    agent_exit: int | None = None
+
+
+def extend_ca(remote, console, *, years: int = DEFAULT_YEARS, dry_run: bool = False, backup_dir: str = "backups",
+              flavor: str | None = None, report: RunReport | None = None,
+              listeners: tuple[Listener, ...] = ()) -> ExtendResult:
+    """The `extend-ca` job (see the module docstring); raises RolledBack (7) or Incomplete (8) on failure."""
+    if not isinstance(years, int) or not 1 <= years <= MAX_YEARS:
+        raise InputError(f"--years {years!r}: give whole years from 1 to {MAX_YEARS}")
+    return run_job(remote, console, "extend-ca",
+                   lambda events: _extend(remote, console, events, years, dry_run, backup_dir, flavor),
+                   dry_run=dry_run, report=report, listeners=listeners)
+
+
+def _extend(remote, console, events: Events, years: int, dry_run: bool, backup_dir: str,
+            flavor: str | None) -> ExtendResult:
+    label = remote.target.label
+    facts = discover(remote, flavor_override=flavor)
+    refuse_unless_ca(facts, label, "extend-ca")
+    before = read_ca_state(remote, facts)
+    crl_before = read_state(remote, facts)
+    _refuse_unusable(facts, before)
+    refuse_unsigned_crl(facts, crl_before)
+    plan = build_extend_plan(facts, before, crl_before, years)
+    events.emit("planned", facts=facts, alt_names=(), plan=plan)
+    ends = datetime.now(timezone.utc) + timedelta(days=365 * years)
+    shown = "\n".join([
+        f"Plan for {label}: renew the CA cert ({facts.flavor.title})",
+        *(f"  {c.subject} (serial {c.serial}): ends {c.not_after:%Y-%m-%d}, after: {ends:%Y-%m-%d}; same key, "
+          "subject and extensions" for c in before.certs),
+        *crl_plan_lines(crl_before, CRL_DAYS),
+        render_steps(plan, stream_command(facts, f"{REMOTE_STATE_DIR}/{backup_name(facts.certname)}")),
+    ])
+    (console.notice if dry_run else console.info)(shown)
+    if dry_run:
+        console.notice("Dry run: nothing was changed on the master.")
+        return ExtendResult(facts, plan, "dry-run", before)
+    console.confirm(f"Renew the CA cert of {label} for {years} years (same key)?")
+    found: dict[str, object] = {}
+    server_runs = facts.server_service in facts.running_services
+
+    def prove() -> list[str]:
+        now = datetime.now(timezone.utc)
+        after = found["after"] = read_ca_state(remote, facts)
+        problems = extend_problems(before, after, years, now, served=server_runs)
+        problems += refresh_problems(crl_before, read_state(remote, facts), CRL_DAYS, now, served=server_runs)
+        if server_runs:
+            found["agent"] = _agent_with_old_ca(remote, facts, before.bundle)
+            if found["agent"] not in (0, 2):
+                problems.append(f"an agent run on the master trusting the OLD CA cert failed (exit {found['agent']})")
+        return problems
+
+    backup = change_and_prove(remote, facts, plan, console, events, backup_dir=backup_dir, what="CA cert",
+                              prove=prove, is_back=lambda: read_ca_state(remote, facts).bundle == before.bundle)
+    after = found["after"]
+    console.notice(f"Renewed the CA cert on {label}: "
+                   + "; ".join(f"{c.subject} now ends {c.not_after:%Y-%m-%d}" for c in after.certs)
+                   + f"; same keys and serials; backup {backup.local_path}")
+    console.notice(agent_guidance(facts, before))
+    return ExtendResult(facts, plan, "ok", before, after, backup, found.get("agent"))
+
+
+def _refuse_unusable(facts: MasterFacts, ca: CaState) -> None:
+    if not ca.certs or not all(c.issued_by_bundle for c in ca.certs):
+        raise Refused(f"the CA bundle {bundle_paths(facts)[0]} is missing, unreadable or holds a cert whose issuer "
+                      "is not in it: refusing to renew it; nothing was changed")
+    if len(ca.certs) > 1 and not ca.root_key:
+        raise Refused(f"the CA bundle {bundle_paths(facts)[0]} holds a chain but no root CA key is beside the CA's "
+                      f"({bundle_paths(facts)[2][1]}): the intermediate cannot be renewed here; nothing was changed")
+
+
+def _agent_with_old_ca(remote, facts: MasterFacts, old_bundle: bytes) -> int:
+    output = remote.run(commands.agent_with_old_ca(facts.puppet, base64.b64encode(old_bundle).decode(),
+                                                   REMOTE_STATE_DIR), check=False, timeout=600).stdout
+    values = [line.strip() for line in protocol.split(output).get("agent", []) if line.strip().isdigit()]
+    return int(values[0]) if values else -1
+
+
+def agent_guidance(facts: MasterFacts, before: CaState) -> str:
+    """How agents get the new CA cert (they keep working with the old one until it ends)."""
+    first_end = min(c.not_after for c in before.certs)
+    bundle = bundle_paths(facts)[1]
+    return (f"Agents: their cached CA cert (<ssldir>/certs/ca.pem on each agent) still works until "
+            f"{first_end:%Y-%m-%d} (same keys); replace it with this master's {bundle} before then. Puppet 8 "
+            "agents fetch the new one themselves (ca_refresh_interval, daily); older agents need the file "
+            "replaced (copy it, or delete it: the agent downloads the CA cert again on its next run).")
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
