@@ -124,7 +124,7 @@ def regen(remote, options: RegenOptions, console: Console, report: RunReport | N
         raise
     except PeRemoteError as exc:
         error = exc
-        if events.phase is Phase.CHANGING:  # never left half-way without saying so
+        if events.phase in (Phase.CHANGING, Phase.INCOMPLETE):  # never left half-way without saying so
             events.enter(Phase.INCOMPLETE)
             if not isinstance(exc, Incomplete):
                 error = Incomplete(f"{exc}; the master may be part-way through the run: run `regen` again on it "

@@ -1,0 +1,406 @@
+"""Unit tests of restore.py: the `restore` task, the put-back a rollback uses, and the checks on a
+tarball before it is extracted as root over `/`.
+
+Remote commands are never matched by their text (the builders are moving to `pe_remote/commands/`):
+the fake remote answers by position or runs a command in a local `sh` when its output is parsed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import re
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from fakes import FakeLocks, FakeRemote, QuietConsole, in_shell, make_cert
+from pe_remote import discovery, restore
+from pe_remote.backup import REMOTE_BACKUP_DIR, backup_paths
+from pe_remote.commands.certs import fingerprint
+from pe_remote.commands.sections import marker
+from pe_remote.errors import BackupError, InputError, RemoteCommandFailed
+from pe_remote.restore import RestoreOutcome
+from test_unit_trust import RECORDED
+
+C = RECORDED.certname
+SSL = RECORDED.ssldir.lstrip("/")
+CA = RECORDED.cadir.lstrip("/")
+CERT_PEM, KEY_PEM, _, CERT = make_cert(C, serial=7, sans=(C, "puppet"))
+CERT_SHA = fingerprint(CERT)
+
+
+# --- put_back: stop, put the folders back, start, read what is served --------------------------------
+
+def test_a_put_back_that_fails_starts_the_services_again():
+    def put_back_fails(command, index, kwargs):
+        if index == 1:  # stop (0), put back (1), start (2)
+            raise RemoteCommandFailed("put back", 2, "tar: short read")
+
+    remote, console = FakeRemote(put_back_fails), QuietConsole()
+    with pytest.raises(RemoteCommandFailed, match="short read"):
+        restore.put_back(remote, RECORDED, "/root/x.tar.gz", "0" * 64, ["puppetserver", "puppet"], console)
+    assert remote.commands_run == 3
+    start, kwargs = remote.calls[2]
+    assert "puppetserver" in start and "puppet" in start and kwargs["check"] is False  # never hides the error
+    assert "putting back /root/x.tar.gz failed; starting puppetserver, puppet again" in console.text("warn")
+
+
+def test_a_put_back_that_fails_with_nothing_to_start_says_so():
+    def put_back_fails(command, index, kwargs):
+        if index == 1:
+            raise RemoteCommandFailed("put back", 2, "")
+
+    console = QuietConsole()
+    with pytest.raises(RemoteCommandFailed):
+        restore.put_back(FakeRemote(put_back_fails), RECORDED, "/root/x.tar.gz", "0" * 64, [], console)
+    assert "starting nothing again" in console.text("warn")
+
+
+def test_a_failed_stop_puts_nothing_back():
+    def stop_fails(command, index, kwargs):
+        raise RemoteCommandFailed("stop", 1, "unit failed")
+
+    remote = FakeRemote(stop_fails)
+    with pytest.raises(RemoteCommandFailed):
+        restore.put_back(remote, RECORDED, "/root/x.tar.gz", "0" * 64, ["puppet"], QuietConsole())
+    assert remote.commands_run == 1
+
+
+def _facts_on_disk(tmp_path: Path, cert_pem: bytes | None = CERT_PEM):
+    ssl = tmp_path / "ssl"
+    facts = dataclasses.replace(RECORDED, ssldir=str(ssl), cadir=str(tmp_path / "ca"),
+                                hostcert=f"{ssl}/certs/{C}.pem", hostprivkey=f"{ssl}/private_keys/{C}.pem")
+    if cert_pem is not None:
+        (ssl / "certs").mkdir(parents=True)
+        (ssl / "certs" / f"{C}.pem").write_bytes(cert_pem)
+    return facts
+
+
+def test_a_put_back_reads_the_cert_now_on_disk(tmp_path):
+    """Parsing: the last command (what is on disk and served) runs in a local shell."""
+    facts = _facts_on_disk(tmp_path)
+    checks = []
+
+    def master(command, index, kwargs):
+        checks.append(kwargs["check"])
+        return in_shell(command) if index == 3 else None
+
+    remote, console = FakeRemote(master), QuietConsole()
+    outcome = restore.put_back(remote, facts, "/root/x.tar.gz", "0" * 64, ["puppetserver"], console)
+    assert outcome.disk_sha256 == CERT_SHA
+    assert isinstance(outcome.served_sha256, str)
+    assert remote.commands_run == 4 and checks == [True, True, True, False]  # only the read may fail
+    suffix = outcome.moved_aside[0][len(facts.ssldir):]
+    assert re.fullmatch(r"\.pe-remote-failed-\d{8}T\d{6}Z", suffix)
+    assert outcome.moved_aside == tuple(p + suffix for p in backup_paths(facts))
+    assert "starting puppetserver" in console.text("notice")
+
+
+def test_a_put_back_with_no_cert_on_disk_reports_none(tmp_path):
+    facts = _facts_on_disk(tmp_path, cert_pem=None)
+    remote = FakeRemote(lambda command, index, kwargs: in_shell(command) if index == 3 else None)
+    outcome = restore.put_back(remote, facts, "/root/x.tar.gz", "0" * 64, [], QuietConsole())
+    assert outcome.disk_sha256 == ""
+
+
+# --- has the CA moved on since the backup? (parsing) ---------------------------------------------------
+
+def _ca_output(serial=("0A", "0B"), added=(), removed=(), inventory=()) -> str:
+    """The comparison's output, built with the section protocol's own marker helper."""
+    parts = [marker("serial"), *serial, marker("signed_added"), *added, marker("signed_removed"), *removed,
+             marker("inventory_added"), *inventory]
+    return "\n".join(parts) + "\n"
+
+
+def test_parsing_ca_changes_one_regen_is_no_change():
+    out = _ca_output(("0A", "0B"), added=[f"{C}.pem"], removed=[f"{C}.pem"],
+                     inventory=[f"0x000B 2026 2031 /CN={C}", ""])
+    assert restore.ca_changes(out, C) == []
+    assert restore.ca_changes(_ca_output(("0A", "0A")), C) == []  # a regen that failed before signing
+
+
+@pytest.mark.parametrize("serial, says", [(("0A", "0C"), "from 0A to 0C (+2"), (("0A", "09"), "from 0A to 09 (-1")])
+def test_parsing_ca_changes_a_serial_counter_that_moved_too_far(serial, says):
+    changes = restore.ca_changes(_ca_output(serial), C)
+    assert len(changes) == 1 and says in changes[0]
+
+
+def test_parsing_ca_changes_an_unreadable_serial_is_not_a_change():
+    assert restore.ca_changes(_ca_output(("0A", "zz")), C) == []
+    assert restore.ca_changes(_ca_output(("0A",)), C) == []
+
+
+def test_parsing_ca_changes_certs_signed_and_gone_and_inventory():
+    added = [f"agent{i}.pem" for i in range(7)]
+    out = _ca_output(("0A", "0B"), added=[*added, f"{C}.pem"], removed=["old.pem"],
+                     inventory=[f"0x000B a b /CN={C}", "0x000C a b /CN=agent0", "0x000D a b /CN=agent1"])
+    changes = restore.ca_changes(out, C)
+    assert changes[0] == "certs signed since the backup: agent0.pem, agent1.pem, agent2.pem, agent3.pem, " \
+                         "agent4.pem ..."
+    assert changes[1] == "signed certs gone since the backup: old.pem"
+    assert changes[2] == "inventory entries since the backup: 0x000C a b /CN=agent0; 0x000D a b /CN=agent1"
+
+
+def test_parsing_ca_changes_without_sections_is_no_change():
+    assert restore.ca_changes("", C) == []
+
+
+# --- the checksum a restore verifies against -----------------------------------------------------------
+
+def test_a_given_sha256_is_used_normalised(tmp_path):
+    assert restore.expected_sha256(tmp_path / "b.tar.gz", "  ABCDEF\n") == "abcdef"
+
+
+def test_the_sidecar_sha256_is_used_when_none_is_given(tmp_path):
+    (tmp_path / "b.tar.gz.sha256").write_text("ABCDEF  b.tar.gz\n")
+    assert restore.expected_sha256(tmp_path / "b.tar.gz", None) == "abcdef"
+    assert restore.expected_sha256(tmp_path / "b.tar.gz", "0123") == "0123"  # given wins
+
+
+def test_no_sha256_at_all_is_bad_input(tmp_path):
+    with pytest.raises(InputError) as info:
+        restore.expected_sha256(tmp_path / "b.tar.gz", None)
+    assert "b.tar.gz.sha256 is missing" in str(info.value) and "--sha256" in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_verify_local(tmp_path):
+    tarball = tmp_path / "b.tar.gz"
+    tarball.write_bytes(b"backup bytes")
+    good = hashlib.sha256(b"backup bytes").hexdigest()
+    restore.verify_local(tarball, good)
+    with pytest.raises(InputError, match="does not match its sha256"):
+        restore.verify_local(tarball, "0" * 64)
+    with pytest.raises(InputError, match="does not exist or is not a file"):
+        restore.verify_local(tmp_path / "absent.tar.gz", good)
+    with pytest.raises(InputError, match="does not exist or is not a file"):
+        restore.verify_local(tmp_path, good)
+
+
+# --- upload ------------------------------------------------------------------------------------------
+
+class Sftp:
+    def __init__(self):
+        self.put: list[tuple[bytes, str, int, bool]] = []
+        self.modes: list[tuple[str, int]] = []
+
+    def putfo(self, fh, target, file_size=None, confirm=True):
+        self.put.append((fh.read(), target, file_size, confirm))
+
+    def chmod(self, path, mode):
+        self.modes.append((path, mode))
+
+
+class SftpRemote(FakeRemote):
+    def __init__(self, respond=None):
+        super().__init__(respond)
+        self.sftp_client = Sftp()
+
+    def sftp(self):
+        return self.sftp_client
+
+
+def test_an_upload_lands_private_in_the_state_folder(tmp_path):
+    tarball = tmp_path / "b.tar.gz"
+    tarball.write_bytes(b"x" * 100)
+    remote = SftpRemote()
+    target = restore.upload_backup(remote, tarball, "a" * 64)
+    assert target == f"{REMOTE_BACKUP_DIR}/restore-b.tar.gz"
+    assert remote.sftp_client.put == [(b"x" * 100, target, 100, True)]
+    assert remote.sftp_client.modes == [(target, 0o600)]
+    assert remote.commands_run == 2  # the folder, then the checksum of the copy there
+
+
+def test_an_upload_that_does_not_match_is_a_backup_error(tmp_path):
+    tarball = tmp_path / "b.tar.gz"
+    tarball.write_bytes(b"x")
+
+    def mismatch(command, index, kwargs):
+        if index == 1:
+            raise RemoteCommandFailed("sha256sum -c", 1, "FAILED")
+
+    with pytest.raises(BackupError) as info:
+        restore.upload_backup(SftpRemote(mismatch), tarball, "a" * 64)
+    assert f"{REMOTE_BACKUP_DIR}/restore-b.tar.gz does not match sha256 {'a' * 64}" in str(info.value)
+    assert info.value.exit_code == 6
+
+
+# --- the members of a tarball ------------------------------------------------------------------------
+
+def _tar(path: Path, *members: tarfile.TarInfo | tuple[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for member in members:
+            if isinstance(member, tuple):
+                info = tarfile.TarInfo(member[0])
+                info.size = len(member[1])
+                tar.addfile(info, io.BytesIO(member[1]))
+            else:
+                tar.addfile(member)
+    return path
+
+
+def _info(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+def _folder(name: str) -> tarfile.TarInfo:
+    return _info(name, tarfile.DIRTYPE)
+
+
+def test_a_backup_with_relative_links_inside_passes(tmp_path):
+    path = _tar(tmp_path / "b.tar.gz", _folder(SSL), (f"{SSL}/certs/{C}.pem", b"x"), _folder(CA),
+                _info(f"{SSL}/certs/alias.pem", tarfile.SYMTYPE, f"{C}.pem"),
+                _info(f"{SSL}/ca", tarfile.SYMTYPE, "../../../../" + CA))
+    restore.check_members(path, RECORDED)
+
+
+@pytest.mark.parametrize("member, says", [
+    ((f"/{SSL}/certs/x.pem", b"x"), "a path outside the SSL folders"),
+    ((f"{SSL}/../../../../etc/passwd", b"x"), "a path outside the SSL folders"),
+    ((f"{SSL}/certs/../../x", b"x"), "a path outside the SSL folders"),
+    (("etc/cron.d/x", b"x"), "outside /var/lib/puppet/ssl, /etc/puppet/puppetserver/ca"),
+    ((f"{SSL}.old/x", b"x"), "not an SSL backup of this master"),
+    (_info(f"{SSL}/certs/shadow.pem", tarfile.SYMTYPE, "/etc/shadow"), "a link to '/etc/shadow' outside"),
+    (_info(f"{SSL}/certs/up.pem", tarfile.SYMTYPE, "../../../../../etc/shadow"), "outside the SSL folders"),
+    (_info(f"{SSL}/certs/hard.pem", tarfile.LNKTYPE, f"{SSL}/certs/x.pem"), "not a regular file, folder or link"),
+    (_info(f"{SSL}/certs/tty", tarfile.CHRTYPE), "not a regular file"),
+    (_info(f"{SSL}/certs/sda", tarfile.BLKTYPE), "not a regular file"),
+    (_info(f"{SSL}/certs/fifo", tarfile.FIFOTYPE), "not a regular file"),
+], ids=["absolute", "dotdot", "dotdot-inside", "elsewhere", "sibling-folder", "symlink-absolute-out",
+        "symlink-relative-out", "hardlink", "char-device", "block-device", "fifo"])
+def test_hostile_members_are_refused(tmp_path, member, says):
+    path = _tar(tmp_path / "b.tar.gz", (f"{SSL}/certs/x.pem", b"x"), member)
+    with pytest.raises(InputError) as info:
+        restore.check_members(path, RECORDED)
+    assert says in str(info.value) and "refusing to restore it" in str(info.value)
+
+
+def test_a_member_beneath_a_link_is_refused(tmp_path):
+    path = _tar(tmp_path / "b.tar.gz", _info(f"{SSL}/certs", tarfile.SYMTYPE, "private_keys"),
+                (f"{SSL}/certs/{C}.pem", b"x"))
+    with pytest.raises(InputError, match=f"'{SSL}/certs/{C}.pem' beneath the link '{SSL}/certs'"):
+        restore.check_members(path, RECORDED)
+
+
+def test_a_file_that_is_no_tarball_is_refused(tmp_path):
+    path = tmp_path / "b.tar.gz"
+    path.write_bytes(b"this is not gzip")
+    with pytest.raises(InputError, match="is not a readable tar.gz backup"):
+        restore.check_members(path, RECORDED)
+
+
+def test_the_cert_in_a_tarball(tmp_path):
+    good = _tar(tmp_path / "good.tar.gz", (RECORDED.hostcert.lstrip("/"), CERT_PEM))
+    assert restore.cert_sha256_in_tarball(good, RECORDED.hostcert) == CERT_SHA
+    other = _tar(tmp_path / "other.tar.gz", (f"{SSL}/certs/other.pem", CERT_PEM))
+    with pytest.raises(InputError, match=f"holds no {RECORDED.hostcert}"):
+        restore.cert_sha256_in_tarball(other, RECORDED.hostcert)
+    folder = _tar(tmp_path / "folder.tar.gz", _folder(RECORDED.hostcert.lstrip("/")))
+    with pytest.raises(InputError, match=f"holds no {RECORDED.hostcert}"):
+        restore.cert_sha256_in_tarball(folder, RECORDED.hostcert)
+    junk = _tar(tmp_path / "junk.tar.gz", (RECORDED.hostcert.lstrip("/"), b"not a cert"))
+    with pytest.raises(InputError, match="holds no readable cert"):
+        restore.cert_sha256_in_tarball(junk, RECORDED.hostcert)
+
+
+# --- the `restore` task ------------------------------------------------------------------------------
+
+class RestoreJob:
+    def __init__(self, monkeypatch, tmp_path):
+        self.facts = RECORDED
+        self.tarball = _tar(tmp_path / "b.tar.gz", _folder(SSL), (RECORDED.hostcert.lstrip("/"), CERT_PEM),
+                            _folder(CA), (f"{CA}/ca_crt.pem", b"ca"))
+        self.sha = hashlib.sha256(self.tarball.read_bytes()).hexdigest()
+        (tmp_path / "b.tar.gz.sha256").write_text(f"{self.sha}  b.tar.gz\n")
+        self.remote, self.console, self.locks = FakeRemote(), QuietConsole(), FakeLocks()
+        self.outcome = RestoreOutcome(("moved-aside",), CERT_SHA, CERT_SHA)
+        self.uploads, self.put_backs, self.discovered = [], [], 0
+        monkeypatch.setattr(discovery, "discover", self._discover)
+        monkeypatch.setattr(restore, "upload_backup", self._upload)
+        monkeypatch.setattr(restore, "put_back", self._put_back)
+        monkeypatch.setattr(restore.master_lock, "acquire", self.locks.acquire)
+
+    def _discover(self, remote, flavor_override=None):
+        self.discovered += 1
+        return self.facts
+
+    def _upload(self, remote, tarball, sha256):
+        self.uploads.append((tarball, sha256, list(self.locks.taken), self.locks.released))
+        return f"{REMOTE_BACKUP_DIR}/restore-{tarball.name}"
+
+    def _put_back(self, remote, facts, tarball, sha256, start, console):
+        self.put_backs.append({"tarball": tarball, "sha256": sha256, "start": list(start),
+                               "locked": self.locks.released < len(self.locks.taken)})
+        return self.outcome
+
+    def run(self, **kwargs):
+        return restore.restore_backup(self.remote, self.tarball, self.console, **kwargs)
+
+
+@pytest.fixture
+def rjob(monkeypatch, tmp_path):
+    return RestoreJob(monkeypatch, tmp_path)
+
+
+def _services(**active):
+    return tuple(dataclasses.replace(s, active=active[s.name], state="active" if active[s.name] else "inactive")
+                 if s.name in active else s for s in RECORDED.services)
+
+
+def test_a_restore_puts_the_backup_back_under_the_lock(rjob):
+    outcome = rjob.run()
+    assert outcome is rjob.outcome
+    assert rjob.uploads == [(rjob.tarball, rjob.sha, ["restore"], 0)]
+    assert rjob.put_backs == [{"tarball": f"{REMOTE_BACKUP_DIR}/restore-b.tar.gz", "sha256": rjob.sha,
+                               "start": ["puppet", "puppetserver"], "locked": True}]
+    assert rjob.locks.released == 1
+    assert rjob.console.asked == ["Stop the Puppet services on m and put this backup back?"]
+    assert CERT_SHA in rjob.console.text("notice") and "moved-aside" in rjob.console.text("notice")
+
+
+def test_a_restore_starts_the_server_even_if_stopped_but_not_other_stopped_services(rjob):
+    rjob.facts = dataclasses.replace(RECORDED, services=_services(puppet=False, puppetserver=False))
+    rjob.run()
+    assert rjob.put_backs[0]["start"] == ["puppetserver"]
+
+
+def test_a_restore_with_a_wrong_checksum_touches_nothing(rjob):
+    with pytest.raises(InputError, match="does not match its sha256"):
+        rjob.run(sha256="0" * 64)
+    assert rjob.discovered == 0 and rjob.uploads == [] and rjob.locks.taken == []
+
+
+def test_a_hostile_tarball_is_refused_before_the_question(rjob, tmp_path):
+    rjob.tarball = _tar(tmp_path / "evil.tar.gz", (RECORDED.hostcert.lstrip("/"), CERT_PEM), ("etc/cron.d/x", b"x"))
+    with pytest.raises(InputError, match="outside"):
+        rjob.run(sha256=hashlib.sha256(rjob.tarball.read_bytes()).hexdigest())
+    assert rjob.console.asked == [] and rjob.uploads == []
+
+
+def test_a_restore_whose_disk_cert_is_not_the_backups_fails(rjob):
+    rjob.outcome = RestoreOutcome(("x",), CERT_SHA, "AB:CD:EF")
+    with pytest.raises(BackupError, match="the cert on disk is AB:CD:EF..., not the backup's"):
+        rjob.run()
+    assert rjob.locks.released == 1
+
+
+@pytest.mark.parametrize("served, says", [("AB:CD", "port 8140 serves AB:CD, not"), ("", "serves nothing")])
+def test_a_restore_whose_served_cert_is_not_the_backups_fails(rjob, served, says):
+    rjob.outcome = RestoreOutcome(("x",), served, CERT_SHA)
+    with pytest.raises(BackupError) as info:
+        rjob.run()
+    assert says in str(info.value) and info.value.exit_code == 6
+
+
+def test_without_a_server_service_what_is_served_does_not_matter(rjob):
+    rjob.facts = dataclasses.replace(RECORDED, services=tuple(
+        dataclasses.replace(s, exists=False, active=False, state="absent") if s.name == "puppetserver" else s
+        for s in RECORDED.services))
+    rjob.outcome = RestoreOutcome(("x",), "", CERT_SHA)
+    assert rjob.run() is rjob.outcome
+    assert rjob.put_backs[0]["start"] == ["puppet"]
