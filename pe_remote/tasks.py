@@ -209,14 +209,20 @@ def verify(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
     for_each_host(targets, one_master, accept_new_host_key=accept_new_host_key, parallel=parallel, title="verify")
 
 
-@task(name="refresh-crl", auto_shortflags=False, help={
+# The flags refresh-crl and extend-ca share.
+CA_JOB_HELP = {
     **TARGET_HELP,
-    "days": f"how long the re-signed CRL is valid, in days (default {DEFAULT_CRL_DAYS}, Puppet's own)",
-    "yes": "do not ask before changing the CRL",
     "dry_run": "show the plan (every remote command) and change nothing",
     "backup_dir": BACKUP_DIR_HELP,
     "flavor": FLAVOR_HELP,
     "verbose": "print every remote command as it runs",
+}
+
+
+@task(name="refresh-crl", auto_shortflags=False, help={
+    **CA_JOB_HELP,
+    "days": f"how long the re-signed CRL is valid, in days (default {DEFAULT_CRL_DAYS}, Puppet's own)",
+    "yes": "do not ask before changing the CRL",
 })
 @exits_cleanly
 def refresh_crl(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
@@ -236,13 +242,9 @@ def refresh_crl(c, host=None, inventory=None, key_file=None, known_hosts=None, a
 
 
 @task(name="extend-ca", auto_shortflags=False, help={
-    **TARGET_HELP,
+    **CA_JOB_HELP,
     "years": f"the renewed CA cert's lifetime in years (default {DEFAULT_CA_YEARS})",
     "yes": "do not ask before changing the CA cert",
-    "dry_run": "show the plan (every remote command) and change nothing",
-    "backup_dir": BACKUP_DIR_HELP,
-    "flavor": FLAVOR_HELP,
-    "verbose": "print every remote command as it runs",
 })
 @exits_cleanly
 def extend_ca(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,

@@ -4,6 +4,7 @@ the `pe_remote.testing` pytest plugin, opted in here."""
 from __future__ import annotations
 
 import os
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,23 @@ def run_cli(program: str, *args: str, cwd: Path = ROOT, timeout: float = 600,
 
 def fab_target_args(master) -> list[str]:
     return ["-H", master.target, "-i", str(master.key_path)]
+
+
+def fab_on(master, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`fab -H master ... ARGS --known-hosts ...`: a task run the way an operator runs it."""
+    return run_cli("fab", *fab_target_args(master), *args, "--known-hosts", str(master.known_hosts_path),
+                   timeout=timeout)
+
+
+@contextlib.contextmanager
+def failing_command(master, name: str):
+    """While inside: `name` on the master's PATH (over SSH) exits 1 at once, a fault injected into a step."""
+    path = f"/usr/local/bin/{name}"
+    master.check(f"printf '#!/bin/sh\\nexit 1\\n' > {path} && chmod 755 {path}")
+    try:
+        yield
+    finally:
+        master.check(f"rm -f {path}")
 
 
 def describe(proc: subprocess.CompletedProcess) -> str:

@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from conftest import describe, fab_target_args, run_cli
+from conftest import describe, fab_on, failing_command
 from pe_remote.commands.certs import pem_blocks
 from pe_remote.testing.master import serving_check
 
@@ -44,11 +44,6 @@ def _spki(cert) -> bytes:
     return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _fab(master, *args):
-    return run_cli("fab", *fab_target_args(master), *args, "--known-hosts", str(master.known_hosts_path),
-                   timeout=900)
-
-
 @pytest.mark.parametrize("fresh_master", ["pe37", "oss7", "oss8"], indirect=True)
 def test_extend_ca_renews_a_ca_ending_in_days_and_rolls_back_on_a_fault(fresh_master, tmp_path):
     master, layout = fresh_master, fresh_master.flavor
@@ -56,18 +51,17 @@ def test_extend_ca_renews_a_ca_ending_in_days_and_rolls_back_on_a_fault(fresh_ma
     before = _bundle(master)
     assert all(c.not_valid_after_utc < datetime.now(timezone.utc) + timedelta(days=11) for c in before)
 
-    proc = _fab(master, "verify")
+    proc = fab_on(master, "verify")
     assert proc.returncode == 9 and "CA cert" in proc.stderr and "ends in" in proc.stderr, describe(proc)
 
     # A fault after the renewal (copying the bundle to the host's copy cannot be checked): rolled back.
     checksums = master.ssl_checksums()
-    master.check("printf '#!/bin/sh\\nexit 1\\n' > /usr/local/bin/cmp && chmod 755 /usr/local/bin/cmp")
-    proc = _fab(master, "extend-ca", "--yes", "--backup-dir", str(tmp_path / "b1"))
-    master.check("rm /usr/local/bin/cmp")
+    with failing_command(master, "cmp"):
+        proc = fab_on(master, "extend-ca", "--yes", "--backup-dir", str(tmp_path / "b1"))
     assert proc.returncode == 7 and "rolled back" in proc.stderr, describe(proc)
     assert master.ssl_checksums() == checksums
 
-    proc = _fab(master, "extend-ca", "--yes", "--backup-dir", str(tmp_path / "b2"))
+    proc = fab_on(master, "extend-ca", "--yes", "--backup-dir", str(tmp_path / "b2"))
     assert proc.returncode == 0, describe(proc)
     out = proc.stdout + proc.stderr
     assert "Renewed the CA cert" in out and "Agents:" in out
@@ -92,6 +86,6 @@ def test_extend_ca_renews_a_ca_ending_in_days_and_rolls_back_on_a_fault(fresh_ma
                  "> /root/old-ca.pem")
     code, out = master.exec(f"{layout.puppet} agent -t --noop --localcacert /root/old-ca.pem 2>&1")
     assert code in (0, 2), out[-2000:]
-    proc = _fab(master, "verify")
+    proc = fab_on(master, "verify")
     assert proc.returncode in (0, 9), describe(proc)
     assert "CA cert" not in proc.stderr, describe(proc)  # what is left to name is the 10-day master cert

@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from conftest import describe, fab_target_args, run_cli
+from conftest import describe, fab_on, failing_command
 from pe_remote.commands.certs import pem_blocks
 from pe_remote.commands.shell import join
 
@@ -46,11 +46,6 @@ def _number(crl) -> int:
     return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
 
 
-def _fab(master, *args):
-    return run_cli("fab", *fab_target_args(master), *args, "--known-hosts", str(master.known_hosts_path),
-                   timeout=900)
-
-
 @pytest.mark.parametrize("fresh_master", ["pe37", "oss7", "oss8"], indirect=True)
 def test_refresh_crl_renews_a_crl_due_in_days_and_rolls_back_on_a_fault(fresh_master, tmp_path):
     master, layout = fresh_master, fresh_master.flavor
@@ -62,19 +57,18 @@ def test_refresh_crl_renews_a_crl_due_in_days_and_rolls_back_on_a_fault(fresh_ma
     assert revoked, "Puppet's revoke left no entry in the CRL"
     assert before[0].next_update_utc < datetime.now(timezone.utc) + timedelta(days=4)
 
-    proc = _fab(master, "verify")
+    proc = fab_on(master, "verify")
     assert proc.returncode == 9 and "CA CRL" in proc.stderr and "ends in 3 days" in proc.stderr, describe(proc)
 
     # A fault after the CRL was re-signed (the copy's check cannot pass): rolled back, byte for byte.
     checksums = master.ssl_checksums()
-    master.check("printf '#!/bin/sh\\nexit 1\\n' > /usr/local/bin/cmp && chmod 755 /usr/local/bin/cmp")
-    proc = _fab(master, "refresh-crl", "--yes", "--backup-dir", str(tmp_path / "b1"))
-    master.check("rm /usr/local/bin/cmp")
+    with failing_command(master, "cmp"):
+        proc = fab_on(master, "refresh-crl", "--yes", "--backup-dir", str(tmp_path / "b1"))
     assert proc.returncode == 7 and "rolled back" in proc.stderr and "Copy it to the host" in proc.stderr, \
         describe(proc)
     assert master.ssl_checksums() == checksums
 
-    proc = _fab(master, "refresh-crl", "--yes", "--backup-dir", str(tmp_path / "b2"))
+    proc = fab_on(master, "refresh-crl", "--yes", "--backup-dir", str(tmp_path / "b2"))
     assert proc.returncode == 0, describe(proc)
     assert f"{len(revoked)} entries kept" in proc.stdout + proc.stderr
     after = _crls(master, ca_crl)
@@ -93,5 +87,5 @@ def test_refresh_crl_renews_a_crl_due_in_days_and_rolls_back_on_a_fault(fresh_ma
     assert served_crl.fingerprint(hashes.SHA256()) == new.fingerprint(hashes.SHA256())
     code, out = master.agent_run()
     assert code in (0, 2), out[-2000:]
-    proc = _fab(master, "verify")
+    proc = fab_on(master, "verify")
     assert proc.returncode == 0, describe(proc)
