@@ -59,8 +59,8 @@ def read_state(remote, facts: MasterFacts) -> CrlState:
     import hashlib
 
     paths = CrlPaths.of(facts)
-    output = remote.run(commands.crl_files(paths.ca_crl, paths.host_crl, paths.ca_cert, facts.server_service),
-                        check=False).stdout
+    output = remote.run(commands.crl_files(paths.ca_crl, paths.host_crl, paths.ca_cert, facts.server_service,
+                                           facts.hostcert, facts.hostprivkey), check=False).stdout
     found = protocol.split(output)
     ca_cert = protocol.decoded(found.get("ca_cert", []))
     ca_crl = protocol.decoded(found.get("ca_crl", []))
@@ -102,6 +102,19 @@ def server_pickup_steps(facts: MasterFacts, can_reload: bool, what: str) -> list
                  Step(f"start:{server}", f"Start {server}", service_command(facts, server, "running"))]
     return steps + [Step("wait-server", f"Wait for {server} to answer on 8140", server_ready_check(facts),
                          server_ready=True)]
+
+
+def crl_is_back(before: CrlState, now: CrlState) -> bool:
+    """After a rollback: the old CRL, byte for byte; or one the server re-signed ITSELF on its start
+    (Puppet Server 8 renews a CRL near its end): same issuer and entries, signed by the CA, a higher
+    number."""
+    if now.ca_crl_sha256 == before.ca_crl_sha256:
+        return True
+    if not now.ca_crl or not before.ca_crl:
+        return False
+    old, new = before.ca_crl[0], now.ca_crl[0]
+    return (new.signed_by_ca and new.issuer == old.issuer and new.entries == old.entries
+            and (new.number or 0) > (old.number or 0))
 
 
 def refresh_problems(before: CrlState, after: CrlState, days: int, now: datetime, *, served: bool) -> list[str]:
@@ -191,7 +204,7 @@ def _refresh(remote, console, events: Events, days: int, dry_run: bool, backup_d
                                 served=facts.server_service in facts.running_services)
 
     backup = change_and_prove(remote, facts, plan, console, events, backup_dir=backup_dir, what="CRL", prove=prove,
-                              is_back=lambda: read_state(remote, facts).ca_crl_sha256 == before.ca_crl_sha256)
+                              is_back=lambda: crl_is_back(before, read_state(remote, facts)))
     current, new = before.ca_crl[0], found[-1].ca_crl[0]
     console.notice(f"Refreshed the CRL on {label}: number {current.number} -> {new.number}, "
                    f"{len(new.entries)} entries kept, next update {new.next_update:%Y-%m-%d %H:%M} UTC "

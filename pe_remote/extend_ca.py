@@ -56,8 +56,8 @@ def bundle_paths(facts: MasterFacts) -> tuple[str, str, list[str]]:
 
 def read_ca_state(remote, facts: MasterFacts) -> CaState:
     bundle, host_bundle, keys = bundle_paths(facts)
-    found = protocol.split(remote.run(commands.ca_files(bundle, host_bundle, facts.hostcert, keys[1]),
-                                      check=False).stdout)
+    found = protocol.split(remote.run(commands.ca_files(bundle, host_bundle, facts.hostcert, facts.hostprivkey,
+                                                        keys[1]), check=False).stdout)
     data = protocol.decoded(found.get("ca_bundle", []))
     return CaState(data, tuple(read_bundle(data)), protocol.decoded(found.get("host_bundle", [])),
                    protocol.decoded(found.get("hostcert", [])),

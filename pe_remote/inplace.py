@@ -95,5 +95,5 @@ def _roll_back(remote, facts: MasterFacts, backup: Backup, console, events: Even
         raise Incomplete(f"{reason}; the backup was put back but the {what} is not the old one; check the master "
                          f"by hand; backup {backup.remote.path}")
     events.enter(Phase.ROLLED_BACK)
-    raise RolledBack(f"rolled back: {reason}. The old {what} is back; the replaced folders are kept as "
-                     f"{', '.join(outcome.moved_aside)}; backup {backup.local_path}")
+    raise RolledBack(f"rolled back: {reason}. The backup is back in place and the {what} checked; the replaced "
+                     f"folders are kept as {', '.join(outcome.moved_aside)}; backup {backup.local_path}")

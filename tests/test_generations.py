@@ -21,6 +21,7 @@ import time
 import pytest
 
 from conftest import describe, fab_target_args, run_cli
+from pe_remote.flavors import FLAVORS
 from pe_remote.testing.master import serving_check
 from test_faults import _fab_until, _finish, _regen_args, assert_backup_intact, assert_serves
 from test_regen_pe37 import _cert_facts
@@ -28,6 +29,7 @@ from test_regen_pe37 import _cert_facts
 pytestmark = pytest.mark.container
 
 FLAVOR_OF = {"pe37": "pe37", "pe2016": "pe2016", "puppet5": "puppet5", "oss7": "puppet6", "oss8": "puppet6"}
+PE_VERSION = {"pe37": "3.7.2"}  # what `discover` names from the master's PE version file
 GENERATIONS = list(FLAVOR_OF)
 ORCHESTRATOR_SSL = "/etc/puppetlabs/orchestration-services/ssl"
 
@@ -133,6 +135,8 @@ def test_discover_dry_run_verify_and_backup_change_nothing(staging_master, tmp_p
     proc = run_cli("fab", *args, "discover", *known)
     assert proc.returncode == 0, describe(proc)
     assert re.search(rf"^flavor: +{FLAVOR_OF[layout.name]} ", proc.stdout, re.M), proc.stdout
+    if layout.name in PE_VERSION:
+        assert f"PE {PE_VERSION[layout.name]}" in proc.stdout, proc.stdout
 
     # The installed program, run outside the checkout, for the dry run.
     proc = run_cli("pe-remote", *args, "regen", "--dry-run", *known, "--backup-dir", str(tmp_path / "bk"),
@@ -147,10 +151,19 @@ def test_discover_dry_run_verify_and_backup_change_nothing(staging_master, tmp_p
     order = [out.find(clean), out.find(f"rm -f {layout.catalog_dir}/{master.certname}.json"), out.find(generate),
              out.find(f"resource service {layout.server_service} ensure=running")]
     assert all(p >= 0 for p in order) and order == sorted(order), (order, out)
-    for service in layout.services:
-        assert f"resource service {service} ensure=stopped" in out
+    stops = [out.find(f"resource service {service} ensure=stopped") for service in layout.services]
+    assert all(p >= 0 for p in stops), (stops, out)
+    # The generation's table decides: Puppet 6+ cleans through the running CA, then stops; the others
+    # stop everything, then clean the files offline.
+    server_stop = out.find(f"resource service {layout.server_service} ensure=stopped")
+    if FLAVORS[FLAVOR_OF[layout.name]].clean_while_running:
+        assert order[0] < server_stop, out
+    else:
+        assert server_stop < order[0], out
     assert "Dry run: nothing was changed" in out
     assert not (tmp_path / "bk").exists()
+    services = " ".join(layout.services)
+    assert master.check(f"systemctl is-active {services}").split() == ["active"] * len(layout.services)
 
     proc = run_cli("fab", *args, "verify", *known)
     assert proc.returncode == 0, describe(proc)

@@ -24,6 +24,9 @@ REVOKE = {
                            f"puppetserver ca revoke --certname {AGENT}",
 }
 REVOKE["oss8"] = REVOKE["oss7"]
+# Puppet Server 8 re-signs a CRL near its end by itself when it starts: after a rollback (which starts
+# it) the CRLs are its new ones, the rest byte for byte.
+RENEWS_ITS_OWN_CRL = {"oss8"}
 
 # Test setup, not a stand-in for a Puppet command (Puppet has none that sets a CRL's end date): the CA's
 # CRL re-signed, unchanged otherwise, to end in 3 days, as a CRL issued long ago would.
@@ -40,6 +43,10 @@ File.write(path, crl.to_pem + blocks.drop(1).join)
 
 def _crls(master, path: str) -> list[x509.CertificateRevocationList]:
     return [x509.load_pem_x509_crl(block) for block in pem_blocks(master.check(f"cat {path}").encode(), b"X509 CRL")]
+
+
+def _without_crls(checksums: str) -> list[str]:
+    return [line for line in checksums.splitlines() if not line.endswith("crl.pem")]
 
 
 def _number(crl) -> int:
@@ -66,7 +73,14 @@ def test_refresh_crl_renews_a_crl_due_in_days_and_rolls_back_on_a_fault(fresh_ma
         proc = fab_on(master, "refresh-crl", "--yes", "--backup-dir", str(tmp_path / "b1"))
     assert proc.returncode == 7 and "rolled back" in proc.stderr and "Copy it to the host" in proc.stderr, \
         describe(proc)
-    assert master.ssl_checksums() == checksums
+    if layout.name in RENEWS_ITS_OWN_CRL:
+        # Byte for byte but the CRLs, which the server re-signed itself when the rollback started it.
+        assert _without_crls(master.ssl_checksums()) == _without_crls(checksums)
+        renewed = _crls(master, ca_crl)[0]
+        assert {e.serial_number for e in renewed} == revoked and _number(renewed) > _number(before[0])
+        before = _crls(master, ca_crl)
+    else:
+        assert master.ssl_checksums() == checksums
 
     proc = fab_on(master, "refresh-crl", "--yes", "--backup-dir", str(tmp_path / "b2"))
     assert proc.returncode == 0, describe(proc)

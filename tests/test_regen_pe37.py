@@ -102,31 +102,6 @@ def test_invoke_backup_via_inventory_changes_nothing(staging_master, tmp_path):
     assert f"{master.flavor.cadir.lstrip('/')}/ca_key.pem" in names
 
 
-def test_regen_dry_run_changes_nothing(staging_master, tmp_path):
-    master = staging_master
-    before = master.ssl_checksums()
-    proc = run_cli("fab", *fab_target_args(master), "regen", "--dry-run",
-                   "--known-hosts", str(master.known_hosts_path), "--backup-dir", str(tmp_path / "bk"))
-    assert proc.returncode == 0, describe(proc)
-    assert master.ssl_checksums() == before
-    assert not (tmp_path / "bk").exists()
-    assert master.check("systemctl is-active " + " ".join(master.flavor.services)).split() == ["active"] * 4
-    expected_in_order = [
-        "puppet resource service pe-puppet ensure=stopped",
-        "puppet resource service pe-puppetserver ensure=stopped",
-        "puppet resource service pe-activemq ensure=stopped",
-        "puppet resource service pe-mcollective ensure=stopped",
-        f"/opt/puppet/bin/puppet cert clean {master.certname}",
-        f"rm -f {master.flavor.catalog_dir}/{master.certname}.json",
-        f"/opt/puppet/bin/puppet cert generate {master.certname} --dns_alt_names=puppet,puppet.pe-remote.test",
-        "puppet resource service pe-puppetserver ensure=running",
-    ]
-    positions = [proc.stdout.find(text) for text in expected_in_order]
-    assert all(p >= 0 for p in positions), (positions, proc.stdout)
-    assert positions == sorted(positions)
-    assert "Dry run: nothing was changed" in proc.stdout
-
-
 def test_unknown_host_key_is_refused(staging_master, tmp_path):
     master = staging_master
     empty = tmp_path / "known_hosts"

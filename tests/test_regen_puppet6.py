@@ -1,4 +1,5 @@
-"""End to end, Puppet 6+ (open source, `puppetserver ca`) on the oss7 and oss8 staging masters."""
+"""End to end, Puppet 6+ (open source, `puppetserver ca`): a master whose puppet.conf names no alt names.
+(Discovery and the dry run of every generation: test_generations.py.)"""
 
 from __future__ import annotations
 
@@ -39,30 +40,3 @@ def test_yes_never_drops_an_alt_name_the_cert_carries(fresh_master, tmp_path):
     assert proc.returncode == 0, describe(proc)
     assert _cert_facts(master)["sans"] == wanted - {"DNS:puppet"}
     assert "DNS:puppet" in proc.stdout and "--drop-alt-names" in proc.stdout  # the warning names it
-
-
-@pytest.mark.parametrize("staging_master", ["oss7"], indirect=True)
-def test_discover_and_dry_run_on_puppet6(staging_master, tmp_path):
-    master = staging_master
-    proc = run_cli("fab", *fab_target_args(master), "discover", "--known-hosts", str(master.known_hosts_path))
-    assert proc.returncode == 0, describe(proc)
-    assert "flavor:          puppet6" in proc.stdout
-    before = master.ssl_checksums()
-    proc = run_cli("fab", *fab_target_args(master), "regen", "--dry-run",
-                   "--known-hosts", str(master.known_hosts_path))
-    assert proc.returncode == 0, describe(proc)
-    clean = proc.stdout.find("/usr/bin/puppetserver ca clean --certname master.pe-remote.test")
-    stop = proc.stdout.find("puppet resource service puppetserver ensure=stopped")
-    generate = proc.stdout.find("/usr/bin/puppetserver ca generate --certname master.pe-remote.test "
-                                "--subject-alt-names puppet,puppet.pe-remote.test --ca-client")
-    assert 0 <= clean < stop < generate, proc.stdout
-    assert master.ssl_checksums() == before
-
-
-@pytest.mark.parametrize("staging_master", ["pe37"], indirect=True)
-def test_discover_names_pe37(staging_master):
-    proc = run_cli("fab", *fab_target_args(staging_master), "discover",
-                   "--known-hosts", str(staging_master.known_hosts_path))
-    assert proc.returncode == 0, describe(proc)
-    assert "flavor:          pe37" in proc.stdout
-    assert "PE 3.7.2" in proc.stdout

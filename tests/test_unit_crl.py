@@ -83,6 +83,16 @@ def test_each_way_a_refresh_can_be_wrong_is_named(after, expected):
     assert len(found) == 1 and expected in found[0], found
 
 
+def test_after_a_rollback_the_old_crl_or_the_servers_own_renewal_counts_as_back():
+    before = state(OLD)
+    assert job.crl_is_back(before, state(OLD))
+    assert job.crl_is_back(before, state(_crl_pem(5, 1825)))  # Puppet Server 8 renewed it on its start
+    assert not job.crl_is_back(before, state(_crl_pem(4, 1825)))  # not the old one, not a newer one
+    assert not job.crl_is_back(before, state(_crl_pem(5, 1825, revoked=(7,))))  # an entry lost
+    assert not job.crl_is_back(before, state(_crl_pem(5, 1825, key=OTHER_KEY)))
+    assert not job.crl_is_back(before, state(b""))
+
+
 def test_a_server_left_stopped_is_not_asked_for_the_crl():
     assert job.refresh_problems(state(OLD), state(NEW, served=b""), 1825, NOW, served=False) == []
 
@@ -185,7 +195,7 @@ def test_a_wrong_result_is_rolled_back_exit_7(fakes):
 
 
 def test_a_rollback_that_does_not_bring_the_old_crl_back_is_incomplete(fakes):
-    fakes.states[1:] = [state(_crl_pem(5, 30)), state(NEW)]
+    fakes.states[1:] = [state(_crl_pem(5, 30)), state(_crl_pem(5, 1825, revoked=(7,)))]
     error, report, _ = _run()
     assert isinstance(error, Incomplete) and "not the old one" in str(error) and report.exit_code == 8
 

@@ -9,8 +9,8 @@ by the key of its issuer: a self-signed root by its own key, the intermediate by
 
 from __future__ import annotations
 
-from pe_remote.commands.crl import ruby_script
-from pe_remote.commands.sections import mark
+from pe_remote.commands.crl import from_ca_endpoint, ruby_script
+from pe_remote.commands.sections import file_encoded, mark
 from pe_remote.commands.shell import join, q
 
 # ARGV: CA bundle, years, output file, key files... Every cert of the bundle is renewed; a cert whose
@@ -62,13 +62,10 @@ def agent_with_old_ca(puppet: str, old_bundle_b64: str, scratch: str) -> str:
             f"{mark('agent')}; {agent} \"$T\" >/dev/null 2>&1 </dev/null; echo \"$?\"; rm -f \"$T\"")
 
 
-def ca_files(bundle: str, host_bundle: str, hostcert: str, root_key: str) -> str:
+def ca_files(bundle: str, host_bundle: str, hostcert: str, hostkey: str, root_key: str) -> str:
     """The CA facts: the CA bundle, the host's copy, the master's cert (base64 each), whether a root CA
     key is kept beside the CA's, and the CA cert the CA endpoint on 8140 serves."""
-    from pe_remote.commands.sections import file_encoded
-
-    served = "curl -sk --max-time 20 'https://127.0.0.1:8140/puppet-ca/v1/certificate/ca?environment=production' | base64"
     return "\n".join([mark("ca_bundle"), file_encoded(bundle), mark("host_bundle"), file_encoded(host_bundle),
                       mark("hostcert"), file_encoded(hostcert), mark("root_key"),
                       f"if [ -f {q(root_key)} ]; then echo present; else echo absent; fi",
-                      mark("served_ca"), served])
+                      mark("served_ca"), from_ca_endpoint("certificate/ca", hostcert, hostkey)])

@@ -75,13 +75,19 @@ def reload_service(name: str) -> str:
     return join(["systemctl", "reload", f"{name}.service"])
 
 
-def crl_files(ca_crl: str, host_crl: str, ca_cert: str, server: str) -> str:
+def from_ca_endpoint(path: str, hostcert: str, hostkey: str) -> str:
+    """Shell: what the CA endpoint `path` on 127.0.0.1:8140 hands an agent, base64. Asked with the
+    master's own cert, as an agent asks (Puppet 5's auth.conf refuses the CRL to an anonymous client)."""
+    url = f"https://127.0.0.1:8140/puppet-ca/v1/{path}?environment=production"
+    return f"curl -sk --max-time 20 --cert {q(hostcert)} --key {q(hostkey)} {q(url)} | base64"
+
+
+def crl_files(ca_crl: str, host_crl: str, ca_cert: str, server: str, hostcert: str, hostkey: str) -> str:
     """The CRL facts: the CA's CRL, the host's copy, the CA bundle (base64 each), the CRL the CA
     endpoint on 8140 serves, and whether `server`'s unit can reload."""
-    served = ("curl -sk --max-time 20 "
-              "'https://127.0.0.1:8140/puppet-ca/v1/certificate_revocation_list/ca?environment=production' | base64")
     return "\n".join([
         mark("ca_crl"), file_encoded(ca_crl), mark("host_crl"), file_encoded(host_crl),
-        mark("ca_cert"), file_encoded(ca_cert), mark("served_crl"), served,
+        mark("ca_cert"), file_encoded(ca_cert),
+        mark("served_crl"), from_ca_endpoint("certificate_revocation_list/ca", hostcert, hostkey),
         mark("can_reload"), f"systemctl show -p CanReload {q(server + '.service')} 2>/dev/null || true",
     ])
