@@ -29,6 +29,7 @@ from pe_remote.discovery import MasterFacts, discover
 from pe_remote.errors import InputError, Refused
 from pe_remote.events import Events, Listener
 from pe_remote.inplace import change_and_prove, refuse_unless_ca, run_job
+from pe_remote.names import printable
 from pe_remote.plan import Plan, Step
 from pe_remote.render import render_steps
 from pe_remote.report import RunReport
@@ -156,9 +157,10 @@ def _extend(remote, console, events: Events, years: int, dry_run: bool, backup_d
         problems = extend_problems(before, after, years, now, served=server_runs)
         problems += refresh_problems(crl_before, read_state(remote, facts), CRL_DAYS, now, served=server_runs)
         if server_runs:
-            found["agent"] = _agent_with_old_ca(remote, facts, before.bundle)
+            found["agent"], said = _agent_with_old_ca(remote, facts, before.bundle)
             if found["agent"] not in (0, 2):
-                problems.append(f"an agent run on the master trusting the OLD CA cert failed (exit {found['agent']})")
+                problems.append(f"an agent run on the master trusting the OLD CA cert failed (exit {found['agent']}: "
+                                f"{printable(said)[:300]})")
         return problems
 
     backup = change_and_prove(remote, facts, plan, console, events, backup_dir=backup_dir, what="CA cert",
@@ -180,11 +182,15 @@ def _refuse_unusable(facts: MasterFacts, ca: CaState) -> None:
                       f"({bundle_paths(facts)[2][1]}): the intermediate cannot be renewed here; nothing was changed")
 
 
-def _agent_with_old_ca(remote, facts: MasterFacts, old_bundle: bytes) -> int:
+def _agent_with_old_ca(remote, facts: MasterFacts, old_bundle: bytes) -> tuple[int, str]:
+    """(exit status, its last line of output) of an agent run trusting only the old CA bundle."""
     output = remote.run(commands.agent_with_old_ca(facts.puppet, base64.b64encode(old_bundle).decode(),
                                                    REMOTE_STATE_DIR), check=False, timeout=600).stdout
-    values = [line.strip() for line in protocol.split(output).get("agent", []) if line.strip().isdigit()]
-    return int(values[0]) if values else -1
+    found = protocol.split(output)
+    values = [line.strip() for line in found.get("agent", []) if line.strip().isdigit()]
+    said = [line.strip() for line in protocol.decoded(found.get("agent_output", [])).decode(errors="replace")
+            .splitlines() if line.strip()]
+    return (int(values[0]) if values else -1), (said[-1] if said else "")
 
 
 def agent_guidance(facts: MasterFacts, before: CaState) -> str:

@@ -96,7 +96,8 @@ class Master:
         return "==> lock-held <==", types.SimpleNamespace(close=lambda: None)
 
     def run(self, command, *, check=True, timeout=None):
-        return types.SimpleNamespace(stdout="==> agent <==\n0\n", ok=True)
+        return types.SimpleNamespace(stdout="==> agent <==\n0\n==> agent_output <==\nTm90aWNlOiBBcHBsaWVkCg==\n",
+                                     ok=True)
 
 
 @pytest.fixture
@@ -174,3 +175,15 @@ def test_years_out_of_range_is_an_input_error(years):
     with pytest.raises(InputError, match="--years"):
         job.extend_ca(Master(), Console(out=io.StringIO()), years=years)
 
+
+
+def test_an_agent_that_trusts_only_the_old_ca_and_fails_rolls_back_naming_why(fakes, monkeypatch):
+    import base64
+
+    said = base64.b64encode(b"Info: Using environment 'production'\nError: certificate verify failed\n").decode()
+    monkeypatch.setattr(Master, "run", lambda self, command, **kw: types.SimpleNamespace(
+        stdout=f"==> agent <==\n1\n==> agent_output <==\n{said}\n", ok=True))
+    fakes.ca[2:] = [ca_state(OLD)]  # what the rollback finds: the old bundle
+    error, report, _ = _run()
+    assert isinstance(error, RolledBack) and report.exit_code == 7
+    assert "trusting the OLD CA cert failed (exit 1: Error: certificate verify failed)" in str(error)

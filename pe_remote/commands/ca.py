@@ -55,11 +55,13 @@ def extend(bundle: str, keys: list[str], years: int) -> str:
 
 def agent_with_old_ca(puppet: str, old_bundle_b64: str, scratch: str) -> str:
     """Shell: an agent run (--noop) on the master that trusts only the OLD CA bundle, as an agent that
-    has not fetched the new one does; section `agent` holds its exit status."""
+    has not fetched the new one does; section `agent` holds its exit status, `agent_output` the end of
+    what it said (base64)."""
     agent = join([puppet, "agent", "-t", "--noop", "--waitforlock", "2", "--maxwaitforlock", "120", "--localcacert"])
-    return (f"T=$(mktemp {q(scratch + '/.old-ca.XXXXXX')}) || exit 1; "
+    return (f"T=$(mktemp {q(scratch + '/.old-ca.XXXXXX')}) || exit 1; O=$T.out; "
             f"printf '%s' {q(old_bundle_b64)} | base64 -d > \"$T\"; "
-            f"{mark('agent')}; {agent} \"$T\" >/dev/null 2>&1 </dev/null; echo \"$?\"; rm -f \"$T\"")
+            f"{agent} \"$T\" >\"$O\" 2>&1 </dev/null; r=$?; {mark('agent')}; echo \"$r\"; "
+            f"{mark('agent_output')}; tail -c 2000 \"$O\" | base64; rm -f \"$T\" \"$O\"")
 
 
 def ca_files(bundle: str, host_bundle: str, hostcert: str, hostkey: str, root_key: str) -> str:
