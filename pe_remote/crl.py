@@ -106,14 +106,14 @@ def server_pickup_steps(facts: MasterFacts, can_reload: bool, what: str) -> list
 
 def crl_is_back(before: CrlState, now: CrlState) -> bool:
     """After a rollback: the old CRL, byte for byte; or one the server re-signed ITSELF on its start
-    (Puppet Server 8 renews a CRL near its end): same issuer and entries, signed by the CA, a higher
-    number."""
+    (Puppet Server 8 renews a CRL near its end, dating every entry anew): same issuer and revoked
+    serials, signed by the CA, a higher number."""
     if now.ca_crl_sha256 == before.ca_crl_sha256:
         return True
     if not now.ca_crl or not before.ca_crl:
         return False
     old, new = before.ca_crl[0], now.ca_crl[0]
-    return (new.signed_by_ca and new.issuer == old.issuer and new.entries == old.entries
+    return (new.signed_by_ca and new.issuer == old.issuer and new.serials == old.serials
             and (new.number or 0) > (old.number or 0))
 
 

@@ -184,8 +184,9 @@ def _refuse_unusable(facts: MasterFacts, ca: CaState) -> None:
 
 def _agent_with_old_ca(remote, facts: MasterFacts, old_bundle: bytes) -> tuple[int, str]:
     """(exit status, its last line of output) of an agent run trusting only the old CA bundle."""
-    output = remote.run(commands.agent_with_old_ca(facts.puppet, base64.b64encode(old_bundle).decode(),
-                                                   REMOTE_STATE_DIR), check=False, timeout=600).stdout
+    output = remote.run(commands.agent_with_old_ca(facts.puppet, facts.flavor.agent_lock_flags,
+                                                   base64.b64encode(old_bundle).decode(), REMOTE_STATE_DIR),
+                        check=False, timeout=600).stdout
     found = protocol.split(output)
     values = [line.strip() for line in found.get("agent", []) if line.strip().isdigit()]
     said = [line.strip() for line in protocol.decoded(found.get("agent_output", [])).decode(errors="replace")

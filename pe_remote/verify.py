@@ -36,8 +36,7 @@ def verification_script(facts, services: list[str], *, agent: bool = False) -> s
     parts = [cert_with_key("cert", facts.hostcert, facts.hostprivkey), served_cert("served", facts.certname),
              service_states("services", facts.init_system, services), crl_file("crl", f"{facts.cadir}/ca_crl.pem")]
     if agent:
-        parts.append(exit_status_of("agent", [facts.puppet, "agent", "-t", "--noop", "--waitforlock", "2",
-                                              "--maxwaitforlock", "120"]))
+        parts.append(exit_status_of("agent", [facts.puppet, "agent", "-t", "--noop", *facts.flavor.agent_lock_flags]))
     return "\n".join(parts) + "\n"
 
 

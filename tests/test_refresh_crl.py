@@ -95,8 +95,10 @@ def test_refresh_crl_renews_a_crl_due_in_days_and_rolls_back_on_a_fault(fresh_ma
     # The root CA's CRL (Puppet 6+ keeps it after the signing CA's) is kept byte for byte.
     assert [c.fingerprint(hashes.SHA256()) for c in after[1:]] == [c.fingerprint(hashes.SHA256()) for c in before[1:]]
     assert master.check(f"cat {host_crl}") == master.check(f"cat {ca_crl}")
-    served = master.check("curl -sk 'https://127.0.0.1:8140/puppet-ca/v1/certificate_revocation_list/ca"
-                          "?environment=production'")
+    # Asked as an agent asks, with a cert (Puppet 5's auth.conf refuses the CRL to anonymous clients).
+    served = master.check(f"curl -sk --cert {layout.hostcert(master.certname)} "
+                          f"--key {layout.ssldir}/private_keys/{master.certname}.pem "
+                          "'https://127.0.0.1:8140/puppet-ca/v1/certificate_revocation_list/ca?environment=production'")
     served_crl = x509.load_pem_x509_crl(pem_blocks(served.encode(), b"X509 CRL")[0])
     assert served_crl.fingerprint(hashes.SHA256()) == new.fingerprint(hashes.SHA256())
     code, out = master.agent_run()

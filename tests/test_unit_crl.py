@@ -39,12 +39,12 @@ def _ca_pem(key=KEY) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _crl_pem(number: int, days: float, revoked=(7, 9), key=KEY) -> bytes:
+def _crl_pem(number: int, days: float, revoked=(7, 9), key=KEY, dated=datetime.datetime(2025, 1, 1)) -> bytes:
     builder = (x509.CertificateRevocationListBuilder().issuer_name(CA_NAME).last_update(NOW)
                .next_update(NOW + datetime.timedelta(days=days)).add_extension(x509.CRLNumber(number), False))
     for serial in revoked:
         builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial)
-                                                  .revocation_date(datetime.datetime(2025, 1, 1)).build())
+                                                  .revocation_date(dated).build())
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
@@ -87,6 +87,7 @@ def test_after_a_rollback_the_old_crl_or_the_servers_own_renewal_counts_as_back(
     before = state(OLD)
     assert job.crl_is_back(before, state(OLD))
     assert job.crl_is_back(before, state(_crl_pem(5, 1825)))  # Puppet Server 8 renewed it on its start
+    assert job.crl_is_back(before, state(_crl_pem(5, 1825, dated=NOW)))  # ... dating every entry anew
     assert not job.crl_is_back(before, state(_crl_pem(4, 1825)))  # not the old one, not a newer one
     assert not job.crl_is_back(before, state(_crl_pem(5, 1825, revoked=(7,))))  # an entry lost
     assert not job.crl_is_back(before, state(_crl_pem(5, 1825, key=OTHER_KEY)))

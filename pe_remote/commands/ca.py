@@ -53,11 +53,11 @@ def extend(bundle: str, keys: list[str], years: int) -> str:
             f"mv {q(new)} {q(bundle)}")
 
 
-def agent_with_old_ca(puppet: str, old_bundle_b64: str, scratch: str) -> str:
+def agent_with_old_ca(puppet: str, lock_flags: tuple[str, ...], old_bundle_b64: str, scratch: str) -> str:
     """Shell: an agent run (--noop) on the master that trusts only the OLD CA bundle, as an agent that
     has not fetched the new one does; section `agent` holds its exit status, `agent_output` the end of
     what it said (base64)."""
-    agent = join([puppet, "agent", "-t", "--noop", "--waitforlock", "2", "--maxwaitforlock", "120", "--localcacert"])
+    agent = join([puppet, "agent", "-t", "--noop", *lock_flags, "--localcacert"])
     return (f"T=$(mktemp {q(scratch + '/.old-ca.XXXXXX')}) || exit 1; O=$T.out; "
             f"printf '%s' {q(old_bundle_b64)} | base64 -d > \"$T\"; "
             f"{agent} \"$T\" >\"$O\" 2>&1 </dev/null; r=$?; {mark('agent')}; echo \"$r\"; "

@@ -144,6 +144,10 @@ class CrlInfo:
     signed_by_ca: bool
     der_sha256: str
 
+    @property
+    def serials(self) -> frozenset[str]:
+        return frozenset(serial for serial, _ in self.entries)
+
 
 def read_crls(data: bytes, ca_cert_pem: bytes = b"") -> list[CrlInfo]:
     """Every CRL in `data` (PEM), each checked against the first cert of `ca_cert_pem` that names its issuer."""
