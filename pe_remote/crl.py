@@ -22,7 +22,8 @@ from pe_remote.commands.discovery import REMOTE_STATE_DIR
 from pe_remote.discovery import MasterFacts, discover
 from pe_remote.errors import InputError, Refused
 from pe_remote.events import Events, Listener
-from pe_remote.inplace import change_and_prove, refuse_unless_ca, run_job
+from pe_remote.events import run_job
+from pe_remote.inplace import RESUME_HINT, change_and_prove, refuse_unless_ca
 from pe_remote.plan import Plan, Step
 from pe_remote.render import render_steps
 from pe_remote.report import RunReport
@@ -161,7 +162,7 @@ def refresh_crl(remote, console, *, days: int = DEFAULT_DAYS, dry_run: bool = Fa
         raise InputError(f"--days {days!r}: give whole days from 1 to {MAX_DAYS}")
     return run_job(remote, console, "refresh-crl",
                    lambda events: _refresh(remote, console, events, days, dry_run, backup_dir, flavor),
-                   dry_run=dry_run, report=report, listeners=listeners)
+                   dry_run=dry_run, report=report, listeners=listeners, resume_hint=RESUME_HINT)
 
 
 def crl_plan_lines(before: CrlState, days: int) -> list[str]:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from pe_remote.errors import Incomplete, PeRemoteError, RolledBack
 from pe_remote.report import RunReport, StepRecord, utc_now
 
 
@@ -74,6 +75,46 @@ class Events:
         if phase is not self.phase:
             self.phase = phase
             self.emit("phase", phase=phase)
+
+
+def run_job(remote, console, task: str, body: Callable[["Events"], object], *, dry_run: bool,
+            report: RunReport | None = None, listeners: tuple[Listener, ...] = (), resume_hint: str = "") -> object:
+    """Run `body(events)` holding the master's run lock (not for a dry run: it changes nothing). The
+    report and the console's step lines listen, with `listeners`; the `finished` event carries the exit
+    code of the phase the job ended in. A library error that escapes once the master is being changed
+    becomes Incomplete (8): a job never ends half-way without saying so (`resume_hint`: what to do)."""
+    from pe_remote import lock as master_lock
+
+    report = report if report is not None else RunReport(remote.target.label)
+    events = Events(ReportWriter(report), ConsoleSteps(console), *listeners)
+    outcome, error, lock = "failed", None, None
+    try:
+        lock = None if dry_run else master_lock.acquire(remote, task, console)
+        result = body(events)
+        outcome = result.outcome
+        return result
+    except RolledBack as exc:
+        outcome, error = "rolled-back", exc
+        events.enter(Phase.ROLLED_BACK)
+        raise
+    except PeRemoteError as exc:
+        error = exc
+        if events.phase in (Phase.CHANGING, Phase.INCOMPLETE):
+            events.enter(Phase.INCOMPLETE)
+            if not isinstance(exc, Incomplete):
+                error = Incomplete(f"{exc}; the master may be part-way through the run{resume_hint}")
+                raise error from exc
+        raise
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+        message = ("interrupted before any change" if isinstance(error, KeyboardInterrupt) else
+                   str(error) if error is not None else None)
+        events.emit("finished", outcome=outcome, error=message, exit_code=exit_code(events.phase, error),
+                    remote_commands=remote.commands_run)
 
 
 # --- the listeners the library brings ---------------------------------------------------------

@@ -28,7 +28,8 @@ from pe_remote.crl import (CrlState, crl_plan_lines, crl_steps, read_state, refr
 from pe_remote.discovery import MasterFacts, discover
 from pe_remote.errors import InputError, Refused
 from pe_remote.events import Events, Listener
-from pe_remote.inplace import change_and_prove, refuse_unless_ca, run_job
+from pe_remote.events import run_job
+from pe_remote.inplace import RESUME_HINT, change_and_prove, refuse_unless_ca
 from pe_remote.names import printable
 from pe_remote.plan import Plan, Step
 from pe_remote.render import render_steps
@@ -121,7 +122,7 @@ def extend_ca(remote, console, *, years: int = DEFAULT_YEARS, dry_run: bool = Fa
         raise InputError(f"--years {years!r}: give whole years from 1 to {MAX_YEARS}")
     return run_job(remote, console, "extend-ca",
                    lambda events: _extend(remote, console, events, years, dry_run, backup_dir, flavor),
-                   dry_run=dry_run, report=report, listeners=listeners)
+                   dry_run=dry_run, report=report, listeners=listeners, resume_hint=RESUME_HINT)
 
 
 def _extend(remote, console, events: Events, years: int, dry_run: bool, backup_dir: str,

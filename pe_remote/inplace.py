@@ -1,45 +1,22 @@
-"""What the jobs that change the CA's files in place (`refresh-crl`, `extend-ca`) share with each other
-and with `regen`'s safety: one run at a time, events and the report, the backup pulled first, each
-step checked, the result proven from the files' bytes, and any failure rolled back from the backup."""
+"""What the jobs that change the CA's files in place (`refresh-crl`, `extend-ca`) share, beside
+`regen`'s run lock, events and report (events.run_job): the backup pulled first, each step checked,
+the result proven from the files' bytes, and any failure rolled back from the backup."""
 
 from __future__ import annotations
 
 from typing import Callable
 
-from pe_remote import lock as master_lock
 from pe_remote.backup import Backup, local_backup_dir, take_backup
 from pe_remote.discovery import MasterFacts
 from pe_remote.errors import ConnectionFailed, Incomplete, PeRemoteError, Refused, RolledBack, VerificationFailed
-from pe_remote.events import ConsoleSteps, Events, Listener, Phase, ReportWriter, exit_code
+from pe_remote.events import Events, Phase
 from pe_remote.executor import InterruptLatch, execute
 from pe_remote.plan import Plan
-from pe_remote.report import RunReport
 from pe_remote.restore import put_back
 
 
-def run_job(remote, console, task: str, body: Callable[[Events], object], *, dry_run: bool,
-            report: RunReport | None = None, listeners: tuple[Listener, ...] = ()):
-    """Run `body(events)` holding the master's run lock (not for a dry run); the report and the console
-    listen; the `finished` event carries the exit code of the phase the job ended in."""
-    report = report if report is not None else RunReport(remote.target.label)
-    events = Events(ReportWriter(report), ConsoleSteps(console), *listeners)
-    outcome, error, lock = "failed", None, None
-    try:
-        lock = None if dry_run else master_lock.acquire(remote, task, console)
-        result = body(events)
-        outcome = result.outcome
-        return result
-    except RolledBack as exc:
-        outcome, error = "rolled-back", exc
-        raise
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
-        events.emit("finished", outcome=outcome, error=str(error) if error is not None else None,
-                    exit_code=exit_code(events.phase, error), remote_commands=remote.commands_run)
+# What an operator does with a CA job that ended half-way (there is no journal to resume from).
+RESUME_HINT = ": check it with `verify`, and put the backup back with `restore` if it is not right"
 
 
 def refuse_unless_ca(facts: MasterFacts, label: str, task: str) -> None:

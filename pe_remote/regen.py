@@ -21,14 +21,13 @@ from pe_remote.discovery import MasterFacts, discover
 from pe_remote.errors import (BackupError, ConnectionFailed, Incomplete, InputError, PeRemoteError, Refused,
                               RolledBack, StepFailed, VerificationFailed)
 from pe_remote.executor import Execution, InterruptLatch, execute
-from pe_remote import lock as master_lock
 from pe_remote.journal import Journal, event, new_run_id, parse_journal
 from pe_remote.names import choose_alt_names, sans_to_names
 from pe_remote.plan import SERVER_READY_TIMEOUT, Plan, build_plan
 from pe_remote.render import render_plan
 from pe_remote.commands.steps import failing_checks
 from pe_remote.restore import ca_changes, ca_changes_command, put_back, start_services_command
-from pe_remote.events import ConsoleSteps, Events, JournalCopy, Listener, Phase, ReportWriter, exit_code
+from pe_remote.events import Events, JournalCopy, Listener, Phase, run_job
 from pe_remote.report import RunReport
 from pe_remote.verify import Verification, check_regen, read_verification
 
@@ -107,40 +106,11 @@ def preflight(plan: Plan, *, force: bool = False, local_folder: Path | None = No
 def regen(remote, options: RegenOptions, console: Console, report: RunReport | None = None, *,
           listeners: tuple[Listener, ...] = ()) -> RegenResult:
     """Run the job. Its events go to the console, to `report` (if given: filled in whatever the
-    outcome) and to `listeners`; the exit code is the phase's it ended in (see events.py)."""
-    report = report if report is not None else RunReport(remote.target.label)
-    events = Events(ReportWriter(report), ConsoleSteps(console), *listeners)
-    lock = None
-    outcome, error = "failed", None
-    try:
-        # One run at a time on a master, for the whole run, rollback included (a dry run changes nothing).
-        lock = None if options.dry_run else master_lock.acquire(remote, "regen", console)
-        result = _regen(remote, options, console, events)
-        outcome = result.outcome
-        return result
-    except RolledBack as exc:
-        outcome, error = "rolled-back", exc
-        events.enter(Phase.ROLLED_BACK)
-        raise
-    except PeRemoteError as exc:
-        error = exc
-        if events.phase in (Phase.CHANGING, Phase.INCOMPLETE):  # never left half-way without saying so
-            events.enter(Phase.INCOMPLETE)
-            if not isinstance(exc, Incomplete):
-                error = Incomplete(f"{exc}; the master may be part-way through the run: run `regen` again on it "
-                                   "to resume, or `regen --rollback`")
-                raise error from exc
-        raise
-    except KeyboardInterrupt as exc:
-        error = exc
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
-        message = ("interrupted before any change" if isinstance(error, KeyboardInterrupt) else
-                   str(error) if error is not None else None)
-        events.emit("finished", outcome=outcome, error=message, exit_code=exit_code(events.phase, error),
-                    remote_commands=remote.commands_run)
+    outcome) and to `listeners`; the exit code is the phase's it ended in (see events.py). One run at
+    a time on a master, for the whole run, rollback included."""
+    return run_job(remote, console, "regen", lambda events: _regen(remote, options, console, events),
+                   dry_run=options.dry_run, report=report, listeners=listeners,
+                   resume_hint=": run `regen` again on it to resume, or `regen --rollback`")
 
 
 def _regen(remote, options: RegenOptions, console: Console, events: Events) -> RegenResult:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fakes import FakeLocks, FakeRemote, QuietConsole, Result
+from pe_remote import lock as master_lock
 from pe_remote import regen
 from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, RemoteBackup
 from pe_remote.errors import (Aborted, BackupError, ConnectionFailed, Incomplete, InputError, PeRemoteError,
@@ -126,7 +127,7 @@ class Job:
         monkeypatch.setattr(regen, "take_backup", self._take_backup)
         monkeypatch.setattr(regen, "execute", self.execute)
         monkeypatch.setattr(regen, "read_verification", self._read_verification)
-        monkeypatch.setattr(regen.master_lock, "acquire", self.locks.acquire)
+        monkeypatch.setattr(master_lock, "acquire", self.locks.acquire)
         real_build_plan = regen.build_plan
 
         def build_plan_kept(*args, **kwargs):
@@ -349,7 +350,7 @@ def test_a_busy_master_is_refused_before_discovery(job, monkeypatch):
     def busy(remote, task, console=None):
         raise Refused("another run holds m")
 
-    monkeypatch.setattr(regen.master_lock, "acquire", busy)
+    monkeypatch.setattr(master_lock, "acquire", busy)
     job.discover_error = AssertionError("discovery must not run")
     job.fails(Refused)
     assert job.report.exit_code == 4
