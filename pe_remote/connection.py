@@ -77,15 +77,19 @@ class Remote:
         self.on_command = None  # optional callback(command) for --verbose
         self.watchdog: LinkWatchdog | None = None
 
-    def run(self, command: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
-        """Run `command` on the master; a command without a bound of its own is given up after
-        COMMAND_TIMEOUT seconds (steps pass theirs)."""
-        timeout = COMMAND_TIMEOUT if timeout is None else timeout
+    def _announce(self, command: str) -> None:
+        """Count the command and show it (--verbose), whichever way it runs."""
         with self._count_lock:
             self.commands_run += 1
         if self.on_command:
             self.on_command(command)
         log.debug("remote: %s", command)
+
+    def run(self, command: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
+        """Run `command` on the master; a command without a bound of its own is given up after
+        COMMAND_TIMEOUT seconds (steps pass theirs)."""
+        timeout = COMMAND_TIMEOUT if timeout is None else timeout
+        self._announce(command)
         started = time.monotonic()
         try:
             result = self.connection.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
@@ -110,10 +114,7 @@ class Remote:
     def hold(self, command: str, *, timeout: float = CONNECT_TIMEOUT) -> tuple[str, "HeldCommand"]:
         """Start `command` on its own channel and return its first line of output and the running
         command, which keeps running (reading its input) until `.close()` ends its input."""
-        if self.on_command:
-            self.on_command(command)
-        with self._count_lock:
-            self.commands_run += 1
+        self._announce(command)
         try:
             channel = self.connection.transport.open_session(timeout=timeout)
             channel.settimeout(timeout)
@@ -132,10 +133,7 @@ class Remote:
         cannot stall the channel window; `idle_timeout` seconds without a byte is a lost connection.
         An OSError from the sink (this machine's disk) is raised as it is: it is not the connection.
         """
-        with self._count_lock:
-            self.commands_run += 1
-        if self.on_command:
-            self.on_command(command)
+        self._announce(command)
         lost = f"lost the SSH connection to {self.target.label} during {what}"
         transport = self.connection.transport
         if transport is None or not transport.is_active():

@@ -17,7 +17,7 @@ from pe_remote.backup import Backup, backup_name, stream_command
 from pe_remote.commands import crl as commands
 from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import CrlInfo, read_crls
-from pe_remote.commands.steps import server_ready_check, service_command
+from pe_remote.commands.steps import same_files, server_ready_check, service_command
 from pe_remote.commands.discovery import REMOTE_STATE_DIR
 from pe_remote.discovery import MasterFacts, discover
 from pe_remote.errors import InputError, Refused
@@ -86,7 +86,7 @@ def crl_steps(facts: MasterFacts, state: CrlState, days: int) -> list[Step]:
              commands.resign(paths.ca_crl, paths.ca_key, paths.ca_cert, days),
              check=commands.differs_from(paths.ca_crl, state.ca_crl_sha256)),
         Step("copy-host-crl", f"Copy it to the host's CRL {paths.host_crl}",
-             commands.copy_over(paths.ca_crl, paths.host_crl), check=commands.same_bytes(paths.ca_crl, paths.host_crl)),
+             commands.copy_over(paths.ca_crl, paths.host_crl), check=same_files([(paths.ca_crl, paths.host_crl)])),
     ]
 
 

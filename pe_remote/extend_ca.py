@@ -23,6 +23,7 @@ from pe_remote.commands import crl as crl_commands
 from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import CaCertInfo, issued_by, read_bundle
 from pe_remote.commands.discovery import REMOTE_STATE_DIR
+from pe_remote.commands.steps import same_files
 from pe_remote.crl import (CrlState, crl_plan_lines, crl_steps, read_state, refresh_problems, refuse_unsigned_crl,
                            server_pickup_steps)
 from pe_remote.discovery import MasterFacts, discover
@@ -73,7 +74,7 @@ def build_extend_plan(facts: MasterFacts, ca: CaState, crl: CrlState, years: int
         Step("extend-ca", f"Renew the CA cert{'s' if len(ca.certs) > 1 else ''} ({years} years, same keys)",
              commands.extend(bundle, keys, years), check=crl_commands.differs_from(bundle, _sha256(ca.bundle))),
         Step("copy-host-ca", f"Copy the CA bundle to {host_bundle}", crl_commands.copy_over(bundle, host_bundle),
-             check=crl_commands.same_bytes(bundle, host_bundle)),
+             check=same_files([(bundle, host_bundle)])),
         *crl_steps(facts, crl, CRL_DAYS),
     ]
     return Plan(facts, (), tuple(steps + server_pickup_steps(facts, crl.can_reload, "the CA cert and CRL")),
@@ -189,10 +190,10 @@ def _agent_with_old_ca(remote, facts: MasterFacts, old_bundle: bytes) -> tuple[i
                                                    base64.b64encode(old_bundle).decode(), REMOTE_STATE_DIR),
                         check=False, timeout=600).stdout
     found = protocol.split(output)
-    values = [line.strip() for line in found.get("agent", []) if line.strip().isdigit()]
+    status = protocol.number(found.get("agent", []))
     said = [line.strip() for line in protocol.decoded(found.get("agent_output", [])).decode(errors="replace")
             .splitlines() if line.strip()]
-    return (int(values[0]) if values else -1), (said[-1] if said else "")
+    return (-1 if status is None else status), (said[-1] if said else "")
 
 
 def agent_guidance(facts: MasterFacts, before: CaState) -> str:

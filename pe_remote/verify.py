@@ -48,8 +48,8 @@ def read_verification(remote, facts, services: list[str], *, agent: bool = False
     served = read_served_cert(sections, "served")
     agent_exit = None
     if agent:
-        values = [line.strip() for line in sections.get("agent", []) if line.strip().isdigit()]
-        agent_exit = int(values[0]) if values else -1
+        status = protocol.number(sections.get("agent", []))
+        agent_exit = -1 if status is None else status
     return Verification(cert, served.sha256 if served else "", key_matches, read_inactive(sections, "services"),
                         read_crl_serials(sections, "crl"), agent_exit)
 

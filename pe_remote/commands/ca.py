@@ -9,7 +9,7 @@ by the key of its issuer: a self-signed root by its own key, the intermediate by
 
 from __future__ import annotations
 
-from pe_remote.commands.crl import from_ca_endpoint, ruby_script
+from pe_remote.commands.crl import from_ca_endpoint, rewrite_in_place
 from pe_remote.commands.sections import file_encoded, mark
 from pe_remote.commands.shell import join, q
 
@@ -47,10 +47,7 @@ renewed.each { |c| puts "#{c.subject}: serial #{c.serial}, notAfter #{c.not_afte
 
 def extend(bundle: str, keys: list[str], years: int) -> str:
     """Renew every cert of the CA bundle in place (see the module docstring)."""
-    new = bundle + ".pe-remote-new"
-    return (f"{ruby_script(EXTEND_RUBY, [bundle, str(int(years)), new, *keys])} && "
-            f"chown --reference={q(bundle)} {q(new)} && chmod --reference={q(bundle)} {q(new)} && "
-            f"mv {q(new)} {q(bundle)}")
+    return rewrite_in_place(bundle, EXTEND_RUBY, [bundle, str(int(years))], keys)
 
 
 def agent_with_old_ca(puppet: str, lock_flags: tuple[str, ...], old_bundle_b64: str, scratch: str) -> str:

@@ -114,15 +114,8 @@ def public_key_sha256(data: bytes) -> str:
 
 def crl_serials(data: bytes) -> frozenset[str] | None:
     """The serials the first CRL in `data` revokes (None: no readable CRL)."""
-    from cryptography import x509
-
-    for block in pem_blocks(data, b"X509 CRL"):
-        try:
-            crl = x509.load_pem_x509_crl(block)
-        except ValueError:
-            continue
-        return frozenset(serial_text(entry.serial_number) for entry in crl)
-    return None
+    crls = read_crls(data)
+    return crls[0].serials if crls else None
 
 
 def common_name(name) -> str:

@@ -48,11 +48,17 @@ def ruby_script(script: str, args: list[str]) -> str:
             f"\"$R\" -e {q(script)} " + join(args))
 
 
+def rewrite_in_place(path: str, script: str, args_before: list[str], args_after: list[str] = ()) -> str:
+    """Shell: `script` writes the new `path` beside it (its ARGV: args_before, the new file, args_after),
+    which then takes the old one's owner and mode and replaces it in one rename."""
+    new = path + ".pe-remote-new"
+    return (f"{ruby_script(script, [*args_before, new, *args_after])} && "
+            f"chown --reference={q(path)} {q(new)} && chmod --reference={q(path)} {q(new)} && mv {q(new)} {q(path)}")
+
+
 def resign(crl: str, key: str, ca_cert: str, days: int) -> str:
     """Re-sign the CA's CRL in place (see the module docstring)."""
-    new = crl + ".pe-remote-new"
-    return (f"{ruby_script(RESIGN_RUBY, [crl, key, ca_cert, str(int(days)), new])} && "
-            f"chown --reference={q(crl)} {q(new)} && chmod --reference={q(crl)} {q(new)} && mv {q(new)} {q(crl)}")
+    return rewrite_in_place(crl, RESIGN_RUBY, [crl, key, ca_cert, str(int(days))])
 
 
 def differs_from(path: str, sha256: str) -> str:
@@ -65,10 +71,6 @@ def copy_over(source: str, target: str) -> str:
     """Copy `source`'s bytes into `target`, keeping `target`'s owner and mode (a new file: `source`'s)."""
     return (f"if [ -e {q(target)} ]; then cat {q(source)} > {q(target)}; "
             f"else cp -p {q(source)} {q(target)}; fi")
-
-
-def same_bytes(source: str, target: str) -> str:
-    return f"cmp -s {q(source)} {q(target)}"
 
 
 def reload_service(name: str) -> str:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pe_remote.commands.certs import CertInfo, crl_serials, public_key_sha256, read_cert
-from pe_remote.commands.sections import decoded, encoded, mark
+from pe_remote.commands.sections import decoded, encoded, file_encoded, mark
 from pe_remote.commands.shell import q
 
 
@@ -43,7 +43,7 @@ def read_served_cert(sections: dict[str, list[str]], name: str) -> CertInfo | No
 
 
 def crl_file(name: str, path: str) -> str:
-    return "\n".join([mark(name), f"[ ! -f {q(path)} ] || base64 < {q(path)}"])
+    return "\n".join([mark(name), file_encoded(path)])
 
 
 def read_crl_serials(sections: dict[str, list[str]], name: str) -> frozenset[str]:

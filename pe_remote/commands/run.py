@@ -83,15 +83,11 @@ def parse_step_output(output: str) -> StepOutput:
     if "already-done" in found:
         return StepOutput(0, 0, "", True)
 
-    def number(name: str) -> int | None:
-        values = [line.strip() for line in found.get(name, []) if line.strip()]
-        return int(values[0]) if values and values[0].lstrip("-").isdigit() else None
-
     texts = [protocol.decoded(found.get(name, [])).decode(errors="replace") for name in ("output", "check-output")]
     text = "\n".join(t.rstrip("\n") for t in texts if t.strip())
     if not protocol.parse(output):  # the wrapper never ran (no shell, say): what came back is the reason
         text = output.strip()
-    return StepOutput(number("rc"), number("check"), text, False)
+    return StepOutput(protocol.number(found.get("rc", [])), protocol.number(found.get("check", [])), text, False)
 
 
 # --- the run lock (one run at a time on a master) ------------------------------------------------

@@ -84,6 +84,12 @@ def marker_name(line: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2) or "") if match else None
 
 
+def number(lines: list[str] | tuple[str, ...]) -> int | None:
+    """The integer a section carries on its first non-empty line (an exit status), None if none."""
+    values = [line.strip() for line in lines if line.strip()]
+    return int(values[0]) if values and values[0].lstrip("-").isdigit() else None
+
+
 def decoded(lines: list[str] | tuple[str, ...]) -> bytes:
     """The bytes an `encoded` section carried (b"" when it carried nothing readable)."""
     try:
