@@ -88,6 +88,11 @@ def backup_paths(facts: MasterFacts) -> list[str]:
     return paths + list(facts.copy_dirs)
 
 
+def remote_backup_path(facts: MasterFacts, name: str | None = None) -> str:
+    """Where a backup of now goes on the master (root-only state folder)."""
+    return f"{REMOTE_BACKUP_DIR}/{name or backup_name(facts.certname)}"
+
+
 def create_command(facts: MasterFacts, remote_path: str) -> str:
     """Make the tarball on the master and print its sha256 and size (see commands.backup)."""
     return commands.create_tarball(backup_paths(facts), remote_path)
@@ -107,7 +112,7 @@ def _parse_sum_and_size(output: str, remote_path: str) -> RemoteBackup:
 
 
 def make_remote_backup(remote, facts: MasterFacts, *, name: str | None = None) -> RemoteBackup:
-    remote_path = f"{REMOTE_BACKUP_DIR}/{name or backup_name(facts.certname)}"
+    remote_path = remote_backup_path(facts, name)
     try:
         result = remote.run(create_command(facts, remote_path))
     except RemoteCommandFailed as exc:
@@ -206,7 +211,7 @@ def stream_backup(remote, facts: MasterFacts, folder: Path, *, name: str | None 
     place (0600, with a `.sha256` sidecar) only when both match.
     """
     prepare_local_dir(folder)
-    remote_path = f"{REMOTE_BACKUP_DIR}/{name or backup_name(facts.certname)}"
+    remote_path = remote_backup_path(facts, name)
     final, partial = _destination(folder, remote_path)
     command = stream_command(facts, remote_path)
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

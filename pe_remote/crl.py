@@ -13,19 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from pe_remote.backup import Backup, backup_name, stream_command
+from pe_remote.backup import Backup
 from pe_remote.commands import crl as commands
 from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import CrlInfo, read_crls
 from pe_remote.commands.steps import same_files, server_ready_check, service_command
-from pe_remote.commands.discovery import REMOTE_STATE_DIR
 from pe_remote.discovery import MasterFacts, discover
 from pe_remote.errors import InputError, Refused
 from pe_remote.events import Events, Listener
 from pe_remote.events import run_job
-from pe_remote.inplace import RESUME_HINT, change_and_prove, refuse_unless_ca
+from pe_remote.inplace import RESUME_HINT, change_and_prove, refuse_unless_ca, show_plan
 from pe_remote.plan import Plan, Step
-from pe_remote.render import render_steps
 from pe_remote.report import RunReport
 
 DEFAULT_DAYS = 5 * 365  # the lifetime Puppet gives its own CRLs
@@ -187,14 +185,8 @@ def _refresh(remote, console, events: Events, days: int, dry_run: bool, backup_d
     before = read_state(remote, facts)
     refuse_unsigned_crl(facts, before)
     plan = build_refresh_plan(facts, before, days)
-    events.emit("planned", facts=facts, alt_names=(), plan=plan)
-    shown = "\n".join([
-        f"Plan for {label}: re-sign the CA's CRL ({facts.flavor.title})", *crl_plan_lines(before, days),
-        render_steps(plan, stream_command(facts, f"{REMOTE_STATE_DIR}/{backup_name(facts.certname)}")),
-    ])
-    (console.notice if dry_run else console.info)(shown)
-    if dry_run:
-        console.notice("Dry run: nothing was changed on the master.")
+    if show_plan(console, events, facts, plan, [f"Plan for {label}: re-sign the CA's CRL ({facts.flavor.title})",
+                                                *crl_plan_lines(before, days)], dry_run=dry_run):
         return RefreshResult(facts, plan, "dry-run", before)
     console.confirm(f"Re-sign the CRL of {facts.certname}'s CA on {label}, valid {days} days?")
     found: list[CrlState] = []

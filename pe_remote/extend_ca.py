@@ -17,7 +17,7 @@ import base64
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from pe_remote.backup import Backup, backup_name, stream_command
+from pe_remote.backup import Backup
 from pe_remote.commands import ca as commands
 from pe_remote.commands import crl as crl_commands
 from pe_remote.commands import sections as protocol
@@ -30,10 +30,9 @@ from pe_remote.discovery import MasterFacts, discover
 from pe_remote.errors import InputError, Refused
 from pe_remote.events import Events, Listener
 from pe_remote.events import run_job
-from pe_remote.inplace import RESUME_HINT, change_and_prove, refuse_unless_ca
+from pe_remote.inplace import RESUME_HINT, change_and_prove, refuse_unless_ca, show_plan
 from pe_remote.names import printable
 from pe_remote.plan import Plan, Step
-from pe_remote.render import render_steps
 from pe_remote.report import RunReport
 
 DEFAULT_YEARS = 15  # as ca_extend, and as Puppet's own CA lifetime
@@ -136,18 +135,12 @@ def _extend(remote, console, events: Events, years: int, dry_run: bool, backup_d
     _refuse_unusable(facts, before)
     refuse_unsigned_crl(facts, crl_before)
     plan = build_extend_plan(facts, before, crl_before, years)
-    events.emit("planned", facts=facts, alt_names=(), plan=plan)
     ends = datetime.now(timezone.utc) + timedelta(days=365 * years)
-    shown = "\n".join([
-        f"Plan for {label}: renew the CA cert ({facts.flavor.title})",
-        *(f"  {c.subject} (serial {c.serial}): ends {c.not_after:%Y-%m-%d}, after: {ends:%Y-%m-%d}; same key, "
-          "subject and extensions" for c in before.certs),
-        *crl_plan_lines(crl_before, CRL_DAYS),
-        render_steps(plan, stream_command(facts, f"{REMOTE_STATE_DIR}/{backup_name(facts.certname)}")),
-    ])
-    (console.notice if dry_run else console.info)(shown)
-    if dry_run:
-        console.notice("Dry run: nothing was changed on the master.")
+    lines = [f"Plan for {label}: renew the CA cert ({facts.flavor.title})",
+             *(f"  {c.subject} (serial {c.serial}): ends {c.not_after:%Y-%m-%d}, after: {ends:%Y-%m-%d}; same key, "
+               "subject and extensions" for c in before.certs),
+             *crl_plan_lines(crl_before, CRL_DAYS)]
+    if show_plan(console, events, facts, plan, lines, dry_run=dry_run):
         return ExtendResult(facts, plan, "dry-run", before)
     console.confirm(f"Renew the CA cert of {label} for {years} years (same key)?")
     found: dict[str, object] = {}

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from pe_remote.backup import Backup, local_backup_dir, take_backup
+from pe_remote.backup import Backup, local_backup_dir, remote_backup_path, stream_command, take_backup
 from pe_remote.discovery import MasterFacts
 from pe_remote.errors import ConnectionFailed, Incomplete, PeRemoteError, Refused, RolledBack, VerificationFailed
 from pe_remote.events import Events, Phase
 from pe_remote.executor import InterruptLatch, execute
 from pe_remote.plan import Plan
+from pe_remote.render import render_steps
 from pe_remote.restore import put_back
 
 
@@ -27,6 +28,17 @@ def refuse_unless_ca(facts: MasterFacts, label: str, task: str) -> None:
     if not facts.ca_key_present:
         raise Refused(f"{facts.cadir}/ca_key.pem is absent: this host is not the CA; run {task} against the CA "
                       "master")
+
+
+def show_plan(console, events: Events, facts: MasterFacts, plan: Plan, lines: list[str], *, dry_run: bool) -> bool:
+    """Say what the job will do: `lines`, then the backup and every step's command and check (detail on
+    a real run, the point of a dry run). True for a dry run: the caller stops there."""
+    events.emit("planned", facts=facts, alt_names=(), plan=plan)
+    shown = "\n".join([*lines, render_steps(plan, stream_command(facts, remote_backup_path(facts)))])
+    (console.notice if dry_run else console.info)(shown)
+    if dry_run:
+        console.notice("Dry run: nothing was changed on the master.")
+    return dry_run
 
 
 def change_and_prove(remote, facts: MasterFacts, plan: Plan, console, events: Events, *, backup_dir: str,

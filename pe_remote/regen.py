@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from dataclasses import dataclass
 from pathlib import Path
 
-from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, backup_name, local_backup_dir, stream_command, \
-    prepare_local_dir, take_backup
+from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, local_backup_dir, prepare_local_dir, remote_backup_path, \
+    stream_command, take_backup
 from pe_remote.console import Console
 from pe_remote.discovery import MasterFacts, discover
 from pe_remote.errors import (BackupError, ConnectionFailed, Incomplete, InputError, PeRemoteError, Refused,
@@ -129,7 +129,7 @@ def _regen(remote, options: RegenOptions, console: Console, events: Events) -> R
     plan = build_plan(facts, alt_names, server_timeout=options.server_timeout)
     events.emit("planned", facts=facts, alt_names=alt_names, plan=plan)
     label = remote.target.label
-    shown = render_plan(plan, stream_command(facts, f"{REMOTE_BACKUP_DIR}/{backup_name(facts.certname)}"), label)
+    shown = render_plan(plan, stream_command(facts, remote_backup_path(facts)), label)
     # The plan is detail on a real run (terminal and log only); a dry run exists to show it.
     (console.notice if options.dry_run else console.info)(shown)
     if options.dry_run:
