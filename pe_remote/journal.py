@@ -3,14 +3,16 @@
 A JSON-lines file, on the master in the root-only state folder (next to the
 backup) and on the workstation next to the local backup copy:
 
-    {"event": "started", "run_id": ..., "backup": {...}, "facts": {...}, "alt_names": [...]}
+    {"event": "started", "run_id": ..., "task": "regen", "backup": {...}, "facts": {...}, "alt_names": [...],
+     "job": {...}}
     {"event": "begin", "step": "stop:pe-puppet"}
     {"event": "end", "step": "stop:pe-puppet"}
     ...
     {"event": "finished", "outcome": "ok" | "rolled-back"}
 
 The header holds everything needed to rebuild the run's plan without trusting
-the master's current (half-changed) state.
+the master's current (half-changed) state: `task` names the job (`regen`, `refresh-crl`, `extend-ca`;
+absent in journals of older pe-remote: `regen`), `job` what that job recorded before its first change.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class Journal:
     done: list[str] = dataclasses.field(default_factory=list)
     local_path: Path | None = None
     warn: object = dataclasses.field(default=None, repr=False, compare=False)  # callback(message) for the console
+    task: str = "regen"  # the job that runs (TASKS)
+    job: dict = dataclasses.field(default_factory=dict)  # what the job recorded before its first change
 
     @property
     def remote_path(self) -> str:
@@ -88,7 +92,8 @@ class Journal:
     def header(self) -> str:
         return event("started", run_id=self.run_id, at=datetime.now(timezone.utc).isoformat(),
                      backup=dataclasses.asdict(self.backup), local_backup=self.local_backup,
-                     facts=facts_to_dict(self.facts), alt_names=list(self.alt_names))
+                     facts=facts_to_dict(self.facts), alt_names=list(self.alt_names), task=self.task,
+                     job=self.job)
 
     def append_command(self, line: str) -> str:
         """Remote shell that appends one event line (the line is quoted, never interpreted)."""
@@ -135,6 +140,8 @@ class Journal:
             self.local_path = None
 
 
+# The jobs that journal their runs.
+TASKS = ("regen", "refresh-crl", "extend-ca")
 RUN_ID = re.compile(r"\A\d{8}T\d{6}Z-[a-z0-9_.-]{1,253}\Z")
 STEP_KEY = re.compile(r"\A[a-z-]+(?::[A-Za-z0-9@_.-]+)?\Z")
 
@@ -200,6 +207,12 @@ def _journal_from_header(head: dict) -> Journal:
     for folder in facts.copy_dirs:
         if folder not in {c.folder for c in facts.flavor.credential_copies}:
             raise ValueError(f"copy folder {folder!r}")
+    task = head.get("task", "regen")
+    if task not in TASKS:
+        raise ValueError(f"task {task!r}")
+    job = head.get("job", {})
+    if not isinstance(job, dict):
+        raise ValueError(f"job {job!r}")
     backup = RemoteBackup(**{k: head["backup"][k] for k in ("path", "sha256", "size")})
     if (not isinstance(backup.path, str) or not re.fullmatch(rf"{re.escape(REMOTE_STATE_DIR)}/[A-Za-z0-9_.-]+\.tar\.gz",
                                                             backup.path)
@@ -209,4 +222,4 @@ def _journal_from_header(head: dict) -> Journal:
         if not re.fullmatch(r"[A-Za-z0-9@_.-]{1,128}", service.name):
             raise ValueError(f"service {service.name!r}")
     return Journal(run_id=run_id, facts=facts, alt_names=names, backup=backup,
-                   local_backup=str(head.get("local_backup", "")), done=[])
+                   local_backup=str(head.get("local_backup", "")), done=[], task=task, job=job)

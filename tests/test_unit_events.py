@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from pe_remote import regen
+from pe_remote import regen, runs
 from pe_remote.backup import Backup, RemoteBackup
 from pe_remote.console import Console
 from pe_remote.errors import (ConnectionFailed, DiscoveryError, Incomplete, InputError, Refused, RolledBack,
@@ -140,7 +140,7 @@ def test_a_good_run_goes_read_only_changing_done(job):
 
 
 def test_a_failed_step_is_rolled_back_exit_7(job, monkeypatch):
-    monkeypatch.setattr(regen, "_rollback", lambda remote, journal, console, reason, events:
+    monkeypatch.setattr(runs, "_roll_back", lambda remote, journal, proof, console, reason, events:
                         (_ for _ in ()).throw(RolledBack(f"rolled back: {reason}")))
     error, seen, report, _ = _run(job, Master(fail_step="generate"))
     assert isinstance(error, RolledBack) and "error: no!" in str(error)
@@ -150,11 +150,11 @@ def test_a_failed_step_is_rolled_back_exit_7(job, monkeypatch):
 
 
 def test_a_rollback_that_fails_is_incomplete_exit_8(job, monkeypatch):
-    def broken(remote, journal, console, reason, events):
+    def broken(remote, journal, proof, console, reason, events):
         events.emit("rollback-started", reason=reason)
         raise Incomplete(f"{reason}; then the ROLLBACK FAILED too")
 
-    monkeypatch.setattr(regen, "_rollback", broken)
+    monkeypatch.setattr(runs, "_roll_back", broken)
     monkeypatch.setattr(regen, "check_regen", lambda plan, result: ["serial unchanged (1)"])
     error, seen, report, _ = _run(job, Master())
     assert isinstance(error, Incomplete)
@@ -195,11 +195,11 @@ def test_ctrl_c_before_any_change_is_130(job, monkeypatch):
 def test_verification_failure_rolls_back(job, monkeypatch):
     reasons = []
 
-    def fake(remote, journal, console, reason, events):
+    def fake(remote, journal, proof, console, reason, events):
         reasons.append(reason)
         raise RolledBack(f"rolled back: {reason}")
 
-    monkeypatch.setattr(regen, "_rollback", fake)
+    monkeypatch.setattr(runs, "_roll_back", fake)
     monkeypatch.setattr(regen, "check_regen", lambda plan, result: ["the old serial 1 is not in the CA's CRL"])
     error, _, report, _ = _run(job, Master())
     assert isinstance(error, RolledBack) and report.exit_code == 7

@@ -16,7 +16,7 @@ import pytest
 
 from fakes import FakeLocks, FakeRemote, QuietConsole, Result
 from pe_remote import lock as master_lock
-from pe_remote import regen
+from pe_remote import regen, runs
 from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, RemoteBackup
 from pe_remote.errors import (Aborted, BackupError, ConnectionFailed, Incomplete, InputError, PeRemoteError,
                               Refused, RolledBack, StepFailed)
@@ -125,7 +125,7 @@ class Job:
         self.backup_error: BaseException | None = None
         monkeypatch.setattr(regen, "discover", self._discover)
         monkeypatch.setattr(regen, "take_backup", self._take_backup)
-        monkeypatch.setattr(regen, "execute", self.execute)
+        monkeypatch.setattr(runs, "execute", self.execute)
         monkeypatch.setattr(regen, "read_verification", self._read_verification)
         monkeypatch.setattr(master_lock, "acquire", self.locks.acquire)
         real_build_plan = regen.build_plan
@@ -369,7 +369,7 @@ def _rollback_fakes(monkeypatch, *, moved_on=(), outcome=None, put_back_error=No
     """regen's rollback collaborators: ca_changes says `moved_on`; put_back returns `outcome` (default:
     the old cert on disk and served) or raises `put_back_error`. Returns the list of put_back calls."""
     calls = []
-    monkeypatch.setattr(regen, "ca_changes", lambda output, certname: list(moved_on))
+    monkeypatch.setattr(runs, "ca_changes", lambda output, certname: list(moved_on))
 
     def put_back(remote, facts, tarball, sha256, start, console):
         calls.append({"tarball": tarball, "sha256": sha256, "start": list(start)})
@@ -377,7 +377,7 @@ def _rollback_fakes(monkeypatch, *, moved_on=(), outcome=None, put_back_error=No
             raise put_back_error
         return outcome or RestoreOutcome((f"{facts.ssldir}.pe-remote-failed-X",), OLD.sha256, OLD.sha256)
 
-    monkeypatch.setattr(regen, "put_back", put_back)
+    monkeypatch.setattr(runs, "put_back", put_back)
     return calls
 
 
@@ -449,7 +449,7 @@ def test_a_connection_lost_while_closing_a_good_run_is_incomplete(job):
 
     job.remote.respond = lost_at_close
     error = job.fails(Incomplete)
-    assert "regenerated and verified" in str(error) and "every step is found done" in str(error)
+    assert "changed and proven" in str(error) and "every step is found done" in str(error)
     assert job.report.exit_code == error.exit_code == 8 and job.report.new_cert["serial"] == "2"
 
 
@@ -501,7 +501,7 @@ def test_a_rollback_puts_the_backup_back_and_says_rolled_back(tmp_path, monkeypa
 def test_a_rollback_asks_the_ca_what_changed_since_the_backup(tmp_path, monkeypatch):
     _rollback_fakes(monkeypatch)
     seen = []
-    monkeypatch.setattr(regen, "ca_changes", lambda output, certname: seen.append((output, certname)) or [])
+    monkeypatch.setattr(runs, "ca_changes", lambda output, certname: seen.append((output, certname)) or [])
     _rollback(tmp_path, FakeRemote(Master(stdout="what the CA said")))
     assert seen == [("what the CA said", C)]
 
@@ -514,7 +514,7 @@ def test_a_ca_that_moved_on_is_not_rolled_back_and_its_services_are_started(tmp_
         compared.append(int(output.split("#")[1]))
         return ["certs signed since the backup: agent2.pem"]
 
-    monkeypatch.setattr(regen, "ca_changes", moved_on)
+    monkeypatch.setattr(runs, "ca_changes", moved_on)
     master = Master()
     remote = FakeRemote(lambda command, index, kwargs: master(command, index, kwargs)
                         if command.startswith(STEPS_RUNNING) else Result(f"answer #{index}"))
@@ -569,7 +569,7 @@ def test_a_rollback_waits_for_steps_still_running_first(tmp_path, monkeypatch):
     remote = FakeRemote(Master(running=True))
     error, _, console = _rollback(tmp_path, remote)
     assert isinstance(error, RolledBack)
-    assert remote.commands[:2] == [f"{STEPS_RUNNING} wait=0", f"{STEPS_RUNNING} wait={regen.STEPS_STILL_RUNNING_WAIT}"]
+    assert remote.commands[:2] == [f"{STEPS_RUNNING} wait=0", f"{STEPS_RUNNING} wait={runs.STEPS_STILL_RUNNING_WAIT}"]
     assert "still running on the master" in console.text("notice")
 
 
@@ -577,23 +577,23 @@ def test_a_rollback_waits_for_steps_still_running_first(tmp_path, monkeypatch):
 
 def test_no_step_running_is_no_wait(tmp_path):
     remote = FakeRemote(Master())
-    assert regen._wait_for_steps_still_running(remote, _journal(tmp_path), QuietConsole()) is False
+    assert runs.wait_for_steps_still_running(remote, _journal(tmp_path), QuietConsole()) is False
     assert remote.commands == [f"{STEPS_RUNNING} wait=0"]
 
 
 def test_steps_that_end_while_waited_for(tmp_path):
     remote = FakeRemote(Master(running=True))
     console = QuietConsole()
-    assert regen._wait_for_steps_still_running(remote, _journal(tmp_path), console) is True
+    assert runs.wait_for_steps_still_running(remote, _journal(tmp_path), console) is True
     assert remote.commands == [f"{STEPS_RUNNING} wait=0", f"{STEPS_RUNNING} wait=600"]
-    assert f"waiting up to {regen.STEPS_STILL_RUNNING_WAIT}s" in console.text("notice")
+    assert f"waiting up to {runs.STEPS_STILL_RUNNING_WAIT}s" in console.text("notice")
 
 
 def test_steps_that_never_end_are_incomplete(tmp_path):
     journal = _journal(tmp_path)
     with pytest.raises(Incomplete) as info:
-        regen._wait_for_steps_still_running(FakeRemote(Master(running=True, never_end=True)), journal, QuietConsole())
-    assert f"after {regen.STEPS_STILL_RUNNING_WAIT}s" in str(info.value) and journal.lock_path in str(info.value)
+        runs.wait_for_steps_still_running(FakeRemote(Master(running=True, never_end=True)), journal, QuietConsole())
+    assert f"after {runs.STEPS_STILL_RUNNING_WAIT}s" in str(info.value) and journal.lock_path in str(info.value)
     assert info.value.exit_code == 8
 
 
@@ -713,7 +713,7 @@ def test_unknown_steps_in_a_journal_are_refused():
     plan, journal = _plan_and_journal("stop:puppet", "format-the-disk", "alien:x")
     remote = FakeRemote()
     with pytest.raises(Refused) as info:
-        regen._recheck_done_steps(remote, plan, journal)
+        runs.recheck_done_steps(remote, plan, journal)
     assert "alien:x, format-the-disk" in str(info.value) and f"--abandon {RUN_ID}" in str(info.value)
     assert remote.commands_run == 0
 
@@ -723,7 +723,7 @@ def test_a_done_step_whose_check_fails_now_is_refused():
     title = next(s.title for s in plan.steps if s.key == "stop:puppetserver")
     remote = FakeRemote(lambda command, index, kwargs: Result("stop:puppetserver\n", ok=False))
     with pytest.raises(Refused) as info:
-        regen._recheck_done_steps(remote, plan, journal)
+        runs.recheck_done_steps(remote, plan, journal)
     assert f"'{title}' was done" in str(info.value) and "Stop puppet'" not in str(info.value)
     assert remote.commands_run == 1 and remote.calls[0][1]["check"] is False
 
@@ -731,12 +731,12 @@ def test_a_done_step_whose_check_fails_now_is_refused():
 def test_done_steps_whose_checks_pass_are_trusted_in_one_command():
     plan, journal = _plan_and_journal("stop:puppet", "stop:puppetserver")
     remote = FakeRemote()
-    regen._recheck_done_steps(remote, plan, journal)
+    runs.recheck_done_steps(remote, plan, journal)
     assert remote.commands_run == 1
 
 
 def test_nothing_done_is_nothing_to_recheck():
     plan, journal = _plan_and_journal()
     remote = FakeRemote()
-    regen._recheck_done_steps(remote, plan, journal)
+    runs.recheck_done_steps(remote, plan, journal)
     assert remote.commands_run == 0

@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from pe_remote import regen
+from pe_remote import regen, runs
 from pe_remote.errors import ConnectionFailed, Incomplete, RolledBack
 from pe_remote.events import Events, Phase, ReportWriter
 from pe_remote.journal import Journal
@@ -45,27 +45,32 @@ def _journal(tmp_path):
                    local_path=tmp_path / "b.tar.gz.journal")
 
 
+def _run_steps(plan, journal, events):
+    remote = Remote()
+    return runs.run_steps(remote, plan, journal, regen.RegenJob(remote, events).proof(journal, plan), Quiet(), events)
+
+
 def test_an_unexpected_error_after_the_first_change_rolls_back(monkeypatch, tmp_path):
     reasons = []
 
     def failing_execute(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    def fake_rollback(remote, journal, console, *, reason, events=None):
+    def fake_rollback(remote, journal, proof, console, *, reason, events=None):
         reasons.append(reason)
         raise RolledBack(f"rolled back: {reason}")
 
-    monkeypatch.setattr(regen, "execute", failing_execute)
-    monkeypatch.setattr(regen, "rollback", fake_rollback)
+    monkeypatch.setattr(runs, "execute", failing_execute)
+    monkeypatch.setattr(runs, "roll_back", fake_rollback)
     events = Events(ReportWriter(RunReport("m")))
     with pytest.raises(RolledBack) as info:
-        regen._run_steps(Remote(), build_plan(RECORDED, ("puppet",)), _journal(tmp_path), Quiet(), 0.0, events)
+        _run_steps(build_plan(RECORDED, ("puppet",)), _journal(tmp_path), events)
     assert info.value.exit_code == 7
     assert reasons and "unexpected error during the run: OSError" in reasons[0] and "No space left" in reasons[0]
 
 
 def test_a_lost_connection_after_success_is_incomplete_not_nothing_touched(monkeypatch, tmp_path):
-    monkeypatch.setattr(regen, "execute", lambda *a, **k: None)
+    monkeypatch.setattr(runs, "execute", lambda *a, **k: None)
     verification = types.SimpleNamespace(cert=None)
     monkeypatch.setattr(regen, "read_verification", lambda *a, **k: verification)
     monkeypatch.setattr(regen, "check_regen", lambda plan, result: [])
@@ -73,12 +78,12 @@ def test_a_lost_connection_after_success_is_incomplete_not_nothing_touched(monke
     def lost(*args):
         raise ConnectionFailed("lost the SSH connection to m")
 
-    monkeypatch.setattr(regen, "_finish", lost)
+    monkeypatch.setattr(runs, "finish", lost)
     events = Events(ReportWriter(RunReport("m")))
     with pytest.raises(Incomplete) as info:
-        regen._run_steps(Remote(), build_plan(RECORDED, ("puppet",)), _journal(tmp_path), Quiet(), 0.0, events)
+        _run_steps(build_plan(RECORDED, ("puppet",)), _journal(tmp_path), events)
     assert info.value.exit_code == 8 and events.phase is Phase.INCOMPLETE
-    assert "regenerated and verified" in str(info.value) and "run `regen` again" in str(info.value)
+    assert "changed and proven" in str(info.value) and "run `regen` again" in str(info.value)
 
 
 def test_the_local_journal_copy_on_a_full_disk_warns_and_goes_on(tmp_path):

@@ -19,7 +19,7 @@ from pe_remote.cli import run_id_from
 from pe_remote.errors import InputError, Refused
 from pe_remote.journal import Journal, event, parse_journal
 from pe_remote.plan import build_plan
-from pe_remote.regen import RegenOptions, _chosen_journal, _recheck_done_steps, journal_age_hours
+from pe_remote.runs import chosen_journal, journal_age_hours, recheck_done_steps
 from pe_remote.restore import ca_changes, ca_changes_command
 from test_unit_journal_parse import BACKUP, RUN_ID
 from test_unit_trust import RECORDED
@@ -47,22 +47,22 @@ def _current(*journals):
 
 def test_a_recent_run_is_chosen_by_default():
     recent = _run_id(0.1)
-    assert _chosen_journal(_current(_journal_text(recent)), RegenOptions(), "m").run_id == recent
+    assert chosen_journal(_current(_journal_text(recent)), None, "m").run_id == recent
 
 
 def test_a_run_older_than_a_day_needs_its_id():
     old = _run_id(24 * 90)
     with pytest.raises(Refused) as info:
-        _chosen_journal(_current(_journal_text(old)), RegenOptions(), "m")
+        chosen_journal(_current(_journal_text(old)), None, "m")
     message = str(info.value)
     assert "90.0 days ago" in message
     assert f"--resume {old}" in message and f"--rollback {old}" in message and f"--abandon {old}" in message
-    assert _chosen_journal(_current(_journal_text(old)), RegenOptions(run_id=old), "m").run_id == old
+    assert chosen_journal(_current(_journal_text(old)), old, "m").run_id == old
 
 
 def test_a_named_run_that_is_not_there_is_an_input_error():
     with pytest.raises(InputError, match="no unfinished run"):
-        _chosen_journal(_current(_journal_text(_run_id(1))), RegenOptions(run_id=_run_id(500)), "m")
+        chosen_journal(_current(_journal_text(_run_id(1))), _run_id(500), "m")
 
 
 def test_age_from_the_run_id():
@@ -123,7 +123,7 @@ def test_generate_marked_done_on_a_master_restored_by_hand_is_refused(tmp_path):
     plan = build_plan(facts, ("puppet",))
     path, text = _journal_text(RUN_ID, facts, "generate")
     with pytest.raises(Refused) as info:
-        _recheck_done_steps(LocalShell(), plan, parse_journal(path, text))
+        recheck_done_steps(LocalShell(), plan, parse_journal(path, text))
     assert "Generate a new cert" in str(info.value) and f"--abandon {RUN_ID}" in str(info.value)
 
 
@@ -132,7 +132,7 @@ def test_generate_marked_done_with_the_new_cert_there_is_resumed(tmp_path):
     plan = build_plan(facts, ("puppet",))
     path, text = _journal_text(RUN_ID, facts, "generate")
     remote = LocalShell()
-    _recheck_done_steps(remote, plan, parse_journal(path, text))  # no error
+    recheck_done_steps(remote, plan, parse_journal(path, text))  # no error
     assert len(remote.commands) == 1  # every re-check in one remote command
 
 
@@ -141,7 +141,7 @@ def test_a_step_undone_by_a_later_done_step_is_not_rechecked(tmp_path):
     plan = build_plan(facts, ("puppet",))
     # delete-leftovers' check (files gone) fails once generate re-created them: not asked.
     path, text = _journal_text(RUN_ID, facts, "delete-leftovers", "generate")
-    _recheck_done_steps(LocalShell(), plan, parse_journal(path, text))
+    recheck_done_steps(LocalShell(), plan, parse_journal(path, text))
 
 
 # --- a rollback never puts a backup back over a CA that has moved on ----------------------------
