@@ -22,7 +22,10 @@ from pe_remote.discovery import MasterFacts, discover
 from pe_remote.errors import InputError, Refused
 from pe_remote.events import Events, Listener
 from pe_remote.events import run_job
-from pe_remote.inplace import RESUME_HINT, change_and_prove, refuse_unless_ca, show_plan
+from pe_remote.inplace import (change_and_prove, decode_record, encode_record, recorded_number, refuse_unless_ca,
+                               show_plan, unfinished)
+from pe_remote.journal import Journal
+from pe_remote.runs import Proof, Unfinished, resume_advice
 from pe_remote.plan import Plan, Step
 from pe_remote.report import RunReport
 
@@ -54,20 +57,33 @@ class CrlState:
     can_reload: bool
 
 
-def read_state(remote, facts: MasterFacts) -> CrlState:
-    import hashlib
+# The files a CrlState is read from, as a job records them before its first change.
+STATE_FILES = ("ca_crl", "host_crl", "served_crl", "ca_cert")
+STATE_FLAGS = ("can_reload",)
 
+
+def read_raw(remote, facts: MasterFacts) -> dict[str, bytes | bool]:
+    """The CRLs' and the CA cert's bytes (and whether the server's unit can reload), as the master has them."""
     paths = CrlPaths.of(facts)
     output = remote.run(commands.crl_files(paths.ca_crl, paths.host_crl, paths.ca_cert, facts.server_service,
                                            facts.hostcert, facts.hostprivkey), check=False).stdout
     found = protocol.split(output)
-    ca_cert = protocol.decoded(found.get("ca_cert", []))
-    ca_crl = protocol.decoded(found.get("ca_crl", []))
-    return CrlState(tuple(read_crls(ca_crl, ca_cert)),
-                    tuple(read_crls(protocol.decoded(found.get("host_crl", [])), ca_cert)),
-                    tuple(read_crls(protocol.decoded(found.get("served_crl", [])), ca_cert)),
-                    hashlib.sha256(ca_crl).hexdigest(),
-                    any(line.strip() == "CanReload=yes" for line in found.get("can_reload", [])))
+    raw: dict[str, bytes | bool] = {name: protocol.decoded(found.get(name, [])) for name in STATE_FILES}
+    raw["can_reload"] = any(line.strip() == "CanReload=yes" for line in found.get("can_reload", []))
+    return raw
+
+
+def crl_state(raw: dict) -> CrlState:
+    import hashlib
+
+    ca_cert = raw["ca_cert"]
+    return CrlState(tuple(read_crls(raw["ca_crl"], ca_cert)), tuple(read_crls(raw["host_crl"], ca_cert)),
+                    tuple(read_crls(raw["served_crl"], ca_cert)), hashlib.sha256(raw["ca_crl"]).hexdigest(),
+                    bool(raw["can_reload"]))
+
+
+def read_state(remote, facts: MasterFacts) -> CrlState:
+    return crl_state(read_raw(remote, facts))
 
 
 def build_refresh_plan(facts: MasterFacts, state: CrlState, days: int) -> Plan:
@@ -154,13 +170,14 @@ class RefreshResult:
 
 def refresh_crl(remote, console, *, days: int = DEFAULT_DAYS, dry_run: bool = False, backup_dir: str = "backups",
                 flavor: str | None = None, report: RunReport | None = None,
-                listeners: tuple[Listener, ...] = ()) -> RefreshResult:
+                listeners: tuple[Listener, ...] = (), unfinished_run: Unfinished = Unfinished()) -> RefreshResult:
     """The `refresh-crl` job (see the module docstring); raises RolledBack (7) or Incomplete (8) on failure."""
     if not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
         raise InputError(f"--days {days!r}: give whole days from 1 to {MAX_DAYS}")
     return run_job(remote, console, "refresh-crl",
-                   lambda events: _refresh(remote, console, events, days, dry_run, backup_dir, flavor),
-                   dry_run=dry_run, report=report, listeners=listeners, resume_hint=RESUME_HINT)
+                   lambda events: _refresh(remote, console, events, days, dry_run, backup_dir, flavor, unfinished_run),
+                   dry_run=dry_run, report=report, listeners=listeners,
+                   resume_hint=": " + resume_advice("refresh-crl"))
 
 
 def crl_plan_lines(before: CrlState, days: int) -> list[str]:
@@ -177,29 +194,71 @@ def refuse_unsigned_crl(facts: MasterFacts, before: CrlState) -> None:
                       f"{CrlPaths.of(facts).ca_cert}: refusing to re-sign it; nothing was changed")
 
 
+class RefreshJob:
+    """refresh-crl's side of a journalled run (runs.Job)."""
+
+    task = "refresh-crl"
+
+    def __init__(self, remote) -> None:
+        self.remote = remote
+        self.after: CrlState | None = None
+
+    @staticmethod
+    def record(days: int, raw: dict) -> dict:
+        return {"days": days, "before": encode_record(raw)}
+
+    @staticmethod
+    def recorded(journal: Journal) -> tuple[int, CrlState]:
+        return (recorded_number(journal, "days", 1, MAX_DAYS),
+                crl_state(decode_record(journal, journal.job.get("before"), STATE_FILES, STATE_FLAGS)))
+
+    def plan(self, journal: Journal) -> Plan:
+        days, before = self.recorded(journal)
+        return build_refresh_plan(journal.facts, before, days)
+
+    def proof(self, journal: Journal, plan: Plan) -> Proof:
+        days, before = self.recorded(journal)
+        facts = journal.facts
+
+        def check() -> list[str]:
+            self.after = read_state(self.remote, facts)
+            return refresh_problems(before, self.after, days, datetime.now(timezone.utc),
+                                    served=facts.server_service in facts.running_services)
+
+        def not_back(outcome) -> str | None:
+            return None if crl_is_back(before, read_state(self.remote, facts)) else "the CRL is not the old one"
+
+        return Proof("CRL", "the CRL is not right", check, not_back, "The old CRL is in place again and checked")
+
+
 def _refresh(remote, console, events: Events, days: int, dry_run: bool, backup_dir: str,
-             flavor: str | None) -> RefreshResult:
+             flavor: str | None, options: Unfinished) -> RefreshResult:
     label = remote.target.label
     facts = discover(remote, flavor_override=flavor)
+    job = RefreshJob(remote)
+    continued = unfinished(remote, facts, job, console, events, options, dry_run=dry_run)
+    if continued:
+        _, before = job.recorded(continued.journal)
+        if continued.outcome == "ok":
+            _said_refreshed(console, label, before, job.after, continued.journal.local_backup)
+        return RefreshResult(continued.journal.facts, continued.plan, continued.outcome, before, job.after)
     refuse_unless_ca(facts, label, "refresh-crl")
-    before = read_state(remote, facts)
+    raw = read_raw(remote, facts)
+    before = crl_state(raw)
     refuse_unsigned_crl(facts, before)
     plan = build_refresh_plan(facts, before, days)
     if show_plan(console, events, facts, plan, [f"Plan for {label}: re-sign the CA's CRL ({facts.flavor.title})",
                                                 *crl_plan_lines(before, days)], dry_run=dry_run):
         return RefreshResult(facts, plan, "dry-run", before)
     console.confirm(f"Re-sign the CRL of {facts.certname}'s CA on {label}, valid {days} days?")
-    found: list[CrlState] = []
+    backup, _ = change_and_prove(remote, facts, plan, job, job.record(days, raw), console, events,
+                                 backup_dir=backup_dir)
+    _said_refreshed(console, label, before, job.after, str(backup.local_path))
+    return RefreshResult(facts, plan, "ok", before, job.after, backup)
 
-    def prove() -> list[str]:
-        found.append(read_state(remote, facts))
-        return refresh_problems(before, found[-1], days, datetime.now(timezone.utc),
-                                served=facts.server_service in facts.running_services)
 
-    backup = change_and_prove(remote, facts, plan, console, events, backup_dir=backup_dir, what="CRL", prove=prove,
-                              is_back=lambda: crl_is_back(before, read_state(remote, facts)))
-    current, new = before.ca_crl[0], found[-1].ca_crl[0]
+def _said_refreshed(console, label: str, before: CrlState, after: CrlState, backup: str) -> None:
+    current, new = before.ca_crl[0], after.ca_crl[0]
     console.notice(f"Refreshed the CRL on {label}: number {current.number} -> {new.number}, "
                    f"{len(new.entries)} entries kept, next update {new.next_update:%Y-%m-%d %H:%M} UTC "
-                   f"(was {current.next_update:%Y-%m-%d}); backup {backup.local_path}")
-    return RefreshResult(facts, plan, "ok", before, found[-1], backup)
+                   f"(was {current.next_update:%Y-%m-%d}); backup {backup}")

@@ -24,13 +24,17 @@ from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import CaCertInfo, issued_by, read_bundle
 from pe_remote.commands.discovery import REMOTE_STATE_DIR
 from pe_remote.commands.steps import same_files
-from pe_remote.crl import (CrlState, crl_plan_lines, crl_steps, read_state, refresh_problems, refuse_unsigned_crl,
-                           server_pickup_steps)
+from pe_remote.crl import STATE_FILES as CRL_STATE_FILES, STATE_FLAGS as CRL_STATE_FLAGS
+from pe_remote.crl import (CrlState, crl_plan_lines, crl_state, crl_steps, read_raw as read_crl_raw, read_state,
+                           refresh_problems, refuse_unsigned_crl, server_pickup_steps)
 from pe_remote.discovery import MasterFacts, discover
 from pe_remote.errors import InputError, Refused
 from pe_remote.events import Events, Listener
 from pe_remote.events import run_job
-from pe_remote.inplace import RESUME_HINT, change_and_prove, refuse_unless_ca, show_plan
+from pe_remote.inplace import (change_and_prove, decode_record, encode_record, recorded_number, refuse_unless_ca,
+                               show_plan, unfinished)
+from pe_remote.journal import Journal
+from pe_remote.runs import Proof, Unfinished, resume_advice
 from pe_remote.names import printable
 from pe_remote.plan import Plan, Step
 from pe_remote.report import RunReport
@@ -56,15 +60,27 @@ def bundle_paths(facts: MasterFacts) -> tuple[str, str, list[str]]:
             [f"{facts.cadir}/ca_key.pem", f"{facts.cadir}/root_key.pem"])
 
 
-def read_ca_state(remote, facts: MasterFacts) -> CaState:
+# The files a CaState is read from, as the job records them before its first change.
+STATE_FILES = ("ca_bundle", "host_bundle", "hostcert", "served_ca")
+STATE_FLAGS = ("root_key",)
+
+
+def read_raw(remote, facts: MasterFacts) -> dict[str, bytes | bool]:
     bundle, host_bundle, keys = bundle_paths(facts)
     found = protocol.split(remote.run(commands.ca_files(bundle, host_bundle, facts.hostcert, facts.hostprivkey,
                                                         keys[1]), check=False).stdout)
-    data = protocol.decoded(found.get("ca_bundle", []))
-    return CaState(data, tuple(read_bundle(data)), protocol.decoded(found.get("host_bundle", [])),
-                   protocol.decoded(found.get("hostcert", [])),
-                   any(line.strip() == "present" for line in found.get("root_key", [])),
-                   tuple(read_bundle(protocol.decoded(found.get("served_ca", [])))))
+    raw: dict[str, bytes | bool] = {name: protocol.decoded(found.get(name, [])) for name in STATE_FILES}
+    raw["root_key"] = any(line.strip() == "present" for line in found.get("root_key", []))
+    return raw
+
+
+def ca_state(raw: dict) -> CaState:
+    return CaState(raw["ca_bundle"], tuple(read_bundle(raw["ca_bundle"])), raw["host_bundle"], raw["hostcert"],
+                   bool(raw["root_key"]), tuple(read_bundle(raw["served_ca"])))
+
+
+def read_ca_state(remote, facts: MasterFacts) -> CaState:
+    return ca_state(read_raw(remote, facts))
 
 
 def build_extend_plan(facts: MasterFacts, ca: CaState, crl: CrlState, years: int) -> Plan:
@@ -115,23 +131,79 @@ class ExtendResult:
 
 
 def extend_ca(remote, console, *, years: int = DEFAULT_YEARS, dry_run: bool = False, backup_dir: str = "backups",
-              flavor: str | None = None, report: RunReport | None = None,
-              listeners: tuple[Listener, ...] = ()) -> ExtendResult:
+              flavor: str | None = None, report: RunReport | None = None, listeners: tuple[Listener, ...] = (),
+              unfinished_run: Unfinished = Unfinished()) -> ExtendResult:
     """The `extend-ca` job (see the module docstring); raises RolledBack (7) or Incomplete (8) on failure."""
     if not isinstance(years, int) or not 1 <= years <= MAX_YEARS:
         raise InputError(f"--years {years!r}: give whole years from 1 to {MAX_YEARS}")
     return run_job(remote, console, "extend-ca",
-                   lambda events: _extend(remote, console, events, years, dry_run, backup_dir, flavor),
-                   dry_run=dry_run, report=report, listeners=listeners, resume_hint=RESUME_HINT)
+                   lambda events: _extend(remote, console, events, years, dry_run, backup_dir, flavor, unfinished_run),
+                   dry_run=dry_run, report=report, listeners=listeners, resume_hint=": " + resume_advice("extend-ca"))
+
+
+class ExtendJob:
+    """extend-ca's side of a journalled run (runs.Job)."""
+
+    task = "extend-ca"
+
+    def __init__(self, remote) -> None:
+        self.remote = remote
+        self.after: CaState | None = None
+        self.agent_exit: int | None = None
+
+    @staticmethod
+    def record(years: int, raw: dict, crl_raw: dict) -> dict:
+        return {"years": years, "before": encode_record(raw), "crl_before": encode_record(crl_raw)}
+
+    @staticmethod
+    def recorded(journal: Journal) -> tuple[int, CaState, CrlState]:
+        return (recorded_number(journal, "years", 1, MAX_YEARS),
+                ca_state(decode_record(journal, journal.job.get("before"), STATE_FILES, STATE_FLAGS)),
+                crl_state(decode_record(journal, journal.job.get("crl_before"), CRL_STATE_FILES, CRL_STATE_FLAGS)))
+
+    def plan(self, journal: Journal) -> Plan:
+        years, before, crl_before = self.recorded(journal)
+        return build_extend_plan(journal.facts, before, crl_before, years)
+
+    def proof(self, journal: Journal, plan: Plan) -> Proof:
+        years, before, crl_before = self.recorded(journal)
+        facts = journal.facts
+        server_runs = facts.server_service in facts.running_services
+
+        def check() -> list[str]:
+            now = datetime.now(timezone.utc)
+            self.after = read_ca_state(self.remote, facts)
+            problems = extend_problems(before, self.after, years, now, served=server_runs)
+            problems += refresh_problems(crl_before, read_state(self.remote, facts), CRL_DAYS, now, served=server_runs)
+            if server_runs:
+                self.agent_exit, said = _agent_with_old_ca(self.remote, facts, before.bundle)
+                if self.agent_exit not in (0, 2):
+                    problems.append(f"an agent run on the master trusting the OLD CA cert failed (exit "
+                                    f"{self.agent_exit}: {printable(said)[:300]})")
+            return problems
+
+        def not_back(outcome) -> str | None:
+            return None if read_ca_state(self.remote, facts).bundle == before.bundle else "the CA cert is not the old one"
+
+        return Proof("CA cert", "the CA cert is not right", check, not_back,
+                     "The old CA cert is in place again and checked")
 
 
 def _extend(remote, console, events: Events, years: int, dry_run: bool, backup_dir: str,
-            flavor: str | None) -> ExtendResult:
+            flavor: str | None, options: Unfinished) -> ExtendResult:
     label = remote.target.label
     facts = discover(remote, flavor_override=flavor)
+    job = ExtendJob(remote)
+    continued = unfinished(remote, facts, job, console, events, options, dry_run=dry_run)
+    if continued:
+        _, before, _ = job.recorded(continued.journal)
+        if continued.outcome == "ok":
+            _said_renewed(console, label, continued.journal.facts, before, job.after, continued.journal.local_backup)
+        return ExtendResult(continued.journal.facts, continued.plan, continued.outcome, before, job.after,
+                            agent_exit=job.agent_exit)
     refuse_unless_ca(facts, label, "extend-ca")
-    before = read_ca_state(remote, facts)
-    crl_before = read_state(remote, facts)
+    raw, crl_raw = read_raw(remote, facts), read_crl_raw(remote, facts)
+    before, crl_before = ca_state(raw), crl_state(crl_raw)
     _refuse_unusable(facts, before)
     refuse_unsigned_crl(facts, crl_before)
     plan = build_extend_plan(facts, before, crl_before, years)
@@ -143,29 +215,17 @@ def _extend(remote, console, events: Events, years: int, dry_run: bool, backup_d
     if show_plan(console, events, facts, plan, lines, dry_run=dry_run):
         return ExtendResult(facts, plan, "dry-run", before)
     console.confirm(f"Renew the CA cert of {label} for {years} years (same key)?")
-    found: dict[str, object] = {}
-    server_runs = facts.server_service in facts.running_services
+    backup, _ = change_and_prove(remote, facts, plan, job, job.record(years, raw, crl_raw), console, events,
+                                 backup_dir=backup_dir)
+    _said_renewed(console, label, facts, before, job.after, str(backup.local_path))
+    return ExtendResult(facts, plan, "ok", before, job.after, backup, job.agent_exit)
 
-    def prove() -> list[str]:
-        now = datetime.now(timezone.utc)
-        after = found["after"] = read_ca_state(remote, facts)
-        problems = extend_problems(before, after, years, now, served=server_runs)
-        problems += refresh_problems(crl_before, read_state(remote, facts), CRL_DAYS, now, served=server_runs)
-        if server_runs:
-            found["agent"], said = _agent_with_old_ca(remote, facts, before.bundle)
-            if found["agent"] not in (0, 2):
-                problems.append(f"an agent run on the master trusting the OLD CA cert failed (exit {found['agent']}: "
-                                f"{printable(said)[:300]})")
-        return problems
 
-    backup = change_and_prove(remote, facts, plan, console, events, backup_dir=backup_dir, what="CA cert",
-                              prove=prove, is_back=lambda: read_ca_state(remote, facts).bundle == before.bundle)
-    after = found["after"]
+def _said_renewed(console, label: str, facts: MasterFacts, before: CaState, after: CaState, backup: str) -> None:
     console.notice(f"Renewed the CA cert on {label}: "
                    + "; ".join(f"{c.subject} now ends {c.not_after:%Y-%m-%d}" for c in after.certs)
-                   + f"; same keys and serials; backup {backup.local_path}")
+                   + f"; same keys and serials; backup {backup}")
     console.notice(agent_guidance(facts, before))
-    return ExtendResult(facts, plan, "ok", before, after, backup, found.get("agent"))
 
 
 def _refuse_unusable(facts: MasterFacts, ca: CaState) -> None:

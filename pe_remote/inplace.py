@@ -1,33 +1,42 @@
-"""What the jobs that change the CA's files in place (`refresh-crl`, `extend-ca`) share, beside
-`regen`'s run lock, events and report (events.run_job): the backup pulled first, each step checked,
-the result proven from the files' bytes, and any failure rolled back from the backup."""
+"""What the jobs that change the CA's files in place (`refresh-crl`, `extend-ca`) share, beside the run
+lock, events and report (events.run_job) and the journalled run (runs.py) they share with `regen`: the
+backup pulled first, what the job read before its first change recorded in the journal (so a resume or
+rollback never trusts the half-changed master), each step checked, the result proven from the files'
+bytes, and any failure rolled back from the backup."""
 
 from __future__ import annotations
 
-from typing import Callable
+import base64
 
+from pe_remote import runs
 from pe_remote.backup import Backup, local_backup_dir, remote_backup_path, stream_command, take_backup
 from pe_remote.discovery import MasterFacts
-from pe_remote.errors import ConnectionFailed, Incomplete, PeRemoteError, Refused, RolledBack, VerificationFailed
-from pe_remote.events import Events, Phase
-from pe_remote.executor import InterruptLatch, execute
+from pe_remote.errors import JournalDamaged, Refused
+from pe_remote.events import Events
+from pe_remote.journal import Journal
 from pe_remote.plan import Plan
 from pe_remote.render import render_steps
-from pe_remote.restore import put_back
-
-
-# What an operator does with a CA job that ended half-way (there is no journal to resume from).
-RESUME_HINT = ": check it with `verify`, and put the backup back with `restore` if it is not right"
 
 
 def refuse_unless_ca(facts: MasterFacts, label: str, task: str) -> None:
-    """The CA's files are changed only on the CA, and never under an unfinished regen."""
-    if facts.unfinished_journals:
-        raise Refused(f"{label} has an unfinished regen run ({facts.unfinished_journals[-1][0]}): finish it first "
-                      "with `regen` (resume, --rollback or --abandon); nothing was changed")
+    """The CA's files are changed only on the CA."""
     if not facts.ca_key_present:
         raise Refused(f"{facts.cadir}/ca_key.pem is absent: this host is not the CA; run {task} against the CA "
                       "master")
+
+
+def unfinished(remote, facts: MasterFacts, job: runs.Job, console, events: Events, options: runs.Unfinished,
+               *, dry_run: bool) -> runs.Continued | None:
+    """An unfinished run on the master: this job's is resumed, rolled back or closed (`options`); another
+    job's is refused (finish it first). None when there is none (and then `options` must be empty)."""
+    label = remote.target.label
+    if not facts.unfinished_journals:
+        runs.refuse_options_without_run(label, rollback=options.rollback, abandon=options.abandon,
+                                        run_id=options.run_id)
+        return None
+    journal = runs.chosen_journal(facts, options.run_id, label, job.task)
+    return runs.continue_unfinished(remote, journal, job, console, events, rollback=options.rollback,
+                                    abandon=options.abandon, dry_run=dry_run)
 
 
 def show_plan(console, events: Events, facts: MasterFacts, plan: Plan, lines: list[str], *, dry_run: bool) -> bool:
@@ -41,48 +50,51 @@ def show_plan(console, events: Events, facts: MasterFacts, plan: Plan, lines: li
     return dry_run
 
 
-def change_and_prove(remote, facts: MasterFacts, plan: Plan, console, events: Events, *, backup_dir: str,
-                     what: str, prove: Callable[[], list[str]], is_back: Callable[[], bool]) -> Backup:
-    """Back up, run `plan`, then `prove()` (problems, empty: all good). A failure after the backup puts it
-    back and checks `is_back()`: RolledBack (7), or Incomplete (8) when the master could not be put back."""
+def change_and_prove(remote, facts: MasterFacts, plan: Plan, job: runs.Job, record: dict, console, events: Events,
+                     *, backup_dir: str) -> tuple[Backup, runs.Journal]:
+    """Back up, journal the run (`record`: what the job needs to resume it), run `plan`, then the job's
+    proof; a failure after the backup puts it back (RolledBack, 7; Incomplete, 8, if it cannot), a lost
+    connection leaves the journal for the next run of the job to resume or roll back."""
     label = remote.target.label
     console.notice(f"Backing up {facts.ssldir} on {label} ...")
     events.emit("backup-started")
     backup = take_backup(remote, facts, local_backup_dir(backup_dir, label))
     events.emit("backup-finished", backup=backup)
     console.notice(f"Backup: {backup.local_path} (sha256 {backup.sha256}); on the master: {backup.remote.path}")
-    try:
-        with InterruptLatch(console) as latch:
-            execute(remote, plan, console, latch=latch, events=events)
-        problems = prove()
-        if problems:
-            raise VerificationFailed(f"the {what} is not right: " + "; ".join(problems))
-    except ConnectionFailed as exc:
-        events.enter(Phase.INCOMPLETE)
-        raise Incomplete(f"{exc}. The {what} may be half-way changed on {label}: check it with `verify`, or put "
-                         f"the backup back with `restore {backup.local_path}`") from None
-    except Exception as exc:  # noqa: BLE001 - once changing, whatever it is, put it back
-        _roll_back(remote, facts, backup, console, events, reason=str(exc), what=what, is_back=is_back)
-    events.enter(Phase.DONE)
-    return backup
+    journal = runs.start_journal(remote, facts, backup, console, events, task=job.task, job=record)
+    runs.run_steps(remote, plan, journal, job.proof(journal, plan), console, events)
+    return backup, journal
 
 
-def _roll_back(remote, facts: MasterFacts, backup: Backup, console, events: Events, *, reason: str, what: str,
-               is_back: Callable[[], bool]) -> None:
-    """Put the backup back and prove the old files are there again; always raises."""
-    console.warn(reason)
-    events.emit("rollback-started", reason=reason)
-    try:
-        outcome = put_back(remote, facts, backup.remote.path, backup.sha256, facts.running_services, console)
-        back = is_back()
-    except PeRemoteError as exc:
-        events.enter(Phase.INCOMPLETE)
-        raise Incomplete(f"{reason}; then the ROLLBACK FAILED too: {exc}. Restore by hand from {backup.remote.path} "
-                         f"on the master ({backup.local_path} here)") from None
-    if not back:
-        events.enter(Phase.INCOMPLETE)
-        raise Incomplete(f"{reason}; the backup was put back but the {what} is not the old one; check the master "
-                         f"by hand; backup {backup.remote.path}")
-    events.enter(Phase.ROLLED_BACK)
-    raise RolledBack(f"rolled back: {reason}. The backup is back in place and the {what} checked; the replaced "
-                     f"folders are kept as {', '.join(outcome.moved_aside)}; backup {backup.local_path}")
+# --- what a CA job records before its first change: the files' bytes as it read them ----------
+
+def encode_record(raw: dict[str, bytes | bool]) -> dict[str, str | bool]:
+    return {key: value if isinstance(value, bool) else base64.b64encode(value).decode()
+            for key, value in raw.items()}
+
+
+def decode_record(journal: Journal, record: object, files: tuple[str, ...], flags: tuple[str, ...]) -> dict:
+    """The bytes a run recorded, checked as pe-remote wrote them (a journal is input like any other)."""
+    aside = f"move it aside on the master (mv {journal.remote_path} {journal.remote_path}.damaged) and run again"
+    if not isinstance(record, dict):
+        raise JournalDamaged(f"run journal {journal.remote_path} holds no {journal.task} record; {aside}")
+    raw: dict[str, bytes | bool] = {}
+    for key in files:
+        try:
+            raw[key] = base64.b64decode(record[key], validate=True)
+        except (KeyError, TypeError, ValueError):
+            raise JournalDamaged(f"run journal {journal.remote_path} has a {key} pe-remote did not write; "
+                                 f"{aside}") from None
+    for key in flags:
+        if not isinstance(record.get(key), bool):
+            raise JournalDamaged(f"run journal {journal.remote_path} has a {key} pe-remote did not write; {aside}")
+        raw[key] = record[key]
+    return raw
+
+
+def recorded_number(journal: Journal, key: str, low: int, high: int) -> int:
+    value = journal.job.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise JournalDamaged(f"run journal {journal.remote_path} has a {key} pe-remote did not write ({value!r}); "
+                             f"move it aside on the master (mv {journal.remote_path} {journal.remote_path}.damaged)")
+    return value

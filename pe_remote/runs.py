@@ -58,6 +58,15 @@ class Job(Protocol):
 
 
 @dataclass(frozen=True)
+class Unfinished:
+    """What the operator asked for an unfinished run: resume it (default), roll it back, or close it."""
+
+    rollback: bool = False
+    abandon: bool = False
+    run_id: str | None = None  # the run meant (needed for one older than STALE_JOURNAL_HOURS)
+
+
+@dataclass(frozen=True)
 class Continued:
     """What became of an unfinished run: "ok" (resumed to the end), "dry-run" or "abandoned"."""
 

@@ -23,6 +23,7 @@ from pe_remote.regen import RegenOptions, backup_only, regen as run_regen
 from pe_remote.render import render_facts
 from pe_remote.report import RunReport, utc_now
 from pe_remote.restore import restore_backup
+from pe_remote.runs import Unfinished
 from pe_remote.verify import verify_master, write_verify_report
 
 FLAVOR_HELP = f"skip detection and use this generation: {', '.join(FLAVORS)}"
@@ -216,52 +217,67 @@ CA_JOB_HELP = {
     "backup_dir": BACKUP_DIR_HELP,
     "flavor": FLAVOR_HELP,
     "verbose": "print every remote command as it runs",
+    "rollback": "an earlier run of this task on this master did not finish: roll it back instead of resuming "
+                "it; --rollback RUN_ID names it (needed for a run older than 24 hours)",
+    "resume": "resume the unfinished run RUN_ID (needed for a run older than 24 hours; a recent one is "
+              "resumed by default)",
+    "abandon": "close the unfinished run RUN_ID's journal without touching anything else on the master",
 }
 
 
-@task(name="refresh-crl", auto_shortflags=False, help={
+@task(name="refresh-crl", auto_shortflags=False, optional=["rollback"], help={
     **CA_JOB_HELP,
     "days": f"how long the re-signed CRL is valid, in days (default {DEFAULT_CRL_DAYS}, Puppet's own)",
     "yes": "do not ask before changing the CRL",
 })
 @exits_cleanly
 def refresh_crl(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
-                days=DEFAULT_CRL_DAYS, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False):
+                days=DEFAULT_CRL_DAYS, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False,
+                rollback=False, resume=None, abandon=None):
     """Re-sign the CA's CRL with a fresh end date: same entries, CRL number + 1 (backup first).
 
     For a CRL near its nextUpdate (see `verify`): the signing CA's CRL is re-signed on the master with
     the CA key, copied to the host's CRL, and the server made to read it (a reload where its unit can,
-    else a restart). The result is proven from the CRL's bytes; a failure puts the backup back.
+    else a restart). The result is proven from the CRL's bytes; a failure puts the backup back. A run cut
+    off (lost connection) is resumed by the next one, or rolled back with --rollback.
     """
     check_flavor(flavor)
+    unfinished = unfinished_from(rollback, resume, abandon)
     if not isinstance(days, int) or not 1 <= days <= MAX_CRL_DAYS:
         raise InputError(f"--days {days!r}: give whole days from 1 to {MAX_CRL_DAYS}")
     _ca_job(c, "refresh-crl", host, inventory, key_file, known_hosts, accept_new_host_key, verbose, yes,
             lambda remote, console, folder: refresh(remote, console, days=days, dry_run=dry_run, backup_dir=folder,
-                                                    flavor=flavor), backup_dir)
+                                                    flavor=flavor, unfinished_run=unfinished), backup_dir)
 
 
-@task(name="extend-ca", auto_shortflags=False, help={
+@task(name="extend-ca", auto_shortflags=False, optional=["rollback"], help={
     **CA_JOB_HELP,
     "years": f"the renewed CA cert's lifetime in years (default {DEFAULT_CA_YEARS})",
     "yes": "do not ask before changing the CA cert",
 })
 @exits_cleanly
 def extend_ca(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
-              years=DEFAULT_CA_YEARS, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False):
+              years=DEFAULT_CA_YEARS, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False,
+              rollback=False, resume=None, abandon=None):
     """Renew the CA cert before it ends: same key, serial, subject and extensions (backup first).
 
     Every cert of the CA bundle (Puppet 6+: the intermediate and the root) is re-signed on the master
     with its issuer's key and a new validity, written to the CA folder and the ssldir's certs/ca.pem; the
     CA's CRL is re-signed; the server reads them again (reload or restart). Proven from the bytes and by an
     agent run that still trusts only the OLD CA cert; a failure puts the backup back. Prints what agents need.
+    A run cut off (lost connection) is resumed by the next one, or rolled back with --rollback.
     """
     check_flavor(flavor)
+    unfinished = unfinished_from(rollback, resume, abandon)
     if not isinstance(years, int) or not 1 <= years <= MAX_CA_YEARS:
         raise InputError(f"--years {years!r}: give whole years from 1 to {MAX_CA_YEARS}")
     _ca_job(c, "extend-ca", host, inventory, key_file, known_hosts, accept_new_host_key, verbose, yes,
             lambda remote, console, folder: extend(remote, console, years=years, dry_run=dry_run, backup_dir=folder,
-                                                   flavor=flavor), backup_dir)
+                                                   flavor=flavor, unfinished_run=unfinished), backup_dir)
+
+
+def unfinished_from(rollback, resume, abandon) -> Unfinished:
+    return Unfinished(rollback=bool(rollback), abandon=bool(abandon), run_id=run_id_from(rollback, resume, abandon))
 
 
 def _ca_job(c, task_name, host, inventory, key_file, known_hosts, accept_new_host_key, verbose, yes, job,

@@ -18,9 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pe_remote import crl as job
-from pe_remote import inplace
+from pe_remote import inplace, runs
 from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import read_crls
+from pe_remote.backup import RemoteBackup
 from pe_remote.console import Console
 from pe_remote.errors import Incomplete, InputError, Refused, RemoteCommandFailed, RolledBack
 from pe_remote.report import RunReport
@@ -53,11 +54,20 @@ OLD = _crl_pem(4, 3)
 NEW = _crl_pem(5, 1825)
 
 
-def state(ca_crl: bytes, host_crl: bytes | None = None, served: bytes | None = None, *, reload: bool = True):
-    return job.CrlState(tuple(read_crls(ca_crl, CA)), tuple(read_crls(host_crl if host_crl is not None else ca_crl,
-                                                                      CA)),
-                        tuple(read_crls(served if served is not None else ca_crl, CA)), hashlib.sha256(ca_crl).hexdigest(),
-                        reload)
+def raw(ca_crl: bytes, host_crl: bytes | None = None, served: bytes | None = None, *, reload: bool = True) -> dict:
+    """The bytes read_raw finds on a master (and a journal records)."""
+    return {"ca_crl": ca_crl, "host_crl": host_crl if host_crl is not None else ca_crl,
+            "served_crl": served if served is not None else ca_crl, "ca_cert": CA, "can_reload": reload}
+
+
+def state(*args, **kwargs):
+    return job.crl_state(raw(*args, **kwargs))
+
+
+def test_a_state_is_read_from_its_bytes():
+    found = state(OLD, served=b"")
+    assert found.ca_crl_sha256 == hashlib.sha256(OLD).hexdigest() and found.served == ()
+    assert [c.der_sha256 for c in found.host_crl] == [c.der_sha256 for c in read_crls(OLD, CA)]
 
 
 def problems(after, before=None, days=1825):
@@ -137,31 +147,38 @@ class Master:
     commands_run = 0
     target = types.SimpleNamespace(label="m", backup_dir="backups")
 
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
     def hold(self, command):
         return "==> lock-held <==", types.SimpleNamespace(close=lambda: None)
+
+    def run(self, command, *, check=True, timeout=None):
+        self.commands.append(command)
+        return types.SimpleNamespace(ok=True, stdout="", exit_status=0)
 
 
 @pytest.fixture
 def fakes(monkeypatch, tmp_path):
     facts = dataclasses.replace(RECORDED, backup_free_kb=10**7)
-    states = [state(OLD), state(NEW)]
+    states = [raw(OLD), raw(NEW)]
     calls = types.SimpleNamespace(executed=[], put_back=[], backup=0, states=states)
     monkeypatch.setattr(job, "discover", lambda remote, flavor_override=None: facts)
-    monkeypatch.setattr(job, "read_state", lambda remote, facts: calls.states.pop(0))
+    monkeypatch.setattr(job, "read_raw", lambda remote, facts: calls.states.pop(0))
 
     def backup(remote, facts, folder):
         calls.backup += 1
         return types.SimpleNamespace(local_path=tmp_path / "b.tar.gz", sha256="a" * 64,
-                                     remote=types.SimpleNamespace(path="/root/pe-remote-backups/b.tar.gz"))
+                                     remote=RemoteBackup("/root/pe-remote-backups/b.tar.gz", "a" * 64, 1))
 
     monkeypatch.setattr(inplace, "take_backup", backup)
-    monkeypatch.setattr(inplace, "execute", lambda remote, plan, console, **kw: calls.executed.append(plan))
+    monkeypatch.setattr(runs, "execute", lambda remote, plan, console, **kw: calls.executed.append(plan))
 
     def put_back(remote, facts, tarball, sha256, start, console):
         calls.put_back.append(tarball)
         return types.SimpleNamespace(moved_aside=("/var/lib/puppet/ssl.pe-remote-failed-x",))
 
-    monkeypatch.setattr(inplace, "put_back", put_back)
+    monkeypatch.setattr(runs, "put_back", put_back)
     return calls
 
 
@@ -189,25 +206,25 @@ def test_a_dry_run_shows_the_plan_and_changes_nothing(fakes):
 
 
 def test_a_wrong_result_is_rolled_back_exit_7(fakes):
-    fakes.states[1:] = [state(_crl_pem(5, 1825, revoked=(7,))), state(OLD)]
+    fakes.states[1:] = [raw(_crl_pem(5, 1825, revoked=(7,))), raw(OLD)]
     error, report, _ = _run()
     assert isinstance(error, RolledBack) and "entries changed" in str(error)
     assert fakes.put_back == ["/root/pe-remote-backups/b.tar.gz"] and report.exit_code == 7
 
 
 def test_a_rollback_that_does_not_bring_the_old_crl_back_is_incomplete(fakes):
-    fakes.states[1:] = [state(_crl_pem(5, 30)), state(_crl_pem(5, 1825, revoked=(7,)))]
+    fakes.states[1:] = [raw(_crl_pem(5, 30)), raw(_crl_pem(5, 1825, revoked=(7,)))]
     error, report, _ = _run()
     assert isinstance(error, Incomplete) and "not the old one" in str(error) and report.exit_code == 8
 
 
 def test_a_rollback_that_fails_is_incomplete(fakes, monkeypatch):
-    fakes.states[1:] = [state(_crl_pem(5, 30))]
+    fakes.states[1:] = [raw(_crl_pem(5, 30))]
 
     def broken(*a, **k):
         raise RemoteCommandFailed("tar -xzpf", 2, "tar: error")
 
-    monkeypatch.setattr(inplace, "put_back", broken)
+    monkeypatch.setattr(runs, "put_back", broken)
     error, report, _ = _run()
     assert isinstance(error, Incomplete) and "ROLLBACK FAILED" in str(error) and report.exit_code == 8
 
@@ -221,7 +238,7 @@ def test_no_ca_key_is_refused_before_anything(fakes, monkeypatch):
 
 
 def test_a_crl_the_ca_did_not_sign_is_refused(fakes):
-    fakes.states[0] = state(_crl_pem(4, 3, key=OTHER_KEY))
+    fakes.states[0] = raw(_crl_pem(4, 3, key=OTHER_KEY))
     error, _, _ = _run()
     assert isinstance(error, Refused) and "not signed by the CA" in str(error) and fakes.backup == 0
 

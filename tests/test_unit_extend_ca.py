@@ -15,13 +15,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pe_remote import extend_ca as job
-from pe_remote import inplace
+from pe_remote import inplace, runs
 from pe_remote.commands.certs import read_bundle
+from pe_remote.backup import RemoteBackup
 from pe_remote.console import Console
 from pe_remote.errors import InputError, Refused, RolledBack
 from pe_remote.report import RunReport
 from test_unit_backup_verify import RECORDED
-from test_unit_crl import NEW as NEW_CRL, OLD as OLD_CRL, state as crl_state
+from test_unit_crl import NEW as NEW_CRL, OLD as OLD_CRL, raw as crl_raw, state as crl_state
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 ROOT_KEY, CA_KEY, HOST_KEY = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
@@ -49,10 +50,21 @@ OLD = bundle(10)
 NEW = bundle(15 * 365 + 1)
 
 
-def ca_state(data: bytes, *, host: bytes | None = None, hostcert: bytes = HOSTCERT, served: bytes | None = None,
-             root_key: bool = True) -> job.CaState:
-    return job.CaState(data, tuple(read_bundle(data)), data if host is None else host, hostcert, root_key,
-                       tuple(read_bundle(data if served is None else served)))
+def ca_raw(data: bytes, *, host: bytes | None = None, hostcert: bytes = HOSTCERT, served: bytes | None = None,
+           root_key: bool = True) -> dict:
+    """The bytes read_raw finds on a master (and a journal records)."""
+    return {"ca_bundle": data, "host_bundle": data if host is None else host, "hostcert": hostcert,
+            "served_ca": data if served is None else served, "root_key": root_key}
+
+
+def ca_state(*args, **kwargs) -> job.CaState:
+    return job.ca_state(ca_raw(*args, **kwargs))
+
+
+def test_a_state_is_read_from_its_bytes():
+    found = ca_state(OLD, served=b"", root_key=False)
+    assert found.bundle == OLD and [c.serial for c in found.certs] == [c.serial for c in read_bundle(OLD)]
+    assert found.served == () and not found.root_key and found.hostcert == HOSTCERT
 
 
 def problems(after, years=15):
@@ -102,24 +114,25 @@ class Master:
 
 @pytest.fixture
 def fakes(monkeypatch, tmp_path):
-    calls = types.SimpleNamespace(ca=[ca_state(OLD), ca_state(NEW)], crl=[crl_state(OLD_CRL), crl_state(NEW_CRL)],
+    calls = types.SimpleNamespace(ca=[ca_raw(OLD), ca_raw(NEW)], crl=[crl_raw(OLD_CRL), crl_state(NEW_CRL)],
                                   backup=0, put_back=[])
     monkeypatch.setattr(job, "discover", lambda remote, flavor_override=None: RECORDED)
-    monkeypatch.setattr(job, "read_ca_state", lambda remote, facts: calls.ca.pop(0))
+    monkeypatch.setattr(job, "read_raw", lambda remote, facts: calls.ca.pop(0))
+    monkeypatch.setattr(job, "read_crl_raw", lambda remote, facts: calls.crl.pop(0))
     monkeypatch.setattr(job, "read_state", lambda remote, facts: calls.crl.pop(0))
 
     def backup(remote, facts, folder):
         calls.backup += 1
         return types.SimpleNamespace(local_path=tmp_path / "b.tar.gz", sha256="a" * 64,
-                                     remote=types.SimpleNamespace(path="/root/pe-remote-backups/b.tar.gz"))
+                                     remote=RemoteBackup("/root/pe-remote-backups/b.tar.gz", "a" * 64, 1))
 
     def put_back(remote, facts, tarball, sha256, start, console):
         calls.put_back.append(tarball)
         return types.SimpleNamespace(moved_aside=("/var/lib/puppet/ssl.pe-remote-failed-x",))
 
     monkeypatch.setattr(inplace, "take_backup", backup)
-    monkeypatch.setattr(inplace, "execute", lambda *a, **k: None)
-    monkeypatch.setattr(inplace, "put_back", put_back)
+    monkeypatch.setattr(runs, "execute", lambda *a, **k: None)
+    monkeypatch.setattr(runs, "put_back", put_back)
     return calls
 
 
@@ -145,20 +158,20 @@ def test_a_dry_run_changes_nothing(fakes):
 
 
 def test_a_wrong_renewal_is_rolled_back(fakes):
-    fakes.ca[1:] = [ca_state(bundle(365)), ca_state(OLD)]
+    fakes.ca[1:] = [ca_raw(bundle(365)), ca_raw(OLD)]
     error, report, _ = _run()
     assert isinstance(error, RolledBack) and "not in 15 years" in str(error) and report.exit_code == 7
     assert fakes.put_back == ["/root/pe-remote-backups/b.tar.gz"]
 
 
 def test_a_chain_without_its_root_key_is_refused(fakes):
-    fakes.ca[0] = ca_state(OLD, root_key=False)
+    fakes.ca[0] = ca_raw(OLD, root_key=False)
     error, _, _ = _run()
     assert isinstance(error, Refused) and "no root CA key" in str(error) and fakes.backup == 0
 
 
 def test_a_bundle_that_does_not_verify_is_refused(fakes):
-    fakes.ca[0] = ca_state(bundle(10, root_signer=CA_KEY))
+    fakes.ca[0] = ca_raw(bundle(10, root_signer=CA_KEY))
     error, _, _ = _run()
     assert isinstance(error, Refused) and "refusing to renew it" in str(error)
 
@@ -183,7 +196,7 @@ def test_an_agent_that_trusts_only_the_old_ca_and_fails_rolls_back_naming_why(fa
     said = base64.b64encode(b"Info: Using environment 'production'\nError: certificate verify failed\n").decode()
     monkeypatch.setattr(Master, "run", lambda self, command, **kw: types.SimpleNamespace(
         stdout=f"==> agent <==\n1\n==> agent_output <==\n{said}\n", ok=True))
-    fakes.ca[2:] = [ca_state(OLD)]  # what the rollback finds: the old bundle
+    fakes.ca[2:] = [ca_raw(OLD)]  # what the rollback finds: the old bundle
     error, report, _ = _run()
     assert isinstance(error, RolledBack) and report.exit_code == 7
     assert "trusting the OLD CA cert failed (exit 1: Error: certificate verify failed)" in str(error)
