@@ -56,14 +56,11 @@ def config_defaults(c) -> dict[str, str]:
 def target_from(c, host: str | None = None, inventory: str | None = None, key_file: str | None = None,
                 known_hosts: str | None = None) -> Target:
     configured = config_defaults(c)
-    key_file = key_file or configured.get("key_file")
-    known_hosts = known_hosts or configured.get("known_hosts")
     inv = load_inventory(inventory or configured.get("inventory")
                          or os.environ.get("PE_REMOTE_INVENTORY", DEFAULT_INVENTORY))
     fab_host = getattr(c, "original_host", None)  # set only on a fabric Connection (fab -H)
     if fab_host:
-        given = c.connect_kwargs.get("key_filename") or ()
-        keys = (given,) if isinstance(given, str) else tuple(given)
+        keys = _fab_key_files(c)
         # `-H` checked as --host is: an alias typo is an error, not a DNS lookup, and a port out of
         # range is refused rather than passed on.
         if fab_host in inv.hosts:
@@ -75,6 +72,29 @@ def target_from(c, host: str | None = None, inventory: str | None = None, key_fi
             target = Target(address=c.host, port=int(c.port), user=c.user, key_files=keys)
     else:
         target = resolve_target(host, inv)
+    return _overridden(target, configured, key_file, known_hosts)
+
+
+def named_target(c, name: str, inventory: str | None = None, key_file: str | None = None,
+                 known_hosts: str | None = None) -> Target:
+    """A host named in a flag (`--agents a,b`): an alias or [user@]host[:port], as --host is, logging in
+    with the same key (fab's -i included) and checked against the same known_hosts."""
+    configured = config_defaults(c)
+    inv = load_inventory(inventory or configured.get("inventory")
+                         or os.environ.get("PE_REMOTE_INVENTORY", DEFAULT_INVENTORY))
+    target = resolve_target(name, inv)
+    keys = _fab_key_files(c) if getattr(c, "original_host", None) else ()
+    return _overridden(target.with_overrides(key_files=keys or None), configured, key_file, known_hosts)
+
+
+def _fab_key_files(c) -> tuple[str, ...]:
+    given = c.connect_kwargs.get("key_filename") or ()
+    return (given,) if isinstance(given, str) else tuple(given)
+
+
+def _overridden(target: Target, configured: dict, key_file: str | None, known_hosts: str | None) -> Target:
+    key_file = key_file or configured.get("key_file")
+    known_hosts = known_hosts or configured.get("known_hosts")
     return target.with_overrides(key_files=(key_file,) if key_file else None, known_hosts=known_hosts)
 
 

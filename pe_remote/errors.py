@@ -136,3 +136,10 @@ class FleetFailed(PeRemoteError):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class AgentsNotUpdated(PeRemoteError):
+    """The master's job is done, but the new CA bundle did not reach every agent named (`--agents`):
+    each agent's row says why, and where its old CA bundle is kept."""
+
+    exit_code = 10

@@ -32,7 +32,10 @@ INTERRUPTED_EXIT = 130  # Ctrl-C before any change, as a shell reports it
 
 
 def exit_code(phase: Phase, error: BaseException | None = None) -> int:
-    """The process exit code of a run that ended in `phase` (with `error`, if it failed)."""
+    """The process exit code of a run that ended in `phase` (with `error`, if it failed). A job done on
+    the master may still end in an error of its own about what came after (extend-ca's agents)."""
+    if phase is Phase.DONE and isinstance(error, PeRemoteError):
+        return error.exit_code
     if phase is not Phase.READ_ONLY:
         return PHASE_EXIT[phase]
     if error is None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
+from pe_remote.agents import AgentPush, push_ca_bundle, render_pushes
 from pe_remote.backup import Backup
 from pe_remote.commands import ca as commands
 from pe_remote.commands import crl as crl_commands
@@ -28,7 +30,8 @@ from pe_remote.crl import STATE_FILES as CRL_STATE_FILES, STATE_FLAGS as CRL_STA
 from pe_remote.crl import (CrlState, crl_plan_lines, crl_state, crl_steps, read_raw as read_crl_raw, read_state,
                            refresh_problems, refuse_unsigned_crl, server_pickup_steps)
 from pe_remote.discovery import MasterFacts, discover
-from pe_remote.errors import InputError, Refused
+from pe_remote.errors import AgentsNotUpdated, InputError, Refused
+from pe_remote.inventory import Target
 from pe_remote.events import Events, Listener
 from pe_remote.events import run_job
 from pe_remote.inplace import (change_and_prove, decode_record, encode_record, recorded_number, refuse_unless_ca,
@@ -128,16 +131,19 @@ class ExtendResult:
     after: CaState | None = None
     backup: Backup | None = None
     agent_exit: int | None = None
+    agents: tuple[AgentPush, ...] = ()  # one row per agent the new bundle was pushed to
 
 
 def extend_ca(remote, console, *, years: int = DEFAULT_YEARS, dry_run: bool = False, backup_dir: str = "backups",
               flavor: str | None = None, report: RunReport | None = None, listeners: tuple[Listener, ...] = (),
-              unfinished_run: Unfinished = Unfinished()) -> ExtendResult:
-    """The `extend-ca` job (see the module docstring); raises RolledBack (7) or Incomplete (8) on failure."""
+              unfinished_run: Unfinished = Unfinished(), agents: AgentsToPush | None = None) -> ExtendResult:
+    """The `extend-ca` job (see the module docstring); raises RolledBack (7) or Incomplete (8) on failure.
+    With `agents`, the new bundle is then pushed to them (AgentsNotUpdated, 10, if it did not reach all)."""
     if not isinstance(years, int) or not 1 <= years <= MAX_YEARS:
         raise InputError(f"--years {years!r}: give whole years from 1 to {MAX_YEARS}")
     return run_job(remote, console, "extend-ca",
-                   lambda events: _extend(remote, console, events, years, dry_run, backup_dir, flavor, unfinished_run),
+                   lambda events: _extend(remote, console, events, years, dry_run, backup_dir, flavor, unfinished_run,
+                                          agents or AgentsToPush()),
                    dry_run=dry_run, report=report, listeners=listeners, resume_hint=": " + resume_advice("extend-ca"))
 
 
@@ -190,17 +196,19 @@ class ExtendJob:
 
 
 def _extend(remote, console, events: Events, years: int, dry_run: bool, backup_dir: str,
-            flavor: str | None, options: Unfinished) -> ExtendResult:
+            flavor: str | None, options: Unfinished, agents: "AgentsToPush") -> ExtendResult:
     label = remote.target.label
     facts = discover(remote, flavor_override=flavor)
     job = ExtendJob(remote)
     continued = unfinished(remote, facts, job, console, events, options, dry_run=dry_run)
     if continued:
         _, before, _ = job.recorded(continued.journal)
+        result = ExtendResult(continued.journal.facts, continued.plan, continued.outcome, before, job.after,
+                              agent_exit=job.agent_exit)
         if continued.outcome == "ok":
             _said_renewed(console, label, continued.journal.facts, before, job.after, continued.journal.local_backup)
-        return ExtendResult(continued.journal.facts, continued.plan, continued.outcome, before, job.after,
-                            agent_exit=job.agent_exit)
+            result.agents = _push(console, label, before, job.after, agents, events)
+        return result
     refuse_unless_ca(facts, label, "extend-ca")
     raw, crl_raw = read_raw(remote, facts), read_crl_raw(remote, facts)
     before, crl_before = ca_state(raw), crl_state(crl_raw)
@@ -211,14 +219,45 @@ def _extend(remote, console, events: Events, years: int, dry_run: bool, backup_d
     lines = [f"Plan for {label}: renew the CA cert ({facts.flavor.title})",
              *(f"  {c.subject} (serial {c.serial}): ends {c.not_after:%Y-%m-%d}, after: {ends:%Y-%m-%d}; same key, "
                "subject and extensions" for c in before.certs),
-             *crl_plan_lines(crl_before, CRL_DAYS)]
+             *crl_plan_lines(crl_before, CRL_DAYS),
+             *([f"  Then the new bundle to the agents' certs/ca.pem (old one kept aside): "
+                f"{', '.join(t.label for t in agents.targets)}"] if agents.targets else [])]
     if show_plan(console, events, facts, plan, lines, dry_run=dry_run):
         return ExtendResult(facts, plan, "dry-run", before)
     console.confirm(f"Renew the CA cert of {label} for {years} years (same key)?")
     backup, _ = change_and_prove(remote, facts, plan, job, job.record(years, raw, crl_raw), console, events,
                                  backup_dir=backup_dir)
     _said_renewed(console, label, facts, before, job.after, str(backup.local_path))
-    return ExtendResult(facts, plan, "ok", before, job.after, backup, job.agent_exit)
+    result = ExtendResult(facts, plan, "ok", before, job.after, backup, job.agent_exit)
+    result.agents = _push(console, label, before, job.after, agents, events)
+    return result
+
+
+@dataclass(frozen=True)
+class AgentsToPush:
+    """`--agents`: where the new CA bundle goes once the master is proven (each agent's own connection)."""
+
+    targets: tuple[Target, ...] = ()
+    accept_new_host_key: bool = False
+    connect: Callable | None = None  # default: pe_remote.connection.connect
+
+
+def _push(console, label: str, before: CaState, after: CaState, agents: AgentsToPush,
+          events: Events) -> tuple[AgentPush, ...]:
+    """The new bundle to the agents named; AgentsNotUpdated (10) unless every one has it now."""
+    if not agents.targets:
+        return ()
+    rows = tuple(push_ca_bundle(agents.targets, after.bundle, console, connect=agents.connect,
+                                accept_new_host_key=agents.accept_new_host_key))
+    events.emit("agents-pushed", rows=rows)
+    console.notice(render_pushes(list(rows)))
+    failed = [row for row in rows if not row.ok]
+    if failed:
+        first_end = min(c.not_after for c in before.certs)
+        raise AgentsNotUpdated(f"the CA cert of {label} is renewed, but {len(failed)} of {len(rows)} agents did not "
+                               f"get the new bundle (first: {failed[0].host}: {failed[0].error}); their old one works "
+                               f"until {first_end:%Y-%m-%d}: push again with --agents, or replace the file by hand")
+    return rows
 
 
 def _said_renewed(console, label: str, facts: MasterFacts, before: CaState, after: CaState, backup: str) -> None:

@@ -10,11 +10,14 @@ from datetime import datetime, timezone
 from invoke import Collection, task
 
 from pe_remote.cli import (TARGET_HELP, alt_names_from, check_flavor, check_report_path, connected, exits_cleanly,
-                           for_each_host, report_path, run_id_from, run_log_path, target_from, targets_from)
+                           for_each_host, named_target, report_path, run_id_from, run_log_path, target_from,
+                           targets_from)
 from pe_remote.console import Console
 from pe_remote.crl import DEFAULT_DAYS as DEFAULT_CRL_DAYS, MAX_DAYS as MAX_CRL_DAYS, refresh_crl as refresh
 from pe_remote.discovery import discover as discover_master
-from pe_remote.extend_ca import DEFAULT_YEARS as DEFAULT_CA_YEARS, MAX_YEARS as MAX_CA_YEARS, extend_ca as extend
+from pe_remote.agents import agent_targets
+from pe_remote.extend_ca import DEFAULT_YEARS as DEFAULT_CA_YEARS, MAX_YEARS as MAX_CA_YEARS, AgentsToPush, \
+    extend_ca as extend
 from pe_remote.errors import InputError, Mismatch, PeRemoteError
 from pe_remote.expiry import dates_to_json, render_dates
 from pe_remote.flavors import FLAVORS
@@ -252,28 +255,36 @@ def refresh_crl(c, host=None, inventory=None, key_file=None, known_hosts=None, a
 
 @task(name="extend-ca", auto_shortflags=False, optional=["rollback"], help={
     **CA_JOB_HELP,
+    "agents": "once the master is proven, push the new CA bundle to these agents' <ssldir>/certs/ca.pem over SSH "
+              "as root (aliases or [root@]host[:port], comma-separated; same key and known_hosts as the master; "
+              "each old file kept aside; a table of results; exit 10 if one did not get it)",
     "years": f"the renewed CA cert's lifetime in years (default {DEFAULT_CA_YEARS})",
     "yes": "do not ask before changing the CA cert",
 })
 @exits_cleanly
 def extend_ca(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
               years=DEFAULT_CA_YEARS, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False,
-              rollback=False, resume=None, abandon=None):
+              rollback=False, resume=None, abandon=None, agents=None):
     """Renew the CA cert before it ends: same key, serial, subject and extensions (backup first).
 
     Every cert of the CA bundle (Puppet 6+: the intermediate and the root) is re-signed on the master
     with its issuer's key and a new validity, written to the CA folder and the ssldir's certs/ca.pem; the
     CA's CRL is re-signed; the server reads them again (reload or restart). Proven from the bytes and by an
     agent run that still trusts only the OLD CA cert; a failure puts the backup back. Prints what agents need.
-    A run cut off (lost connection) is resumed by the next one, or rolled back with --rollback.
+    A run cut off (lost connection) is resumed by the next one, or rolled back with --rollback. --agents
+    then puts the new bundle on the agents named.
     """
     check_flavor(flavor)
     unfinished = unfinished_from(rollback, resume, abandon)
+    pushed = AgentsToPush(tuple(agent_targets(agents, lambda name: named_target(c, name, inventory, key_file,
+                                                                                 known_hosts))),
+                          accept_new_host_key) if agents is not None else None
     if not isinstance(years, int) or not 1 <= years <= MAX_CA_YEARS:
         raise InputError(f"--years {years!r}: give whole years from 1 to {MAX_CA_YEARS}")
     _ca_job(c, "extend-ca", host, inventory, key_file, known_hosts, accept_new_host_key, verbose, yes,
             lambda remote, console, folder: extend(remote, console, years=years, dry_run=dry_run, backup_dir=folder,
-                                                   flavor=flavor, unfinished_run=unfinished), backup_dir)
+                                                   flavor=flavor, unfinished_run=unfinished, agents=pushed),
+            backup_dir)
 
 
 def unfinished_from(rollback, resume, abandon) -> Unfinished:

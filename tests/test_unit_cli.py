@@ -254,3 +254,29 @@ def test_an_unwritable_report_path_is_refused_before_connecting(tmp_path, where)
     with pytest.raises(InputError, match="--report"):
         check_report_path(str(tmp_path / where))
     check_report_path(str(tmp_path / "r.json"))  # a file in a writable folder is fine
+
+
+# --- --agents: hosts named in a flag --------------------------------------------------------------
+
+def test_an_agent_named_under_fab_logs_in_with_the_same_key_and_known_hosts(inventory):
+    from pe_remote.cli import named_target
+
+    c = fab_connection("root@127.0.0.1:2222", connect_kwargs={"key_filename": ["/from/dash-i"]})
+    agent = named_target(c, "root@127.0.0.1:2223", inventory=inventory, known_hosts="/kh")
+    assert (agent.address, agent.port, agent.key_files, agent.known_hosts) == ("127.0.0.1", 2223, ("/from/dash-i",),
+                                                                               "/kh")
+
+
+def test_an_agent_alias_under_invoke_is_the_inventorys(inventory):
+    from pe_remote.cli import named_target
+
+    agent = named_target(Context(), "other", inventory=inventory, key_file="/flag/key")
+    assert (agent.address, agent.alias, agent.key_files) == ("10.0.0.9", "other", ("/flag/key",))
+
+
+def test_agents_naming_no_host_are_refused_before_connecting(inventory):
+    from pe_remote.tasks import extend_ca
+
+    with pytest.raises(Exit) as info:
+        extend_ca.body(Context(), host="other", inventory=inventory, agents=" , ")
+    assert info.value.code == 2 and "--agents" in str(info.value.message)

@@ -19,7 +19,7 @@ from pe_remote import inplace, runs
 from pe_remote.commands.certs import read_bundle
 from pe_remote.backup import RemoteBackup
 from pe_remote.console import Console
-from pe_remote.errors import InputError, Refused, RolledBack
+from pe_remote.errors import AgentsNotUpdated, InputError, Refused, RolledBack
 from pe_remote.report import RunReport
 from test_unit_backup_verify import RECORDED
 from test_unit_crl import NEW as NEW_CRL, OLD as OLD_CRL, raw as crl_raw, state as crl_state
@@ -200,3 +200,52 @@ def test_an_agent_that_trusts_only_the_old_ca_and_fails_rolls_back_naming_why(fa
     error, report, _ = _run()
     assert isinstance(error, RolledBack) and report.exit_code == 7
     assert "trusting the OLD CA cert failed (exit 1: Error: certificate verify failed)" in str(error)
+
+
+# --- --agents: the new bundle to the agents once the master is proven ----------------------------
+
+def _agents(monkeypatch, rows):
+    from pe_remote import agents
+    from pe_remote.inventory import Target
+
+    pushed = []
+
+    def push(targets, bundle, console, **kwargs):
+        pushed.append((tuple(t.label for t in targets), bundle, kwargs["accept_new_host_key"]))
+        return [agents.AgentPush(t.label, status, aside, error) for t, (status, aside, error) in zip(targets, rows)]
+
+    monkeypatch.setattr(job, "push_ca_bundle", push)
+    targets = tuple(Target(address=f"agent{i}.example", port=22, user="root") for i in range(len(rows)))
+    return pushed, job.AgentsToPush(targets, accept_new_host_key=True)
+
+
+def test_agents_get_the_new_bundle_after_the_proof(fakes, monkeypatch):
+    pushed, agents = _agents(monkeypatch, [("updated", "/ssl/certs/ca.pem.pe-remote-x", ""),
+                                           ("already current", "", "")])
+    result, report, console = _run(agents=agents)
+    assert result.outcome == "ok" and report.exit_code == 0
+    assert pushed == [(("agent0.example", "agent1.example"), NEW, True)]
+    assert [r.status for r in result.agents] == ["updated", "already current"]
+    assert "/ssl/certs/ca.pem.pe-remote-x" in console.out.getvalue()  # the table
+
+
+def test_an_agent_that_did_not_get_it_exits_10_and_the_master_stays_renewed(fakes, monkeypatch):
+    _, agents = _agents(monkeypatch, [("updated", "/a", ""), ("failed", "", "no puppet found; nothing changed")])
+    error, report, _ = _run(agents=agents)
+    assert isinstance(error, AgentsNotUpdated) and error.exit_code == 10 and report.exit_code == 10
+    assert "1 of 2 agents" in str(error) and "no puppet found" in str(error) and fakes.put_back == []
+
+
+def test_a_dry_run_names_the_agents_and_pushes_nothing(fakes, monkeypatch):
+    pushed, agents = _agents(monkeypatch, [("updated", "", "")])
+    result, _, console = _run(dry_run=True, agents=agents)
+    assert result.outcome == "dry-run" and pushed == []
+    assert "Then the new bundle to the agents' certs/ca.pem" in console.out.getvalue() and "agent0.example" in \
+        console.out.getvalue()
+
+
+def test_a_failed_renewal_pushes_nothing(fakes, monkeypatch):
+    pushed, agents = _agents(monkeypatch, [("updated", "", "")])
+    fakes.ca[1:] = [ca_raw(bundle(365)), ca_raw(OLD)]
+    error, _, _ = _run(agents=agents)
+    assert isinstance(error, RolledBack) and pushed == []
