@@ -39,11 +39,12 @@ class CrlPaths:
     host_crl: str
     ca_cert: str
     ca_key: str
+    root_key: str  # Puppet 6+: the root CA's key, which signs the root CA's CRL (the file's second)
 
     @classmethod
     def of(cls, facts: MasterFacts) -> "CrlPaths":
         return cls(f"{facts.cadir}/ca_crl.pem", f"{facts.ssldir}/crl.pem", f"{facts.cadir}/ca_crt.pem",
-                   f"{facts.cadir}/ca_key.pem")
+                   f"{facts.cadir}/ca_key.pem", f"{facts.cadir}/root_key.pem")
 
 
 @dataclass(frozen=True)
@@ -55,21 +56,23 @@ class CrlState:
     served: tuple[CrlInfo, ...]  # what the CA endpoint on 8140 hands agents (empty: nothing answered)
     ca_crl_sha256: str  # of the file as it is, for the step's check
     can_reload: bool
+    root_key: bool = False  # the root CA's key is there: the root CA's CRL is re-signed too
 
 
 # The files a CrlState is read from, as a job records them before its first change.
 STATE_FILES = ("ca_crl", "host_crl", "served_crl", "ca_cert")
-STATE_FLAGS = ("can_reload",)
+STATE_FLAGS = ("can_reload", "root_key")
 
 
 def read_raw(remote, facts: MasterFacts) -> dict[str, bytes | bool]:
     """The CRLs' and the CA cert's bytes (and whether the server's unit can reload), as the master has them."""
     paths = CrlPaths.of(facts)
     output = remote.run(commands.crl_files(paths.ca_crl, paths.host_crl, paths.ca_cert, facts.server_service,
-                                           facts.hostcert, facts.hostprivkey), check=False).stdout
+                                           facts.hostcert, facts.hostprivkey, paths.root_key), check=False).stdout
     found = protocol.split(output)
     raw: dict[str, bytes | bool] = {name: protocol.decoded(found.get(name, [])) for name in STATE_FILES}
     raw["can_reload"] = any(line.strip() == "CanReload=yes" for line in found.get("can_reload", []))
+    raw["root_key"] = any(line.strip() == "present" for line in found.get("root_key", []))
     return raw
 
 
@@ -79,7 +82,7 @@ def crl_state(raw: dict) -> CrlState:
     ca_cert = raw["ca_cert"]
     return CrlState(tuple(read_crls(raw["ca_crl"], ca_cert)), tuple(read_crls(raw["host_crl"], ca_cert)),
                     tuple(read_crls(raw["served_crl"], ca_cert)), hashlib.sha256(raw["ca_crl"]).hexdigest(),
-                    bool(raw["can_reload"]))
+                    bool(raw["can_reload"]), bool(raw.get("root_key", False)))
 
 
 def read_state(remote, facts: MasterFacts) -> CrlState:
@@ -96,8 +99,8 @@ def crl_steps(facts: MasterFacts, state: CrlState, days: int) -> list[Step]:
     """Re-sign the CA's CRL in place, then copy it to the host's CRL."""
     paths = CrlPaths.of(facts)
     return [
-        Step("resign-crl", f"Re-sign the CA's CRL (valid {days} days from now)",
-             commands.resign(paths.ca_crl, paths.ca_key, paths.ca_cert, days),
+        Step("resign-crl", f"Re-sign the CA's CRL{'s' if renewed(state) > 1 else ''} (valid {days} days from now)",
+             commands.resign(paths.ca_crl, [paths.ca_key, paths.root_key], paths.ca_cert, days),
              check=commands.differs_from(paths.ca_crl, state.ca_crl_sha256)),
         Step("copy-host-crl", f"Copy it to the host's CRL {paths.host_crl}",
              commands.copy_over(paths.ca_crl, paths.host_crl), check=same_files([(paths.ca_crl, paths.host_crl)])),
@@ -132,28 +135,40 @@ def crl_is_back(before: CrlState, now: CrlState) -> bool:
             and (new.number or 0) > (old.number or 0))
 
 
+def renewed(state: CrlState) -> int:
+    """How many CRLs of the CA's file the re-signing renews: the signing CA's, and the root CA's where
+    its key is there (the rest, if any, is kept byte for byte)."""
+    return len(state.ca_crl) if state.root_key else min(1, len(state.ca_crl))
+
+
 def refresh_problems(before: CrlState, after: CrlState, days: int, now: datetime, *, served: bool) -> list[str]:
     """Every way the refreshed CRLs differ from what the job promised (empty: all good)."""
     if not after.ca_crl:
         return ["no readable CRL in the CA's folder"]
-    old, new = before.ca_crl[0], after.ca_crl[0]
+    if len(after.ca_crl) != len(before.ca_crl):
+        return [f"the CA's CRL file holds {len(after.ca_crl)} CRLs, not {len(before.ca_crl)}"]
     problems = []
-    if not new.signed_by_ca:
-        problems.append("the new CRL does not verify against the CA cert")
-    if new.issuer != old.issuer:
-        problems.append(f"the CRL's issuer changed from {old.issuer!r} to {new.issuer!r}")
-    if new.number != (old.number or 0) + 1:
-        problems.append(f"the CRL number is {new.number}, not {(old.number or 0) + 1}")
-    if new.entries != old.entries:
-        lost, gained = sorted(old.entries - new.entries), sorted(new.entries - old.entries)
-        problems.append(f"the CRL's entries changed (lost {len(lost)}, gained {len(gained)})")
-    if new.next_update is None or new.next_update < now + timedelta(days=days) - timedelta(hours=1):
-        problems.append(f"the CRL's nextUpdate is {new.next_update}, not {days} days from now")
-    if [c.der_sha256 for c in after.ca_crl[1:]] != [c.der_sha256 for c in before.ca_crl[1:]]:
-        problems.append("the other CRLs of the CA's file (the root CA's) changed")
+    count = renewed(before)
+    for index, (old, new) in enumerate(zip(before.ca_crl, after.ca_crl)):
+        which = "the CRL" if index == 0 else f"the CRL of {old.issuer}"
+        if index >= count:
+            if new.der_sha256 != old.der_sha256:
+                problems.append(f"{which} changed (its issuer's key is not there to re-sign it)")
+            continue
+        if not new.signed_by_ca:
+            problems.append(f"{which} does not verify against its issuer's cert")
+        if new.issuer != old.issuer:
+            problems.append(f"{which}'s issuer changed to {new.issuer!r}")
+        if new.number != (old.number or 0) + 1:
+            problems.append(f"{which}'s number is {new.number}, not {(old.number or 0) + 1}")
+        if new.entries != old.entries:
+            lost, gained = sorted(old.entries - new.entries), sorted(new.entries - old.entries)
+            problems.append(f"{which}'s entries changed (lost {len(lost)}, gained {len(gained)})")
+        if new.next_update is None or new.next_update < now + timedelta(days=days) - timedelta(hours=1):
+            problems.append(f"{which}'s nextUpdate is {new.next_update}, not {days} days from now")
     if [c.der_sha256 for c in after.host_crl] != [c.der_sha256 for c in after.ca_crl]:
         problems.append("the host's CRL is not the CA's")
-    if served and (not after.served or after.served[0].der_sha256 != new.der_sha256):
+    if served and (not after.served or after.served[0].der_sha256 != after.ca_crl[0].der_sha256):
         problems.append("the CA endpoint on 8140 does not serve the new CRL")
     return problems
 
@@ -181,11 +196,16 @@ def refresh_crl(remote, console, *, days: int = DEFAULT_DAYS, dry_run: bool = Fa
 
 
 def crl_plan_lines(before: CrlState, days: int) -> list[str]:
-    current = before.ca_crl[0]
-    return [f"  CRL now: number {current.number}, {len(current.entries)} revoked certs, nextUpdate "
-            f"{current.next_update:%Y-%m-%d %H:%M} UTC",
-            f"  CRL after: number {(current.number or 0) + 1}, the same {len(current.entries)} entries, nextUpdate "
-            f"{datetime.now(timezone.utc) + timedelta(days=days):%Y-%m-%d} ({days} days)"]
+    ends = datetime.now(timezone.utc) + timedelta(days=days)
+    lines = []
+    for index, crl in enumerate(before.ca_crl):
+        kept = index >= renewed(before)
+        lines += [f"  CRL of {crl.issuer} now: number {crl.number}, {len(crl.entries)} revoked certs, nextUpdate "
+                  f"{crl.next_update:%Y-%m-%d %H:%M} UTC",
+                  "    after: kept as it is (its issuer's key is not on this master)" if kept else
+                  f"    after: number {(crl.number or 0) + 1}, the same {len(crl.entries)} entries, nextUpdate "
+                  f"{ends:%Y-%m-%d} ({days} days)"]
+    return lines
 
 
 def refuse_unsigned_crl(facts: MasterFacts, before: CrlState) -> None:

@@ -7,6 +7,7 @@ import os
 import contextlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,37 @@ def fab_on(master, *args: str, timeout: float = 900) -> subprocess.CompletedProc
     """`fab -H master ... ARGS --known-hosts ...`: a task run the way an operator runs it."""
     return run_cli("fab", *fab_target_args(master), *args, "--known-hosts", str(master.known_hosts_path),
                    timeout=timeout)
+
+
+def fab_until(args: list[str], *needles: str, timeout: float = 300) -> tuple[subprocess.Popen, list[str]]:
+    """Start `fab ARGS` and read its output until every needle was printed (in any order: some steps
+    overlap). Returns the running process and the lines read so far."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([str(BIN / "fab"), *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    missing = set(needles)
+    deadline = time.monotonic() + timeout
+    while missing and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"fab ended before printing {sorted(missing)!r}:\n{''.join(seen)}")
+        seen.append(line)
+        missing = {n for n in missing if n not in line}
+    if missing:
+        raise AssertionError(f"no {sorted(missing)!r} within {timeout}s:\n{''.join(seen)}")
+    return proc, seen
+
+
+def finish(proc: subprocess.Popen, seen: list[str], timeout: float = 600) -> str:
+    """The rest of a fab_until run's output, all of it."""
+    out, _ = proc.communicate(timeout=timeout)
+    return "".join(seen) + out
+
+
+def cut_connections(master) -> None:
+    """Kill every SSH session of root on the master: the workstation's connection is lost mid-run."""
+    master.check("pkill -KILL -f '[s]shd: root' || true")  # [s]: do not match this shell itself
 
 
 @contextlib.contextmanager

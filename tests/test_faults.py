@@ -8,7 +8,6 @@ with matching sha256 on both ends, and the exit code and message of the run.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, describe, fab_target_args, run_cli
+from conftest import cut_connections, describe, fab_target_args, fab_until, finish, run_cli
 from test_regen_pe37 import _cert_facts, _served_fingerprint
 
 pytestmark = pytest.mark.container
@@ -31,28 +30,8 @@ def _regen_args(master, tmp_path: Path, *extra: str) -> list[str]:
 
 def _fab_until(master, tmp_path: Path, *needles: str, timeout: float = 300,
                extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, list[str]]:
-    """Start `fab ... regen --yes` and read its output until every needle was printed (in any
-    order: some steps overlap). Returns the running process and the lines read so far."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([str(BIN / "fab"), *_regen_args(master, tmp_path, *extra)], cwd=ROOT, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen: list[str] = []
-    missing = set(needles)
-    deadline = time.monotonic() + timeout
-    while missing and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"fab ended before printing {sorted(missing)!r}:\n{''.join(seen)}")
-        seen.append(line)
-        missing = {n for n in missing if n not in line}
-    if missing:
-        raise AssertionError(f"no {sorted(missing)!r} within {timeout}s:\n{''.join(seen)}")
-    return proc, seen
-
-
-def _finish(proc: subprocess.Popen, seen: list[str], timeout: float = 600) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    return "".join(seen) + out
+    """Start `fab ... regen --yes` and read its output until every needle was printed."""
+    return fab_until(_regen_args(master, tmp_path, *extra), *needles, timeout=timeout)
 
 
 def assert_serves(master, expected_sha256: str) -> None:
@@ -117,8 +96,8 @@ def _cut_connection_after_stops(master, tmp_path) -> str:
     # Every service stopped and the new cert made (on PE 3.7 the last stops overlap the cert work).
     proc, seen = _fab_until(master, tmp_path, f"Stop {master.flavor.services[-1]}: done",
                             f"Generate a new cert for {master.certname}: done")
-    master.check("pkill -KILL -f '[s]shd: root' || true")  # [s]: do not match this shell itself
-    out = _finish(proc, seen)
+    cut_connections(master)
+    out = finish(proc, seen)
     assert proc.returncode == 8, out
     assert "resume" in out and "--rollback" in out
     return out
@@ -161,8 +140,8 @@ def test_connection_cut_during_generate_the_step_still_finishes(fresh_master, tm
     old = _cert_facts(master)
     proc, seen = _fab_until(master, tmp_path, f"Generate a new cert for {master.certname} ...")
     time.sleep(0.3)  # the step's remote command is running (generate takes a second or more)
-    master.check("pkill -KILL -f '[s]shd: root' || true")
-    out = _finish(proc, seen)
+    cut_connections(master)
+    out = finish(proc, seen)
     assert proc.returncode == 8, out
     # generate ran to its end on the master without its connection, and journalled it: the resumed
     # run does not generate again (which would find the new key and fail, or sign a second cert).
@@ -232,7 +211,7 @@ def test_sigint_during_generate_rolls_back(fresh_master, tmp_path):
     old = _cert_facts(master)
     proc, seen = _fab_until(master, tmp_path, "Generate a new cert for master.pe-remote.test ...")
     proc.send_signal(signal.SIGINT)
-    out = _finish(proc, seen)
+    out = finish(proc, seen)
     assert proc.returncode == 7, out
     assert "interrupt" in out and "rolled back" in out
     assert_serves(master, old["sha256"])

@@ -23,7 +23,8 @@ import pytest
 from conftest import describe, fab_target_args, run_cli
 from pe_remote.flavors import FLAVORS
 from pe_remote.testing.master import serving_check
-from test_faults import _fab_until, _finish, _regen_args, assert_backup_intact, assert_serves
+from conftest import finish as _finish
+from test_faults import _fab_until, _regen_args, assert_backup_intact, assert_serves
 from test_regen_pe37 import _cert_facts
 
 pytestmark = pytest.mark.container

@@ -11,7 +11,8 @@ import tarfile
 import pytest
 
 from conftest import describe, fab_target_args, run_cli
-from test_faults import _fab_until, _finish, _regen_args
+from conftest import finish as _finish
+from test_faults import _fab_until, _regen_args
 from test_regen_pe37 import _cert_facts
 
 pytestmark = pytest.mark.container

@@ -54,10 +54,12 @@ OLD = _crl_pem(4, 3)
 NEW = _crl_pem(5, 1825)
 
 
-def raw(ca_crl: bytes, host_crl: bytes | None = None, served: bytes | None = None, *, reload: bool = True) -> dict:
+def raw(ca_crl: bytes, host_crl: bytes | None = None, served: bytes | None = None, *, reload: bool = True,
+        ca: bytes = CA, root_key: bool = False) -> dict:
     """The bytes read_raw finds on a master (and a journal records)."""
     return {"ca_crl": ca_crl, "host_crl": host_crl if host_crl is not None else ca_crl,
-            "served_crl": served if served is not None else ca_crl, "ca_cert": CA, "can_reload": reload}
+            "served_crl": served if served is not None else ca_crl, "ca_cert": ca, "can_reload": reload,
+            "root_key": root_key}
 
 
 def state(*args, **kwargs):
@@ -79,18 +81,62 @@ def test_a_good_refresh_has_no_problems():
 
 
 @pytest.mark.parametrize("after, expected", [
-    (lambda: state(_crl_pem(6, 1825)), "the CRL number is 6, not 5"),
+    (lambda: state(_crl_pem(6, 1825)), "the CRL's number is 6, not 5"),
     (lambda: state(_crl_pem(5, 1825, revoked=(7,))), "the CRL's entries changed (lost 1, gained 0)"),
     (lambda: state(_crl_pem(5, 30)), "nextUpdate"),
-    (lambda: state(_crl_pem(5, 1825, key=OTHER_KEY)), "does not verify against the CA cert"),
+    (lambda: state(_crl_pem(5, 1825, key=OTHER_KEY)), "does not verify against its issuer's cert"),
     (lambda: state(NEW, host_crl=OLD), "the host's CRL is not the CA's"),
     (lambda: state(NEW, served=OLD), "the CA endpoint on 8140 does not serve the new CRL"),
-    (lambda: state(NEW + OLD, host_crl=NEW + OLD), "the other CRLs of the CA's file"),
+    (lambda: state(NEW + OLD, host_crl=NEW + OLD), "holds 2 CRLs, not 1"),
     (lambda: state(b""), "no readable CRL"),
 ])
 def test_each_way_a_refresh_can_be_wrong_is_named(after, expected):
     found = problems(after())
     assert len(found) == 1 and expected in found[0], found
+
+
+# Puppet 6+: the CA file holds the signing CA's CRL, then the root CA's, which ends too.
+ROOT_KEY = ec.generate_private_key(ec.SECP256R1())
+ROOT_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Puppet Root CA: 0123456789")])
+ROOT_CA = (x509.CertificateBuilder().subject_name(ROOT_NAME).issuer_name(ROOT_NAME).public_key(ROOT_KEY.public_key())
+           .serial_number(1).not_valid_before(NOW - datetime.timedelta(days=1))
+           .not_valid_after(NOW + datetime.timedelta(days=3650)).sign(ROOT_KEY, hashes.SHA256())
+           .public_bytes(serialization.Encoding.PEM))
+
+
+def _root_crl(number: int, days: float) -> bytes:
+    return (x509.CertificateRevocationListBuilder().issuer_name(ROOT_NAME).last_update(NOW)
+            .next_update(NOW + datetime.timedelta(days=days)).add_extension(x509.CRLNumber(number), False)
+            .sign(ROOT_KEY, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+
+
+def chain(ca_crl: bytes, *, root_key: bool = True):
+    return state(ca_crl, ca=CA + ROOT_CA, root_key=root_key)
+
+
+def test_with_the_root_key_the_root_cas_crl_is_renewed_too():
+    before = chain(OLD + _root_crl(1, 3))
+    assert job.renewed(before) == 2
+    assert job.refresh_problems(before, chain(NEW + _root_crl(2, 1825)), 1825, NOW, served=True) == []
+    found = job.refresh_problems(before, chain(NEW + _root_crl(1, 3)), 1825, NOW, served=True)
+    assert any("the CRL of CN=Puppet Root CA: 0123456789's number is 1, not 2" in p for p in found), found
+    assert any("CN=Puppet Root CA: 0123456789's nextUpdate" in p for p in found), found
+
+
+def test_without_the_root_key_the_root_cas_crl_is_kept_byte_for_byte():
+    root = _root_crl(1, 3)
+    before = chain(OLD + root, root_key=False)
+    assert job.renewed(before) == 1
+    assert job.refresh_problems(before, chain(NEW + root, root_key=False), 1825, NOW, served=True) == []
+    found = job.refresh_problems(before, chain(NEW + _root_crl(2, 1825), root_key=False), 1825, NOW, served=True)
+    assert found == ["the CRL of CN=Puppet Root CA: 0123456789 changed (its issuer's key is not there to re-sign it)"]
+
+
+def test_the_plan_says_what_becomes_of_each_crl():
+    lines = job.crl_plan_lines(chain(OLD + _root_crl(1, 3)), 1825)
+    assert sum("after: number" in line for line in lines) == 2
+    lines = job.crl_plan_lines(chain(OLD + _root_crl(1, 3), root_key=False), 1825)
+    assert sum("after: number" in line for line in lines) == 1 and any("kept as it is" in line for line in lines)
 
 
 def test_after_a_rollback_the_old_crl_or_the_servers_own_renewal_counts_as_back():
@@ -202,7 +248,7 @@ def test_a_dry_run_shows_the_plan_and_changes_nothing(fakes):
     result, report, console = _run(dry_run=True)
     assert result.outcome == "dry-run" and fakes.backup == 0 and fakes.executed == []
     shown = console.out.getvalue()
-    assert "Re-sign the CA's CRL" in shown and "CRL now: number 4, 2 revoked certs" in shown and "Dry run" in shown
+    assert "Re-sign the CA's CRL" in shown and "now: number 4, 2 revoked certs" in shown and "Dry run" in shown
 
 
 def test_a_wrong_result_is_rolled_back_exit_7(fakes):

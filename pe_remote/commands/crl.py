@@ -1,5 +1,5 @@
-"""The CRL's commands: read the CA's CRL, CA cert and the host's CRL copy; re-sign the CA's CRL in
-place with the CA key (same entries, CRL number + 1, a fresh nextUpdate); copy it to the host CRL.
+"""The CRL's commands: read the CA's CRL, CA cert and the host's CRL copy; re-sign the CA's CRLs in
+place with their issuers' keys (same entries, CRL number + 1, a fresh nextUpdate); copy to the host CRL.
 
 The re-signing runs in the master's Ruby (RUBY_PATHS) with its OpenSSL: the CA key is read there and
 never travels. The new CRL is written beside the old one and moved over it with the old one's owner
@@ -12,31 +12,37 @@ from pe_remote.commands.sections import file_encoded, mark
 from pe_remote.commands.shell import join, q
 from pe_remote.flavors import RUBY_PATHS
 
-# ARGV: CRL file, CA key, CA cert bundle, days, output file. Only the FIRST CRL of the file (the
-# signing CA's: Puppet 6+ keeps the root CA's after it) is re-signed; the rest is kept byte for byte.
+# ARGV: CRL file, CA bundle, days, output file, then the CA keys that may sign. EVERY CRL of the file
+# (Puppet 6+ keeps the root CA's after the signing CA's, and it ends too) whose issuer's key is among
+# the keys is re-signed by it; a CRL whose issuer's key is not there is kept byte for byte.
 RESIGN_RUBY = r'''
 require "openssl"
-crl_path, key_path, ca_path, days, out_path = ARGV
-pem = File.read(crl_path)
-blocks = pem.scan(/-----BEGIN X509 CRL-----.+?-----END X509 CRL-----\n?/m)
+crl_path, ca_path, days, out_path, *key_paths = ARGV
+blocks = File.read(crl_path).scan(/-----BEGIN X509 CRL-----.+?-----END X509 CRL-----\n?/m)
 abort "no CRL in #{crl_path}" if blocks.empty?
-crl = OpenSSL::X509::CRL.new(blocks[0])
-ca = OpenSSL::X509::Certificate.new(File.read(ca_path)[/-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----/m])
-key = OpenSSL::PKey.read(File.read(key_path))
-abort "the CRL in #{crl_path} is not signed by the CA of #{ca_path}" unless crl.verify(ca.public_key)
-abort "#{key_path} is not the key of the CA cert in #{ca_path}" unless ca.check_private_key(key)
-number = crl.extensions.find { |e| e.oid == "crlNumber" }
-n = number ? OpenSSL::ASN1.decode(OpenSSL::ASN1.decode(number.to_der).value.last.value).value.to_i : 0
-crl.extensions = crl.extensions.reject { |e| e.oid == "crlNumber" } +
-                 [OpenSSL::X509::Extension.new("crlNumber", OpenSSL::ASN1::Integer.new(n + 1))]
+cas = File.read(ca_path).scan(/-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----/m).map { |c| OpenSSL::X509::Certificate.new(c) }
+keys = key_paths.select { |k| File.exist?(k) }.map { |k| OpenSSL::PKey.read(File.read(k)) }
 now = Time.now.utc
-crl.last_update = now
-crl.next_update = now + Integer(days) * 86400
-digest = crl.signature_algorithm[/sha(512|384|256|224)/i] || "sha256"
-crl.sign(key, OpenSSL::Digest.new(digest.upcase))
-rest = blocks.drop(1).map { |b| b.end_with?("\n") ? b : b + "\n" }.join
-File.open(out_path, "w", 0600) { |f| f.write(crl.to_pem + rest) }
-puts "crlNumber #{n} -> #{n + 1}, nextUpdate #{crl.next_update.utc}"
+out = blocks.each_with_index.map do |block, i|
+  crl = OpenSSL::X509::CRL.new(block)
+  ca = cas.find { |c| c.subject.to_s == crl.issuer.to_s }
+  abort "the CA bundle #{ca_path} holds no issuer of CRL #{i + 1} (#{crl.issuer})" unless ca
+  abort "CRL #{i + 1} in #{crl_path} is not signed by #{ca.subject}" unless crl.verify(ca.public_key)
+  key = keys.find { |k| ca.check_private_key(k) }
+  abort "the signing CA's key is not among #{key_paths.join(", ")}" if key.nil? && i == 0
+  next(block.end_with?("\n") ? block : block + "\n") unless key
+  number = crl.extensions.find { |e| e.oid == "crlNumber" }
+  n = number ? OpenSSL::ASN1.decode(OpenSSL::ASN1.decode(number.to_der).value.last.value).value.to_i : 0
+  crl.extensions = crl.extensions.reject { |e| e.oid == "crlNumber" } +
+                   [OpenSSL::X509::Extension.new("crlNumber", OpenSSL::ASN1::Integer.new(n + 1))]
+  crl.last_update = now
+  crl.next_update = now + Integer(days) * 86400
+  digest = crl.signature_algorithm[/sha(512|384|256|224)/i] || "sha256"
+  crl.sign(key, OpenSSL::Digest.new(digest.upcase))
+  puts "#{crl.issuer}: crlNumber #{n} -> #{n + 1}, nextUpdate #{crl.next_update.utc}"
+  crl.to_pem
+end
+File.open(out_path, "w", 0600) { |f| f.write(out.join) }
 '''
 
 
@@ -56,9 +62,9 @@ def rewrite_in_place(path: str, script: str, args_before: list[str], args_after:
             f"chown --reference={q(path)} {q(new)} && chmod --reference={q(path)} {q(new)} && mv {q(new)} {q(path)}")
 
 
-def resign(crl: str, key: str, ca_cert: str, days: int) -> str:
-    """Re-sign the CA's CRL in place (see the module docstring)."""
-    return rewrite_in_place(crl, RESIGN_RUBY, [crl, key, ca_cert, str(int(days))])
+def resign(crl: str, keys: list[str], ca_bundle: str, days: int) -> str:
+    """Re-sign the CA's CRLs in place, each with its issuer's key among `keys` (see RESIGN_RUBY)."""
+    return rewrite_in_place(crl, RESIGN_RUBY, [crl, ca_bundle, str(int(days))], list(keys))
 
 
 def differs_from(path: str, sha256: str) -> str:
@@ -84,10 +90,12 @@ def from_ca_endpoint(path: str, hostcert: str, hostkey: str) -> str:
     return f"curl -sk --max-time 20 --cert {q(hostcert)} --key {q(hostkey)} {q(url)} | base64"
 
 
-def crl_files(ca_crl: str, host_crl: str, ca_cert: str, server: str, hostcert: str, hostkey: str) -> str:
+def crl_files(ca_crl: str, host_crl: str, ca_cert: str, server: str, hostcert: str, hostkey: str,
+              root_key: str) -> str:
     """The CRL facts: the CA's CRL, the host's copy, the CA bundle (base64 each), the CRL the CA
-    endpoint on 8140 serves, and whether `server`'s unit can reload."""
+    endpoint on 8140 serves, whether `server`'s unit can reload, and whether a root CA key is there."""
     return "\n".join([
+        mark("root_key"), f"if [ -f {q(root_key)} ]; then echo present; else echo absent; fi",
         mark("ca_crl"), file_encoded(ca_crl), mark("host_crl"), file_encoded(host_crl),
         mark("ca_cert"), file_encoded(ca_cert),
         mark("served_crl"), from_ca_endpoint("certificate_revocation_list/ca", hostcert, hostkey),

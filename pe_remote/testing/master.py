@@ -31,7 +31,7 @@ import paramiko
 from testcontainers.core.container import DockerContainer
 
 from pe_remote.commands.shell import join
-from pe_remote.testing.images import ensure_image
+from pe_remote.testing.images import LAYERS, ensure_image
 
 CERTNAME = "master.pe-remote.test"
 ALT_NAMES = ("puppet", "puppet.pe-remote.test")
@@ -58,6 +58,8 @@ class FlavorLayout:
     agent_waitforlock: bool = True
     # Folders where other services keep COPIES of the master's credentials.
     credential_dirs: tuple[str, ...] = ()
+    # The generation's own command that has its CA sign a new cert (key and cert into the ssldir).
+    ca_generate: str = "{puppet} cert generate {certname}"
 
     def hostcert(self, certname: str) -> str:
         return f"{self.ssldir}/certs/{certname}.pem"
@@ -113,6 +115,7 @@ FLAVORS = {
         cadir="/etc/puppet/puppetserver/ca",
         catalog_dir="/var/cache/puppet/client_data/catalog",
         config_section="server",
+        ca_generate="puppetserver ca generate --certname {certname}",
     ),
 }
 # Open-source Puppet 8 as Debian trixie lays it out: the same paths and services as Puppet 7.
@@ -152,8 +155,29 @@ class ClientKey:
         return made
 
 
+class _InContainer:
+    """Commands run in the host's container as root (docker exec, not over SSH)."""
+
+    container: DockerContainer
+
+    def exec(self, cmd: str) -> tuple[int, str]:
+        """Run a shell command in the container as root (docker exec), not over SSH."""
+        result = self.container.get_wrapped_container().exec_run(["sh", "-c", cmd], demux=False)
+        return result.exit_code, (result.output or b"").decode(errors="replace")
+
+    def check(self, cmd: str) -> str:
+        """Like exec, but a non-zero exit is an AssertionError naming the command."""
+        code, out = self.exec(cmd)
+        if code != 0:
+            raise AssertionError(f"{cmd!r} exited {code} in the container: {out.strip()[-2000:]}")
+        return out
+
+    def stop(self) -> None:
+        self.container.stop()
+
+
 @dataclass
-class StagingMaster:
+class StagingMaster(_InContainer):
     """A running throwaway master, as a test sees it."""
 
     flavor: FlavorLayout
@@ -170,18 +194,6 @@ class StagingMaster:
     def target(self) -> str:
         """`user@host:port` as `fab -H` takes it."""
         return f"root@{self.host}:{self.port}"
-
-    def exec(self, cmd: str) -> tuple[int, str]:
-        """Run a shell command in the container as root (docker exec), not over SSH."""
-        result = self.container.get_wrapped_container().exec_run(["sh", "-c", cmd], demux=False)
-        return result.exit_code, (result.output or b"").decode(errors="replace")
-
-    def check(self, cmd: str) -> str:
-        """Like exec, but a non-zero exit is an AssertionError naming the command."""
-        code, out = self.exec(cmd)
-        if code != 0:
-            raise AssertionError(f"{cmd!r} exited {code} on the master: {out.strip()[-2000:]}")
-        return out
 
     def ssl_checksums(self) -> str:
         """sha256 of every file under the ssldir, cadir and credential copies, for before/after comparisons."""
@@ -200,11 +212,8 @@ class StagingMaster:
                 return code, out
             time.sleep(2)
 
-    def stop(self) -> None:
-        self.container.stop()
 
-
-def _systemd_container(image: str, client_key: ClientKey) -> DockerContainer:
+def _systemd_container(image: str, client_key: ClientKey, hosts: dict[str, str] | None = None) -> DockerContainer:
     container = DockerContainer(image)
     container.ports["22/tcp"] = ("127.0.0.1", None)  # published on loopback only, any free port
     container.with_volume_mapping(str(client_key.authorized_keys_path), "/root/.ssh/authorized_keys", "ro")
@@ -217,7 +226,7 @@ def _systemd_container(image: str, client_key: ClientKey) -> DockerContainer:
         # SYS_PTRACE: root on a real master sees every process's sockets (`ss -p`), as discovery needs.
         cap_add=["SYS_ADMIN", "SYS_PTRACE"],
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
-        extra_hosts={name: "127.0.0.1" for name in (CERTNAME, *ALT_NAMES)},
+        extra_hosts=hosts or {name: "127.0.0.1" for name in (CERTNAME, *ALT_NAMES)},
         labels={CONTAINER_LABEL: "1"},
         stop_signal="SIGRTMIN+3",
     )
@@ -306,6 +315,12 @@ def prime_cached_catalog(master: StagingMaster) -> None:
         raise MasterNotReady(f"agent run on the {master.flavor.name} master exited {code}: {out[-2000:]}")
 
 
+def _known_hosts_line(container: DockerContainer, port: int) -> str:
+    host_key = container.get_wrapped_container().exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).output.decode()
+    kind, key = host_key.split()[:2]
+    return f"[127.0.0.1]:{port} {kind} {key}"
+
+
 def start_master(flavor: str, client_key: ClientKey, known_hosts_dir: Path, *, server: bool = True,
                  timeout: float = 300) -> StagingMaster:
     """Start a fresh master of `flavor` and wait until it is ready."""
@@ -315,9 +330,7 @@ def start_master(flavor: str, client_key: ClientKey, known_hosts_dir: Path, *, s
     container.start()
     try:
         port = _published_port(container)
-        host_key = container.get_wrapped_container().exec_run(
-            ["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).output.decode().split()
-        known_line = f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}"
+        known_line = _known_hosts_line(container, port)
         known_hosts_dir.mkdir(parents=True, exist_ok=True)
         known_path = known_hosts_dir / f"known_hosts-{container.get_wrapped_container().short_id}"
         known_path.write_text(known_line + "\n")
@@ -330,3 +343,69 @@ def start_master(flavor: str, client_key: ClientKey, known_hosts_dir: Path, *, s
     except BaseException:
         container.stop()
         raise
+
+
+# --- an agent of a staging master ----------------------------------------------------------------
+
+AGENT_CERTNAME = "agent.pe-remote.test"
+
+
+@dataclass
+class StagingAgent(_InContainer):
+    """A Puppet agent host of a staging master: its generation's suite layer (sshd, systemd and the
+    Debian suite's own puppet agent, no server), enrolled with a cert the master's CA signed."""
+
+    host: str
+    port: int
+    known_hosts_line: str
+    ssldir: str
+    container: DockerContainer = field(repr=False)
+
+    @property
+    def target(self) -> str:
+        return f"root@{self.host}:{self.port}"
+
+    def agent_run(self) -> tuple[int, str]:
+        """`puppet agent -t --noop` against the master (0 or 2: the run passed)."""
+        return self.exec("puppet agent -t --noop 2>&1")
+
+
+def start_agent(master: StagingMaster, client_key: ClientKey, timeout: float = 180) -> StagingAgent:
+    """Start an agent host beside `master` (the master's names resolve to its container) and enrol it: a
+    cert for AGENT_CERTNAME signed by the master's own CA command, with the master's CA bundle and CRL."""
+    wrapped = master.container.get_wrapped_container()
+    wrapped.reload()
+    master_ip = wrapped.attrs["NetworkSettings"]["IPAddress"]
+    image = ensure_image(docker.from_env(), LAYERS[master.flavor.name]).tag
+    container = _systemd_container(image, client_key, hosts={name: master_ip for name in (CERTNAME, *ALT_NAMES)})
+    container.start()
+    try:
+        port = _published_port(container)
+        agent = StagingAgent("127.0.0.1", port, _known_hosts_line(container, port), "", container)
+        deadline = time.monotonic() + timeout
+        wait_for_ssh_banner(agent.host, port, deadline)
+        _wait_until(agent, "systemd to finish booting on the agent",
+                    "systemctl is-system-running --wait >/dev/null 2>&1; "
+                    "systemctl is-system-running | grep -qE 'running|degraded'", deadline)
+        agent.ssldir = agent.check("puppet config print ssldir --section agent").strip()
+        _enrol(master, agent)
+        return agent
+    except BaseException:
+        container.stop()
+        raise
+
+
+def _enrol(master: StagingMaster, agent: StagingAgent) -> None:
+    layout, name = master.flavor, AGENT_CERTNAME
+    master.check(layout.ca_generate.format(puppet=layout.puppet, certname=name) + " >/dev/null")
+    files = {f"certs/{name}.pem": f"{layout.ssldir}/certs/{name}.pem",
+             f"private_keys/{name}.pem": f"{layout.ssldir}/private_keys/{name}.pem",
+             "certs/ca.pem": f"{layout.ssldir}/certs/ca.pem", "crl.pem": f"{layout.ssldir}/crl.pem"}
+    agent.check(f"mkdir -p {join([agent.ssldir])}/certs {join([agent.ssldir])}/private_keys && "
+                f"chmod 0750 {join([agent.ssldir])}/private_keys")
+    for there, here in files.items():
+        data = master.check(f"base64 -w0 {join([here])}").strip()
+        agent.check(f"printf '%s' {join([data])} | base64 -d > {join([agent.ssldir + '/' + there])}")
+    agent.check(f"chmod 0600 {join([agent.ssldir])}/private_keys/{name}.pem && "
+                f"puppet config set certname {name} --section main && "
+                f"puppet config set server {CERTNAME} --section main")

@@ -14,6 +14,8 @@ Fixtures:
 - `fresh_master`: a new master for one test that changes it, same parametrization.
 - `master_factory`: `master_factory(flavor, server=True)` starts extra masters,
   all removed at the end of the test.
+- `agent_factory`: `agent_factory(master)` starts an agent host of that master (its generation's
+  Debian suite, puppet agent only), enrolled with a cert the master's CA signed; removed at the end.
 - `client_key`: the key pair root's authorized_keys trusts.
 
 Tests marked `container` need a Docker engine. Without one they are skipped with a
@@ -123,6 +125,23 @@ def master_factory(docker_engine, client_key, tmp_path):
     yield start
     for master in started:
         master.stop()
+
+
+@pytest.fixture
+def agent_factory(docker_engine, client_key):
+    """`agent_factory(master)`: an agent host of that master, enrolled (see master.start_agent)."""
+    started = []
+
+    def start(master):
+        from pe_remote.testing.master import start_agent
+
+        agent = start_agent(master, client_key)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()
 
 
 @pytest.fixture
