@@ -17,7 +17,7 @@ from pe_remote.backup import Backup
 from pe_remote.commands import crl as commands
 from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import CrlInfo, read_crls
-from pe_remote.commands.steps import same_files, server_ready_check, service_command
+from pe_remote.commands.steps import reload_service, same_files, server_ready_check, service_command
 from pe_remote.discovery import MasterFacts, discover
 from pe_remote.errors import InputError, Refused
 from pe_remote.events import Events, Listener
@@ -114,7 +114,7 @@ def server_pickup_steps(facts: MasterFacts, can_reload: bool, what: str) -> list
     if server not in facts.running_services:
         return []
     if can_reload:
-        steps = [Step(f"reload:{server}", f"Reload {server} (it reads {what} again)", commands.reload_service(server))]
+        steps = [Step(f"reload:{server}", f"Reload {server} (it reads {what} again)", reload_service(server))]
     else:
         steps = [Step(f"stop:{server}", f"Stop {server}", service_command(facts, server, "stopped")),
                  Step(f"start:{server}", f"Start {server}", service_command(facts, server, "running"))]

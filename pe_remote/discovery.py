@@ -15,7 +15,7 @@ from pe_remote.commands.certs import CertInfo, load_cert
 from pe_remote.commands.discovery import REMOTE_STATE_DIR, SETTINGS, discovery_script
 from pe_remote.commands.facts import read_cert_with_key
 from pe_remote.errors import DiscoveryError, InvalidName, Refused
-from pe_remote.flavors import FLAVORS, PUPPET_PATHS, Flavor, UnknownFlavor, detect_flavor
+from pe_remote.flavors import FLAVORS, PUPPET_PATHS, SERVER_SERVICES, Flavor, UnknownFlavor, detect_flavor
 from pe_remote.names import parse_alt_names, validate_certname
 
 __all__ = ["CertInfo", "MasterFacts", "ServiceState", "REMOTE_STATE_DIR", "discover", "discovery_script",
@@ -61,6 +61,7 @@ class MasterFacts:
     serving_unit: str | None = None
     copy_dirs: tuple[str, ...] = ()  # the generation's credential-copy folders that exist here
     unfinished_journals: tuple[tuple[str, str], ...] = ()  # (path, content) of runs that did not finish
+    reloadable: tuple[str, ...] = ()  # server services whose unit can reload in place (CanReload=yes)
 
     @property
     def catalog_path(self) -> str:
@@ -74,6 +75,12 @@ class MasterFacts:
 
     def service(self, name: str) -> ServiceState | None:
         return next((s for s in self.services if s.name == name), None)
+
+    @property
+    def server_reloads(self) -> bool:
+        """The server runs, its generation reads a new cert on a reload, and its unit can reload."""
+        return (self.flavor.reloads_in_place and self.server_service in self.reloadable
+                and self.server_service in self.running_services)
 
     @property
     def server_service(self) -> str:
@@ -187,6 +194,8 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
         serving_unit=serving_unit if "listener" in sections else None,
         copy_dirs=tuple(c.folder for c in flavor.credential_copies if c.folder in found_dirs),
         unfinished_journals=tuple(journals),
+        reloadable=tuple(name for name in (line.strip() for line in sections.get("reloadable", []))
+                         if name in SERVER_SERVICES),
     )
 
 

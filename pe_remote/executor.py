@@ -111,6 +111,9 @@ def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done
     results: queue.Queue = queue.Queue()
     failure: BaseException | None = None
     interrupted_at: str | None = None
+    # The step whose start opens the downtime window: the plan's, else its first stop.
+    opener = next((s.key for s in plan.steps if s.opens_window), None) or \
+        next((s.key for s in plan.steps if s.key.startswith("stop:")), None)
 
     def one(step: Step) -> None:
         try:
@@ -141,7 +144,7 @@ def execute(remote, plan: Plan, console, *, journal: Journal | None = None, done
                 events.emit("step-started", key=step.key, title=step.title, number=number, total=total,
                             command=step.command)
                 started = time.monotonic()
-                if step.key.startswith("stop:") and run.downtime_started is None:
+                if step.key == opener and run.downtime_started is None:
                     run.downtime_started = started
                     events.emit("window-opened")
                 running[step.key] = (number, step, started, utc_now())

@@ -48,6 +48,15 @@ class Flavor:
     # procedure refreshes after `generate` (PE 2016.4-2018.1: orchestration-services, with the key
     # also as PKCS#8 DER `.pk8`). Only folders that exist on the host are refreshed; they are backed up.
     credential_copies: tuple["CredentialCopy", ...] = ()
+    # The running CA's clean endpoint (Puppet Server 6.14+; the CLI is the fallback where it answers
+    # otherwise): one call revokes and deletes, without `puppetserver ca clean`'s 30-second wait.
+    clean_endpoint: bool = False
+    # regen's reload path: the server keeps serving while the new cert is made (generate beside the
+    # running CA, `--force`, with the CA's files frozen to root), then reads it on a reload (Puppet
+    # Server's SIGHUP restarts its services inside the running JVM). Taken only where the running
+    # master's unit also says CanReload=yes (MasterFacts.server_reloads), and not with --restart.
+    reloads_in_place: bool = False
+    generate_online: tuple[str, ...] = ()
 
 @dataclass(frozen=True)
 class CredentialCopy:
@@ -68,7 +77,8 @@ CA_CLI_GENERATE = ("{puppetserver}", "ca", "generate", "--certname", "{certname}
 # What every `puppetserver ca` generation shares.
 CA_CLI_GENERATION = dict(clean=CA_CLI_CLEAN, generate=CA_CLI_GENERATE, clean_while_running=True,
                          delete_leftover_files=True, ip_alt_names=True, agent_check=True, config_section="server",
-                         agent_lock_flags=("--waitforlock", "2", "--maxwaitforlock", "120"))
+                         agent_lock_flags=("--waitforlock", "2", "--maxwaitforlock", "120"), clean_endpoint=True,
+                         generate_online=CA_CLI_GENERATE + ("--force",))
 
 PE37 = Flavor(
     name="pe37",
@@ -124,6 +134,7 @@ PUPPET6 = Flavor(
     services=("puppet", "puppetserver"),
     start_order=("puppetserver", "puppet"),
     server_services=("puppetserver",),
+    reloads_in_place=True,
     **CA_CLI_GENERATION,
 )
 
@@ -143,6 +154,8 @@ FLAVORS: dict[str, Flavor] = {f.name: f for f in (PE37, PE2016, PUPPET5, PUPPET6
 # Every service name any generation uses: discovery asks about all of them at once.
 ALL_SERVICES: tuple[str, ...] = tuple(dict.fromkeys(
     s for f in FLAVORS.values() for s in (*f.services, *f.monolithic_services)))
+# Every service that may serve 8140: discovery asks their units whether they can reload.
+SERVER_SERVICES: tuple[str, ...] = tuple(dict.fromkeys(s for f in FLAVORS.values() for s in f.server_services))
 MONOLITHIC_DIRS: tuple[str, ...] = tuple(dict.fromkeys(d for f in FLAVORS.values() for d in f.monolithic_dirs))
 COPY_DIRS: tuple[str, ...] = tuple(dict.fromkeys(c.folder for f in FLAVORS.values() for c in f.credential_copies))
 

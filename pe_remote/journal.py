@@ -28,7 +28,7 @@ from pathlib import Path
 from pe_remote.backup import RemoteBackup
 from pe_remote.discovery import REMOTE_STATE_DIR, CertInfo, MasterFacts, ServiceState, path_problem
 from pe_remote.errors import InvalidName, JournalDamaged
-from pe_remote.flavors import FLAVORS
+from pe_remote.flavors import FLAVORS, SERVER_SERVICES
 from pe_remote.names import parse_alt_names, validate_certname
 from pe_remote.commands import run as run_commands
 from pe_remote.commands.certs import normalize_san
@@ -55,6 +55,7 @@ def facts_from_dict(data: dict) -> MasterFacts:
     data["dns_alt_names"] = tuple(data["dns_alt_names"])
     data["monolithic_markers"] = tuple(data.get("monolithic_markers", ()))
     data["copy_dirs"] = tuple(data.get("copy_dirs", ()))
+    data["reloadable"] = tuple(name for name in data.get("reloadable", ()) if name in SERVER_SERVICES)
     if data.get("cert"):
         cert_fields = {f.name for f in dataclasses.fields(CertInfo)}
         data["cert"] = CertInfo(**{**{k: v for k, v in data["cert"].items() if k in cert_fields},

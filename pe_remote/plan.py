@@ -30,6 +30,9 @@ class Step:
     undo: str | None = None
     # True for the step whose end closes the downtime window (the server answers again).
     server_ready: bool = False
+    # True for the step whose start opens it (the server stops serving). A plan without one: its
+    # first stop opens it.
+    opens_window: bool = False
     # Keys of the steps that must be done before this one starts; None: the step listed before it.
     # Steps whose needs are met run at the same time (the executor's own channels, one connection).
     needs: tuple[str, ...] | None = None
@@ -95,6 +98,9 @@ def _service_step(facts: MasterFacts, name: str, ensure: str, timeout: int = SER
 
 def _clean_step(facts: MasterFacts, alt_names: tuple[str, ...]) -> Step:
     command = fill(facts.flavor.clean, facts, alt_names)
+    if facts.flavor.clean_endpoint:
+        command = sh.ca_endpoint_clean(facts.certname, facts.hostcert, facts.hostprivkey,
+                                       f"{facts.ssldir}/certs/ca.pem", command)
     if facts.flavor.clean_while_running:
         # `puppetserver ca clean` revokes, then deletes the CA's copy with a second call made
         # with the master's own client cert, which the CA may already refuse as revoked (or the
@@ -153,8 +159,56 @@ def _mark_superseded(steps: list[Step]) -> list[Step]:
     return marked
 
 
-def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout: int = SERVER_READY_TIMEOUT) -> Plan:
-    """The ordered steps for this master, its generation and the wanted alt names."""
+def _generate_step(facts: MasterFacts, alt_names: tuple[str, ...], *, online: bool = False) -> Step:
+    flavor = facts.flavor
+    new_cert = f"{facts.ssldir}/certs/{facts.certname}.pem"
+    command = fill(flavor.generate, facts, alt_names)
+    if online:
+        # Beside the running CA: its writable files frozen to root, so the CLI is the only writer.
+        command = sh.with_ca_frozen(facts.cadir, fill(flavor.generate_online, facts, alt_names))
+    return Step("generate", f"Generate a new cert for {facts.certname}", command,
+                check=sh.all_of([sh.all_nonempty([new_cert, f"{facts.ssldir}/private_keys/{facts.certname}.pem",
+                                                  f"{facts.cadir}/signed/{facts.certname}.pem"]),
+                                 sh.serial_differs(new_cert, facts.cert.serial if facts.cert else "")]))
+
+
+def _cert_work(facts: MasterFacts, alt_names: tuple[str, ...], *, online: bool = False) -> list[Step]:
+    """What the cert work is after the clean: leftovers deleted, catalog removed, generate, copies."""
+    steps: list[Step] = []
+    if facts.flavor.delete_leftover_files:
+        files = cert_files(facts)
+        steps.append(Step("delete-leftovers", f"Delete what is left of {facts.certname}'s cert files",
+                          sh.remove_files(files), check=sh.none_exist(files), superseded_by=("generate",)))
+    steps.append(Step("remove-catalog", "Remove the cached catalog", sh.remove_files([facts.catalog_path]),
+                      check=sh.absent(facts.catalog_path)))
+    steps.append(_generate_step(facts, alt_names, online=online))
+    copies = _copy_credentials_step(facts)
+    if copies:
+        steps.append(copies)
+    return steps
+
+
+def _reload_steps(facts: MasterFacts, alt_names: tuple[str, ...], server_timeout: int) -> list[Step]:
+    """The reload path: the other services stop, the cert is cleaned and made while the server still serves
+    the old one, then the server reloads (its window) and the others start again."""
+    flavor, server = facts.flavor, facts.server_service
+    others = [name for name in facts.running_services if name != server]
+    steps = [_service_step(facts, name, "stopped") for name in others]
+    steps.append(_clean_step(facts, alt_names))
+    steps += _cert_work(facts, alt_names, online=True)
+    steps.append(Step(f"reload:{server}", f"Reload {server} (it reads the new cert)", sh.reload_service(server),
+                      opens_window=True))
+    steps.append(Step("wait-server", f"Wait for {server} to serve the new cert on 8140",
+                      server_ready_check(facts, server_timeout), server_ready=True, timeout=server_timeout + 60))
+    steps += [_service_step(facts, name, "running", server_timeout) for name in flavor.start_order if name in others]
+    return steps
+
+
+def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout: int = SERVER_READY_TIMEOUT,
+               restart: bool = False) -> Plan:
+    """The ordered steps for this master, its generation and the wanted alt names: the reload path where
+    the server can read a new cert in place (MasterFacts.server_reloads) unless `restart`, else the
+    generation's stop / clean / generate / start."""
     flavor = facts.flavor
     ips = [name for name in alt_names if is_ip_address(name)]
     if ips and not flavor.ip_alt_names:
@@ -164,6 +218,11 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout
     skipped = tuple(name for name in flavor.services if name not in present)
     stopped_before = tuple(name for name in flavor.services if name in present and not present[name].active)
     running = facts.running_services
+    current = facts.cert.sans if facts.cert else frozenset()
+    dropped = tuple(sorted(current - san_entries(facts.certname, alt_names)))
+    if facts.server_reloads and not restart:
+        return Plan(facts, alt_names, tuple(_mark_superseded(_reload_steps(facts, alt_names, server_timeout))),
+                    skipped, stopped_before, dropped)
 
     # Services with their own copies of the credentials stop alongside the cert work and start
     # alongside the services after the server; every other service is in the main chain, in the
@@ -182,22 +241,7 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout
     steps += side_stops
 
     cert_work: list[Step] = [] if flavor.clean_while_running else [_clean_step(facts, alt_names)]
-    if flavor.delete_leftover_files:
-        files = cert_files(facts)
-        cert_work.append(Step("delete-leftovers", f"Delete what is left of {facts.certname}'s cert files",
-                              sh.remove_files(files), check=sh.none_exist(files),
-                              superseded_by=("generate",)))
-    cert_work.append(Step("remove-catalog", "Remove the cached catalog", sh.remove_files([facts.catalog_path]),
-                          check=sh.absent(facts.catalog_path)))
-    new_cert = f"{facts.ssldir}/certs/{facts.certname}.pem"
-    cert_work.append(Step("generate", f"Generate a new cert for {facts.certname}",
-                          fill(flavor.generate, facts, alt_names),
-                          check=sh.all_of([sh.all_nonempty([new_cert, f"{facts.ssldir}/private_keys/{facts.certname}.pem",
-                                                            f"{facts.cadir}/signed/{facts.certname}.pem"]),
-                                           sh.serial_differs(new_cert, facts.cert.serial if facts.cert else "")])))
-    copies = _copy_credentials_step(facts)
-    if copies:
-        cert_work.append(copies)
+    cert_work += _cert_work(facts, alt_names)
     if side_stops:
         cert_work[0] = replace(cert_work[0], needs=main_stopped)
     steps += cert_work
@@ -221,8 +265,4 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout
         later_starts[0] = replace(later_starts[0], needs=server_up)
     steps += later_starts
 
-    steps = _mark_superseded(steps)
-    current = facts.cert.sans if facts.cert else frozenset()
-    wanted = san_entries(facts.certname, alt_names)
-    dropped = tuple(sorted(current - wanted))
-    return Plan(facts, alt_names, tuple(steps), skipped, stopped_before, dropped)
+    return Plan(facts, alt_names, tuple(_mark_superseded(steps)), skipped, stopped_before, dropped)

@@ -79,10 +79,6 @@ def copy_over(source: str, target: str) -> str:
             f"else cp -p {q(source)} {q(target)}; fi")
 
 
-def reload_service(name: str) -> str:
-    return join(["systemctl", "reload", f"{name}.service"])
-
-
 def from_ca_endpoint(path: str, hostcert: str, hostkey: str) -> str:
     """Shell: what the CA endpoint `path` on 127.0.0.1:8140 hands an agent, base64. Asked with the
     master's own cert, as an agent asks (Puppet 5's auth.conf refuses the CRL to an anonymous client)."""

@@ -7,7 +7,7 @@ from pe_remote.commands.facts import cert_with_key_from
 from pe_remote.commands.sections import marker
 from pe_remote.commands.shell import q
 from pe_remote.flavors import ALL_SERVICES, COPY_DIRS, MONOLITHIC_DIRS, PE_VERSION_FILES, PUPPET_PATHS, \
-    PUPPETSERVER_PATHS
+    PUPPETSERVER_PATHS, SERVER_SERVICES
 
 # Where backups and run journals live on the master (root-only).
 REMOTE_STATE_DIR = "/root/pe-remote-backups"
@@ -55,6 +55,9 @@ for s in {_words(ALL_SERVICES)}; do
     if "/etc/init.d/$s" status >/dev/null 2>&1; then echo "$s active"; else echo "$s inactive"; fi
   else echo "$s absent"; fi
 done
+# Which server units can reload in place (Puppet Server's SIGHUP): regen's reload path needs it.
+sec reloadable; [ ! -d /run/systemd/system ] || for s in {_words(SERVER_SERVICES)}; do
+  [ "$(systemctl show -p CanReload "$s.service" 2>/dev/null)" = CanReload=yes ] && echo "$s"; done
 sec dirs; for d in {_words((*MONOLITHIC_DIRS, *COPY_DIRS))}; do [ -d "$d" ] && echo "$d"; done
 # Which service's process listens on 8140 (cross-checks the detected generation).
 sec listener; if command -v ss >/dev/null 2>&1; then

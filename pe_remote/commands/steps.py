@@ -6,6 +6,7 @@ and why, is plan.py's business.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from pe_remote.commands.facts import service_is_active
@@ -174,3 +175,44 @@ def failing_checks(checks: list[tuple[str, str]]) -> str:
     """Shell that runs each (key, check) and prints the keys whose check fails, one per line."""
     return "\n".join(f"if ( {check}\n) >/dev/null 2>&1 </dev/null 9>&-; then :; else echo {q(key)}; fi"
                      for key, check in checks)
+
+
+def ca_endpoint_clean(certname: str, hostcert: str, hostkey: str, localcacert: str, fallback: str) -> str:
+    """Revoke and delete `certname`'s cert with ONE call of the running CA's clean endpoint (Puppet Server
+    6.14+: PUT /puppet-ca/v1/clean), made with the master's own cert, which that call revokes. `puppetserver
+    ca clean` makes a second call with it afterwards, which waits for Jetty's idle timeout (about 30 s)
+    before it is refused. Where the endpoint is missing or refuses, `fallback` (the CLI) does it."""
+    body = json.dumps({"certnames": [certname]})
+    return (f"code=$(curl -s --max-time 60 -o /dev/null -w '%{{http_code}}' --resolve {q(certname + ':8140:127.0.0.1')} "
+            f"--cacert {q(localcacert)} --cert {q(hostcert)} --key {q(hostkey)} -X PUT "
+            f"-H 'Content-Type: application/json' --data {q(body)} {q(f'https://{certname}:8140/puppet-ca/v1/clean')}); "
+            f"if [ \"$code\" = 200 ]; then echo 'cleaned through the CA endpoint'; else "
+            f"echo \"the CA's clean endpoint answered HTTP $code: cleaning with the CA CLI\"; {fallback}; fi")
+
+
+# The CA's files a running CA service writes when it signs, revokes or takes a request (Puppet 7+ adds
+# the infra_* ones). While they and their folders belong to root alone, the service cannot write any.
+CA_WRITABLE = ("", "signed", "requests", "serial", "inventory.txt", "ca_crl.pem", "infra_crl.pem",
+               "infra_inventory.txt", "infra_serials")
+
+
+def with_ca_frozen(cadir: str, command: str) -> str:
+    """Run `command` while the CA's writable files and folders (CA_WRITABLE) belong to root:root, so the
+    running CA service (user puppet) cannot sign, revoke or take a request meanwhile: `command` (as root)
+    is the only writer of the CA. Every owner is put back afterwards, whatever `command` did."""
+    paths = " ".join(q(f"{cadir}/{name}".rstrip("/")) for name in CA_WRITABLE)
+    return (f"set --; for p in {paths}; do [ -e \"$p\" ] && set -- \"$@\" \"$(stat -c %u:%g \"$p\")\" \"$p\"; done\n"
+            "thaw() { while [ $# -gt 1 ]; do chown -h \"$1\" \"$2\"; shift 2; done; }\n"
+            "freeze() { while [ $# -gt 1 ]; do chown -h 0:0 \"$2\" || return 1; shift 2; done; }\n"
+            "if [ $# -eq 0 ]; then echo 'no CA folder to freeze'; exit 1; fi\n"
+            "if freeze \"$@\"; then\n"
+            f"  {command}\n"
+            "  rc=$?\n"
+            "else echo 'could not give the CA files to root: not generating'; rc=1; fi\n"
+            "thaw \"$@\"\n"
+            "exit $rc")
+
+
+def reload_service(name: str) -> str:
+    """Have `name` read its files again in place (systemd's reload: Puppet Server's SIGHUP)."""
+    return join(["systemctl", "reload", f"{name}.service"])
