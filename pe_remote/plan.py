@@ -52,6 +52,8 @@ class Plan:
     skipped_services: tuple[str, ...]  # in the procedure but not on this host
     stopped_services: tuple[str, ...]  # on the host, already stopped: left stopped
     dropped_sans: tuple[str, ...]  # in the current cert but not in the new one
+    path: str = "restart"  # "reload": the server reads the new cert on a reload; "restart": stop/start
+    path_why: str = ""  # why this path, for the plan shown
 
     @property
     def expected_sans(self) -> frozenset[str]:
@@ -196,8 +198,10 @@ def _reload_steps(facts: MasterFacts, alt_names: tuple[str, ...], server_timeout
     steps = [_service_step(facts, name, "stopped") for name in others]
     steps.append(_clean_step(facts, alt_names))
     steps += _cert_work(facts, alt_names, online=True)
-    steps.append(Step(f"reload:{server}", f"Reload {server} (it reads the new cert)", sh.reload_service(server),
-                      opens_window=True))
+    # Queued only: the wait that follows is bounded by --server-timeout, and it passes only once 8140
+    # presents the NEW cert (the old one is served until the reload has happened).
+    steps.append(Step(f"reload:{server}", f"Reload {server} (it reads the new cert)",
+                      sh.reload_service(server, block=False), opens_window=True))
     steps.append(Step("wait-server", f"Wait for {server} to serve the new cert on 8140",
                       server_ready_check(facts, server_timeout), server_ready=True, timeout=server_timeout + 60))
     steps += [_service_step(facts, name, "running", server_timeout) for name in flavor.start_order if name in others]
@@ -220,9 +224,16 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout
     running = facts.running_services
     current = facts.cert.sans if facts.cert else frozenset()
     dropped = tuple(sorted(current - san_entries(facts.certname, alt_names)))
+    server = facts.server_service
     if facts.server_reloads and not restart:
         return Plan(facts, alt_names, tuple(_mark_superseded(_reload_steps(facts, alt_names, server_timeout))),
-                    skipped, stopped_before, dropped)
+                    skipped, stopped_before, dropped, "reload",
+                    f"{server} keeps serving the old cert until it reloads; the CA's files belong to root while the "
+                    "new cert is signed, so nothing else can write them; --restart for the stop/start procedure")
+    why = ("--restart" if facts.server_reloads else
+           f"{flavor.title} reads a new cert only on a start" if not flavor.reloads_in_place else
+           f"{server} is not running" if server not in running else
+           f"the {server} unit cannot reload (no ExecReload)")
 
     # Services with their own copies of the credentials stop alongside the cert work and start
     # alongside the services after the server; every other service is in the main chain, in the
@@ -246,7 +257,6 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout
         cert_work[0] = replace(cert_work[0], needs=main_stopped)
     steps += cert_work
 
-    server = facts.server_service
     main_starts = [name for name in flavor.start_order if name in main]
     up_to_server = main_starts[:main_starts.index(server) + 1] if server in main_starts else main_starts
     steps += [_service_step(facts, name, "running", server_timeout) for name in up_to_server]
@@ -265,4 +275,4 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout
         later_starts[0] = replace(later_starts[0], needs=server_up)
     steps += later_starts
 
-    return Plan(facts, alt_names, tuple(_mark_superseded(steps)), skipped, stopped_before, dropped)
+    return Plan(facts, alt_names, tuple(_mark_superseded(steps)), skipped, stopped_before, dropped, "restart", why)

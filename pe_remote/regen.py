@@ -42,6 +42,7 @@ class RegenOptions:
     abandon: bool = False  # close an unfinished run's journal, touching nothing else
     run_id: str | None = None  # the unfinished run meant (needed for one older than STALE_JOURNAL_HOURS)
     server_timeout: int = SERVER_READY_TIMEOUT  # seconds a start, and the server's answer, may take
+    restart: bool = False  # the stop/start procedure even where the server could reload
 
 
 @dataclass
@@ -125,7 +126,7 @@ def _regen(remote, options: RegenOptions, console: Console, events: Events) -> R
     alt_names = choose_alt_names(facts.certname, facts.dns_alt_names,
                                  sans_to_names(facts.certname, facts.cert.sans) if facts.cert else (),
                                  options.alt_names, options.drop_alt_names)
-    plan = build_plan(facts, alt_names, server_timeout=options.server_timeout)
+    plan = build_plan(facts, alt_names, server_timeout=options.server_timeout, restart=options.restart)
     events.emit("planned", facts=facts, alt_names=alt_names, plan=plan)
     shown = render_plan(plan, stream_command(facts, remote_backup_path(facts)), label)
     # The plan is detail on a real run (terminal and log only); a dry run exists to show it.
@@ -151,7 +152,8 @@ def _regen(remote, options: RegenOptions, console: Console, events: Events) -> R
     events.emit("backup-finished", backup=backup)
     console.notice(f"Backup: {backup.local_path} (sha256 {backup.sha256}, {backup_seconds:.1f}s); "
                    f"on the master: {backup.remote.path}")
-    journal = runs.start_journal(remote, facts, backup, console, events, task="regen", alt_names=alt_names)
+    journal = runs.start_journal(remote, facts, backup, console, events, task="regen", alt_names=alt_names,
+                                 job={"restart": options.restart})
     execution = runs.run_steps(remote, plan, journal, job.proof(journal, plan), console, events)
     result = _done(remote, plan, journal, execution, job, console, started, backup)
     result.backup_seconds = backup_seconds
@@ -168,7 +170,10 @@ class RegenJob:
         self.verification: Verification | None = None
 
     def plan(self, journal: Journal) -> Plan:
-        return build_plan(journal.facts, journal.alt_names, server_timeout=self.server_timeout)
+        # The path the run took: the journal's facts say whether the server could reload, its job
+        # whether --restart was given.
+        return build_plan(journal.facts, journal.alt_names, server_timeout=self.server_timeout,
+                          restart=journal.job.get("restart") is True)
 
     def proof(self, journal: Journal, plan: Plan) -> runs.Proof:
         facts = plan.facts

@@ -45,6 +45,7 @@ def render_plan(plan: Plan, backup_command: str, label: str) -> str:
         *([f"  DROPPED from the current cert (--drop-alt-names): {', '.join(plan.dropped_sans)}"]
           if plan.dropped_sans else []),
         f"  current serial: {facts.cert.serial if facts.cert else '(none)'}",
+        f"  path: {plan.path}" + (f" ({plan.path_why})" if plan.path_why else ""),
     ]
     if plan.skipped_services:
         lines.append(f"  not on this host, skipped: {', '.join(plan.skipped_services)}")

@@ -89,15 +89,19 @@ def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
               "with several hosts, one file each, named FILE-<host>.json",
     "log_file": "log of the run (default: ~/.local/state/pe-remote/logs/<UTC time>-<host>-regen.log)",
     "wave": "with several hosts, how many to regenerate at once (default 1); nothing starts after a failure",
+    "restart": "stop and start the services as the generation's documented procedure does, even where the "
+               "server could read the new cert on a reload (Puppet Server 6+: the default there)",
 })
 @exits_cleanly
 def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
           dns_alt_names=None, drop_alt_names=None, yes=False, dry_run=False, backup_dir=None, flavor=None,
           verbose=False, force=False, rollback=False, resume=None, abandon=None, report=None, log_file=None,
-          wave=1, server_timeout=300):
+          wave=1, server_timeout=300, restart=False):
     """Regenerate the master's SSL cert: back up, stop services, clean, generate, start, verify.
 
-    Prints the plan first and asks before the first change unless --yes. Any failure after the
+    Where the server can read a new cert on a reload (Puppet Server 6+ whose unit can reload), it keeps
+    serving while the new cert is made and reloads (seconds of downtime); --restart forces the stop/start
+    procedure. Prints the plan first and asks before the first change unless --yes. Any failure after the
     first change is rolled back from the run's backup. If an earlier run was cut off (lost
     connection), this resumes it, or rolls it back with --rollback; no second backup is taken.
     Several hosts (--host a,b) go one at a time (--wave N), stopping at the first failure.
@@ -122,7 +126,7 @@ def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_
                                dry_run=dry_run,
                                backup_dir=backup_dir or target.backup_dir, flavor=flavor, force=force,
                                rollback=bool(rollback), abandon=bool(abandon),
-                               run_id=run_id, server_timeout=server_timeout)
+                               run_id=run_id, server_timeout=server_timeout, restart=restart)
         console = Console(verbose=verbose, assume_yes=yes,
                           log_path=(log_file if log_file and not several else run_log_path(target, "regen")))
         if verbose:

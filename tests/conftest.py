@@ -66,7 +66,8 @@ def finish(proc: subprocess.Popen, seen: list[str], timeout: float = 600) -> str
 
 def cut_connections(master) -> None:
     """Kill every SSH session of root on the master: the workstation's connection is lost mid-run."""
-    master.check("pkill -KILL -f '[s]shd: root' || true")  # [s]: do not match this shell itself
+    # [s]: do not match this shell itself; OpenSSH 9.8+ (trixie) names a session's process sshd-session.
+    master.check("pkill -KILL -f '[s]shd(-session)?: root' || true")
 
 
 @contextlib.contextmanager

@@ -155,9 +155,15 @@ def test_refresh_crl_and_extend_ca_on_a_ca_ending_in_days(fresh_master, agent_fa
     assert new.is_signature_valid(bundle_before[0].public_key()) and new.issuer == crls_before[0].issuer
     assert {e.serial_number for e in new} == revoked and _number(new) == _number(crls_before[0]) + 1
     assert new.next_update_utc > datetime.now(timezone.utc) + timedelta(days=5 * 365 - 1)
-    # The root CA's CRL (Puppet 6+ keeps it after the signing CA's) is kept byte for byte.
-    assert [c.fingerprint(hashes.SHA256()) for c in after[1:]] == \
-        [c.fingerprint(hashes.SHA256()) for c in crls_before[1:]]
+    # The root CA's CRL (Puppet 6+ keeps it after the signing CA's, and it ends too) is renewed by the root
+    # CA's key beside the CA's: the same entries, number + 1, the same new period.
+    assert len(after) == len(crls_before)
+    for old, renewed in zip(crls_before[1:], after[1:]):
+        root = next(c for c in bundle_before if c.subject == old.issuer)
+        assert renewed.is_signature_valid(root.public_key()) and renewed.issuer == old.issuer
+        assert {e.serial_number for e in renewed} == {e.serial_number for e in old}
+        assert _number(renewed) == _number(old) + 1
+        assert renewed.next_update_utc > datetime.now(timezone.utc) + timedelta(days=5 * 365 - 1)
     assert master.check(f"cat {host_crl}") == master.check(f"cat {ca_crl}")
     # Asked as an agent asks, with a cert (Puppet 5's auth.conf refuses the CRL to anonymous clients).
     served = master.check(f"curl -sk --cert {layout.hostcert(master.certname)} "

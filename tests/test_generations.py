@@ -21,6 +21,7 @@ import time
 import pytest
 
 from conftest import describe, fab_target_args, run_cli
+from pe_remote.commands.shell import join
 from pe_remote.flavors import FLAVORS
 from pe_remote.testing.master import serving_check
 from conftest import finish as _finish
@@ -64,6 +65,12 @@ def test_regen_then_restore_its_backup(fresh_master, tmp_path, measured):
     assert proc.returncode == 0, describe(proc)
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["flavor"] == FLAVOR_OF[layout.name]
+    keys = [step["key"] for step in report["steps"]]
+    if layout.name in RELOADS:  # the server kept serving until it reloaded; it was never stopped
+        assert "path: reload" in proc.stdout and f"reload:{layout.server_service}" in keys, describe(proc)
+        assert f"stop:{layout.server_service}" not in keys, keys
+    else:
+        assert "path: restart" in proc.stdout and f"start:{layout.server_service}" in keys, describe(proc)
     after = _cert_facts(master)
     assert after["serial"] != before["serial"] and after["issuer"] == before["issuer"]
     assert after["sans"] == {f"DNS:{master.certname}"} | {f"DNS:{n}" for n in master.alt_names}
@@ -109,17 +116,40 @@ def _bare_restart_seconds(master) -> float:
     return float(t1) - float(t0)
 
 
+# Puppet Server 7 and 8 read the new cert on a reload (regen's reload path), the others on a start.
+RELOADS = {"oss7", "oss8"}
+
+# Test setup for the reload path's fault, not a stand-in for Puppet: the unit's reload, as Debian ships
+# it (mark the restart pending, SIGHUP, wait for it), first puts a key the server cannot use in place.
+BREAK_KEY_ON_RELOAD = """[Service]
+ExecReload=
+ExecReload=sh -c "echo -n 0 > ${{RUNTIME_DIRECTORY}}/restart; echo 'this is not a key' > {key}"
+ExecReload=kill -HUP $MAINPID
+ExecReload=sh -c "while ! head -c1 ${{RUNTIME_DIRECTORY}}/restart | grep -q '^1'; do kill -0 $MAINPID && sleep 1 || exit 1; done"
+"""
+
+
 @pytest.mark.parametrize("fresh_master", GENERATIONS, indirect=True)
 def test_server_refusing_the_new_key_rolls_back(fresh_master, tmp_path):
     master = fresh_master
     old = _cert_facts(master)
     key = f"{master.flavor.ssldir}/private_keys/{master.certname}.pem"
-    # Puppet Server with a key it cannot use stays "activating" until systemd's limit (5 min): the
-    # operator's --server-timeout bounds the start instead.
-    proc, seen = _fab_until(master, tmp_path, f"Generate a new cert for {master.certname}: done",
-                            extra=("--server-timeout", "60"))
-    master.check(f"echo 'this is not a key' > {key}")  # broken SSL state, put in place during the run
-    out = _finish(proc, seen)
+    if master.flavor.name in RELOADS:
+        # The reload path: the server reads the new cert at once when it reloads, so the fault comes
+        # with the reload itself; the reloaded server cannot use its key and never serves the new cert.
+        master.check("mkdir -p /etc/systemd/system/puppetserver.service.d && printf '%s' "
+                     f"{join([BREAK_KEY_ON_RELOAD.format(key=key)])} "
+                     "> /etc/systemd/system/puppetserver.service.d/break-key.conf && systemctl daemon-reload")
+        proc = run_cli("fab", *_regen_args(master, tmp_path, "--server-timeout", "60"))
+        out = proc.stdout + proc.stderr
+        assert "Reload puppetserver" in out, out
+    else:
+        # Puppet Server with a key it cannot use stays "activating" until systemd's limit (5 min): the
+        # operator's --server-timeout bounds the start instead.
+        proc, seen = _fab_until(master, tmp_path, f"Generate a new cert for {master.certname}: done",
+                                extra=("--server-timeout", "60"))
+        master.check(f"echo 'this is not a key' > {key}")  # broken SSL state, put in place during the run
+        out = _finish(proc, seen)
     assert proc.returncode == 7, out
     assert "rolled back" in out and master.flavor.server_service in out
     assert_serves(master, old["sha256"])

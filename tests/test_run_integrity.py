@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from conftest import describe, fab_target_args, run_cli
+from conftest import cut_connections, describe, fab_target_args, run_cli
 from conftest import finish as _finish
 from test_faults import _fab_until, _regen_args
 from test_regen_pe37 import _cert_facts
@@ -24,7 +24,7 @@ def test_a_journal_the_master_no_longer_matches_is_not_resumed_nor_rolled_back(f
     old = _cert_facts(master)
     # A run cut off right after generate ...
     proc, seen = _fab_until(master, tmp_path, f"Generate a new cert for {master.certname}: done")
-    master.check("pkill -KILL -f '[s]shd: root' || true")
+    cut_connections(master)
     out = _finish(proc, seen)
     assert proc.returncode == 8, out
     # ... the operator then put the backup back by hand, and the CA signed an agent's cert since.

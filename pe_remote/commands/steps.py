@@ -213,6 +213,9 @@ def with_ca_frozen(cadir: str, command: str) -> str:
             "exit $rc")
 
 
-def reload_service(name: str) -> str:
-    """Have `name` read its files again in place (systemd's reload: Puppet Server's SIGHUP)."""
-    return join(["systemctl", "reload", f"{name}.service"])
+def reload_service(name: str, *, block: bool = True) -> str:
+    """Have `name` read its files again in place (systemd's reload: Puppet Server's SIGHUP; Debian's unit
+    waits until the server has restarted its services). `block=False` only queues it: the caller's own
+    bounded wait decides (a reload that never completes would otherwise hold the step until systemd's
+    own limit)."""
+    return join(["systemctl", "reload", *([] if block else ["--no-block"]), f"{name}.service"])

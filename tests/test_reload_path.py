@@ -1,0 +1,90 @@
+"""regen's reload path on Puppet Server 7 and 8 (Debian's own puppetserver), end to end, beside what
+tests/test_generations.py proves on every generation (there, oss7 and oss8 regen on the reload path and
+roll back when the reloaded server refuses the new cert):
+
+- while the CA's files are frozen for generate, the running CA (user puppet) can write none of them: a
+  CSR submitted to it is refused and nothing in the CA changes; every owner is back afterwards;
+- where the server's unit cannot reload, regen falls back to the stop/start procedure; --restart forces it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import describe, fab_target_args, run_cli
+from pe_remote.commands.shell import join
+from pe_remote.commands.steps import CA_WRITABLE, with_ca_frozen
+from test_faults import _regen_args, assert_serves
+from test_regen_pe37 import _cert_facts
+
+pytestmark = pytest.mark.container
+INTRUDER = "intruder.pe-remote.test"
+
+
+def _owners(master) -> str:
+    cadir = master.flavor.cadir
+    paths = [f"{cadir}/{name}".rstrip("/") for name in CA_WRITABLE]
+    return master.check(f"for p in {join(paths)}; do [ ! -e \"$p\" ] || stat -c '%U:%G %n' \"$p\"; done")
+
+
+def _submit_csr() -> str:
+    """Shell: a CSR for INTRUDER submitted to the running CA, as any agent may; prints the HTTP code."""
+    url = f"https://127.0.0.1:8140/puppet-ca/v1/certificate_request/{INTRUDER}?environment=production"
+    return (f"openssl req -new -newkey rsa:2048 -nodes -keyout /tmp/intruder.key -subj /CN={INTRUDER} "
+            f"-out /tmp/intruder.csr 2>/dev/null && curl -sk -o /dev/null -w 'csr %{{http_code}}\\n' -X PUT "
+            f"-H 'Content-Type: text/plain' --data-binary @/tmp/intruder.csr {join([url])}")
+
+
+@pytest.mark.parametrize("staging_master", ["oss7", "oss8"], indirect=True)
+def test_while_the_ca_is_frozen_the_running_ca_writes_nothing(staging_master):
+    # The shared master's plugin check proves, after the test, that no SSL or CA file changed.
+    master = staging_master
+    cadir = master.flavor.cadir
+    owners = _owners(master)
+    assert ":root" not in owners.split()[0], owners  # the CA's folder belongs to the CA's user
+    # In the frozen window: a CSR from an agent (the CA would write requests/), and the CA's own user
+    # appending to its serial counter and inventory directly.
+    attempt = (f"{_submit_csr()}; runuser -u puppet -- sh -c {join([f'echo x >> {cadir}/serial'])} 2>&1; "
+               f"echo serial $?; runuser -u puppet -- sh -c {join([f'touch {cadir}/signed/{INTRUDER}.pem'])} 2>&1; "
+               "echo signed $?")
+    code, out = master.exec(with_ca_frozen(cadir, attempt))
+    assert code == 0, out
+    csr = next(line for line in out.splitlines() if line.startswith("csr "))
+    assert csr != "csr 200", out  # refused: the CA could not write the request
+    assert "serial 0" not in out and "signed 0" not in out, out
+    assert "Permission denied" in out, out
+    assert _owners(master) == owners
+    assert master.exec(f"test -e {cadir}/requests/{INTRUDER}.pem")[0] != 0
+    assert master.exec(f"test -e {cadir}/signed/{INTRUDER}.pem")[0] != 0
+    # Outside the window the same CSR is taken (the check above can fail): then put it away again.
+    code, out = master.exec(_submit_csr())
+    assert "csr 200" in out, out
+    master.check(f"puppetserver ca clean --certname {INTRUDER} >/dev/null 2>&1 || rm -f {cadir}/requests/{INTRUDER}.pem")
+    master.check(f"test ! -e {cadir}/requests/{INTRUDER}.pem")
+
+
+@pytest.mark.parametrize("fresh_master", ["oss7"], indirect=True)
+def test_a_server_that_cannot_reload_takes_the_restart_path_and_restart_forces_it(fresh_master, tmp_path):
+    master = fresh_master
+    dry = run_cli("fab", *fab_target_args(master), "regen", "--dry-run", "--known-hosts", str(master.known_hosts_path))
+    assert dry.returncode == 0 and "path: reload" in dry.stdout and "Reload puppetserver" in dry.stdout, describe(dry)
+    forced = run_cli("fab", *fab_target_args(master), "regen", "--dry-run", "--restart", "--known-hosts",
+                     str(master.known_hosts_path))
+    assert forced.returncode == 0 and "path: restart (--restart)" in forced.stdout, describe(forced)
+    assert "Reload puppetserver" not in forced.stdout and "Start puppetserver" in forced.stdout
+
+    # A unit without ExecReload (test setup: a drop-in that empties it) cannot reload: the run restarts.
+    master.check("mkdir -p /etc/systemd/system/puppetserver.service.d && printf '[Service]\\nExecReload=\\n' "
+                 "> /etc/systemd/system/puppetserver.service.d/no-reload.conf && systemctl daemon-reload && "
+                 "systemctl show -p CanReload puppetserver | grep -qx CanReload=no")
+    old = _cert_facts(master)
+    proc = run_cli("fab", *_regen_args(master, tmp_path, "--report", str(tmp_path / "r.json")))
+    assert proc.returncode == 0, describe(proc)
+    assert "path: restart (the puppetserver unit cannot reload" in proc.stdout, describe(proc)
+    keys = [step["key"] for step in json.loads((tmp_path / "r.json").read_text())["steps"]]
+    assert "stop:puppetserver" in keys and "start:puppetserver" in keys and not any(k.startswith("reload:") for k in keys)
+    new = _cert_facts(master)
+    assert new["serial"] != old["serial"]
+    assert_serves(master, new["sha256"])
