@@ -46,7 +46,8 @@ class Masters:
         self.running: list[StagingMaster] = []
         self.lock = threading.Lock()
 
-    def start(self, count: int) -> list[StagingMaster]:
+    def start(self, count: int, flavor: str = FLAVOR, agent_certs: int = AGENT_CERTS) -> list[StagingMaster]:
+        """`count` masters of `flavor`, their CA filled with `agent_certs` signed certs (0: as built)."""
         with self.lock:
             if len(self.running) + count > MAX_MASTERS:
                 raise RuntimeError(f"refusing to run more than {MAX_MASTERS} masters at once")
@@ -55,16 +56,19 @@ class Masters:
 
         def one() -> None:
             try:
-                master = start_master(FLAVOR, self.key, self.work / "known_hosts", timeout=600)
+                master = start_master(flavor, self.key, self.work / "known_hosts", timeout=600)
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
                 return
             with self.lock:
                 self.running.append(master)
             try:
-                stats = fill_ca(master, AGENT_CERTS)
-                say(f"master {master.target} ready; CA: {stats['signed']} signed certs, "
-                    f"SSL folders {stats['bytes'] / 1e6:.0f} MB")
+                if agent_certs:
+                    stats = fill_ca(master, agent_certs)
+                    say(f"master {master.target} ready; CA: {stats['signed']} signed certs, "
+                        f"SSL folders {stats['bytes'] / 1e6:.0f} MB")
+                else:
+                    say(f"{flavor} master {master.target} ready")
                 started.append(master)
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
@@ -77,6 +81,11 @@ class Masters:
         if errors:
             raise RuntimeError(f"could not start {len(errors)} master(s): {errors[0]}") from errors[0]
         return started
+
+    def stop(self, master: StagingMaster) -> None:
+        with self.lock:
+            self.running.remove(master)
+        master.stop()
 
     def stop_all(self) -> None:
         with self.lock:

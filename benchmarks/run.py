@@ -4,6 +4,8 @@ Phase 1, one pe37 master whose CA holds 50,000 signed agent certs (benchmarks/bi
 order: backup, ciphers, regen, fab (benchmarks/scenarios/backup.py, ciphers.py, regen.py, rss.py;
 how each figure is measured is in its module's docstring). `--only` picks among them.
 
+Then regen's reload path (benchmarks/scenarios/reload.py), on a Puppet 7 and a Puppet 8 master of its own.
+
 Phase 2, three more masters like the first (four in all): fleet (benchmarks/scenarios/fleet.py),
 first with the masters sharing this machine's cores, then with every master held to the same
 fixed CPU share.
@@ -22,21 +24,26 @@ from pathlib import Path
 from benchmarks.bigca import AGENT_CERTS
 from benchmarks.figures import machine, render
 from benchmarks.harness import FLAVOR, FLEET_SIZE, Bench, fleet_cpu_share, say
-from benchmarks.scenarios import backup, ciphers, regen, rss
+from benchmarks.scenarios import backup, ciphers, regen, reload, rss
 from benchmarks.scenarios import fleet as fleet_scenario  # `fleet` is run()'s flag and its masters
 
 
 def run(bench: Bench, fleet: bool = True, only: tuple[str, ...] = ()) -> int:
     """The scenarios in their order: phase 1 on one master (`only` picks among them), then the fleet on four."""
-    say(f"starting a {FLAVOR} staging master with {AGENT_CERTS} agent certs in its CA ...")
-    [first] = bench.masters.start(1)
+    first = None
+    if not only or set(only) - {"reload"}:
+        say(f"starting a {FLAVOR} staging master with {AGENT_CERTS} agent certs in its CA ...")
+        [first] = bench.masters.start(1)
     for name, step in (("backup", backup.run), ("ciphers", ciphers.run),
                        ("regen", regen.run), ("fab", rss.run)):
-        if only and name not in only:
+        if only and name not in only or first is None:
             continue
         say(f"--- {name} ({bench.others()})")
         bench._guarded(name, step, first)
-    if fleet:
+    if not only or "reload" in only:
+        say(f"--- reload ({bench.others()})")
+        bench._guarded("reload", reload.run)
+    if fleet and first is not None:
         say(f"starting {FLEET_SIZE - 1} more masters for the fleet figure ...")
         try:
             others = bench.masters.start(FLEET_SIZE - 1)
@@ -60,7 +67,7 @@ def main(argv: list[str]) -> int:
                              "varies by a few seconds, the downtime target is 10%%)")
     parser.add_argument("--no-fleet", action="store_true", help="skip the fleet figure (needs 4 masters)")
     parser.add_argument("--only", default="", help="comma-separated phases of the first master to run "
-                        "(backup, ciphers, regen, fab; default: all)")
+                        "(backup, ciphers, regen, fab, reload; default: all)")
     args = parser.parse_args(argv)
     print("pe-remote benchmarks")
     print(machine(), flush=True)

@@ -201,12 +201,14 @@ def with_ca_frozen(cadir: str, command: str) -> str:
     running CA service (user puppet) cannot sign, revoke or take a request meanwhile: `command` (as root)
     is the only writer of the CA. Every owner is put back afterwards, whatever `command` did."""
     paths = " ".join(q(f"{cadir}/{name}".rstrip("/")) for name in CA_WRITABLE)
-    return (f"set --; for p in {paths}; do [ -e \"$p\" ] && set -- \"$@\" \"$(stat -c %u:%g \"$p\")\" \"$p\"; done\n"
-            "thaw() { while [ $# -gt 1 ]; do chown -h \"$1\" \"$2\"; shift 2; done; }\n"
-            "freeze() { while [ $# -gt 1 ]; do chown -h 0:0 \"$2\" || return 1; shift 2; done; }\n"
+    # A symlinked path (a cadir elsewhere) is frozen and given back where it points (stat -L, chown).
+    return (f"set --; for p in {paths}; do [ -e \"$p\" ] && set -- \"$@\" \"$(stat -L -c %u:%g \"$p\")\" \"$p\"; done\n"
+            "thaw() { while [ $# -gt 1 ]; do chown \"$1\" \"$2\"; shift 2; done; }\n"
+            "freeze() { while [ $# -gt 1 ]; do chown 0:0 \"$2\" || return 1; shift 2; done; }\n"
             "if [ $# -eq 0 ]; then echo 'no CA folder to freeze'; exit 1; fi\n"
             "if freeze \"$@\"; then\n"
-            f"  {command}\n"
+            # In a subshell: whatever `command` does (an `exit` included), the owners are given back.
+            f"  ( {command}\n  )\n"
             "  rc=$?\n"
             "else echo 'could not give the CA files to root: not generating'; rc=1; fi\n"
             "thaw \"$@\"\n"

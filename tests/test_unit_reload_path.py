@@ -1,0 +1,465 @@
+"""Unit tests for regen's reload path (Puppet Server 6+ whose unit can reload): the plan it builds and
+every fallback to the stop/start path, the journal that rebuilds the same path on a resume or a rollback,
+discovery's `reloadable` section, where the executor opens the downtime window, and the two shell
+builders the path brings (`with_ca_frozen`, run for real on a CA-like folder; `ca_endpoint_clean`, run
+against a fake curl)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fakes import FakeRemote, QuietConsole, Result
+from pe_remote import executor
+from pe_remote.commands import steps as sh
+from pe_remote.discovery import parse_discovery
+from pe_remote.events import Events
+from pe_remote.flavors import PE37, PE2016, PE2019, PUPPET5, PUPPET6, SERVER_SERVICES
+from pe_remote.journal import Journal, parse_journal
+from pe_remote.plan import SERVER_READY_TIMEOUT, build_plan, fill, server_ready_check
+from pe_remote.regen import RegenJob
+from pe_remote.render import render_plan
+from test_unit_discovery import OSS7
+from test_unit_executor_console import Clock
+from test_unit_flavors_plan import ALT, RECORDED, facts_for, keys, step
+from test_unit_journal_parse import BACKUP, PATH, RUN_ID
+
+SERVER = "puppetserver"
+RELOADABLE = dataclasses.replace(RECORDED, reloadable=(SERVER,))
+RELOAD_KEYS = ["stop:puppet", "clean", "delete-leftovers", "remove-catalog", "generate", f"reload:{SERVER}",
+               "wait-server", "start:puppet"]
+
+
+def reload_plan(facts=RELOADABLE, **options):
+    return build_plan(facts, ALT, **options)
+
+
+# --- 1. the reload plan on the recorded Puppet 7 master --------------------------------------------
+
+def test_the_recorded_master_takes_the_reload_path_when_its_unit_can_reload():
+    assert RECORDED.flavor is PUPPET6 and RECORDED.reloadable == ()  # the recording predates the section
+    assert not RECORDED.server_reloads and RELOADABLE.server_reloads
+    plan = reload_plan()
+    assert plan.path == "reload"
+    assert keys(plan) == RELOAD_KEYS
+
+
+def test_the_reload_path_never_stops_or_starts_the_server():
+    plan = reload_plan()
+    assert not [k for k in keys(plan) if k in (f"stop:{SERVER}", f"start:{SERVER}")]
+    # Not even hidden inside another step's command (a stop/start of the server by `puppet resource`).
+    for s in plan.steps:
+        assert f"service {SERVER} ensure=" not in s.command, s.key
+    # Only the agent is stopped, before the cert work, and started again after the server serves.
+    assert keys(plan).index("stop:puppet") < keys(plan).index("clean")
+    assert keys(plan).index("start:puppet") > keys(plan).index("wait-server")
+    assert step(plan, "stop:puppet").superseded_by == ("start:puppet",)
+
+
+def test_generate_runs_beside_the_running_ca_frozen_and_forced():
+    plan = reload_plan()
+    generate = step(plan, "generate").command
+    online = fill(PUPPET6.generate_online, RELOADABLE, ALT)
+    assert generate == sh.with_ca_frozen(RELOADABLE.cadir, online)
+    assert "--force" in shlex.split(online) and shlex.split(online)[:3] == ["/usr/bin/puppetserver", "ca", "generate"]
+    # The restart path's generate (offline, the server stopped) is neither frozen nor forced.
+    offline = step(reload_plan(restart=True), "generate").command
+    assert "--force" not in shlex.split(offline) and "chown" not in offline
+    # The CA's folder itself is among what is frozen.
+    assert shlex.quote(RELOADABLE.cadir) in generate.split("\n", 1)[0]
+
+
+def test_the_clean_goes_through_the_running_ca_and_its_crl_decides():
+    clean = step(reload_plan(), "clean")
+    assert "/puppet-ca/v1/clean" in clean.command
+    assert clean.check == sh.serial_revoked(RELOADABLE.cadir + "/ca_crl.pem", RELOADABLE.cert.serial)
+
+
+def test_the_reload_is_queued_and_opens_the_window():
+    plan = reload_plan()
+    reload = step(plan, f"reload:{SERVER}")
+    assert shlex.split(reload.command) == ["systemctl", "reload", "--no-block", f"{SERVER}.service"]
+    assert reload.opens_window and not reload.server_ready
+    assert [s.key for s in plan.steps if s.opens_window] == [reload.key]
+
+
+def test_wait_server_is_the_server_ready_step_right_after_the_reload():
+    plan = reload_plan(server_timeout=77)
+    assert [s.key for s in plan.steps if s.server_ready] == ["wait-server"]
+    wait = step(plan, "wait-server")
+    assert keys(plan).index("wait-server") == keys(plan).index(f"reload:{SERVER}") + 1
+    assert wait.command == server_ready_check(RELOADABLE, 77) and wait.timeout == 77 + 60
+    assert step(plan, "start:puppet").command == sh.service_command(RELOADABLE, "puppet", "running", timeout=77)
+
+
+def test_the_reload_plan_is_a_valid_chain():
+    needs = reload_plan().needs()  # raises if a step needs a later or unknown step
+    assert list(needs) == RELOAD_KEYS
+    assert [needs[k] for k in RELOAD_KEYS] == [()] + [(k,) for k in RELOAD_KEYS[:-1]]
+
+
+def test_without_the_agent_running_the_reload_plan_has_no_service_steps():
+    facts = facts_for(PUPPET6, active=(SERVER,), inactive=("puppet",), reloadable=(SERVER,))
+    plan = reload_plan(facts)
+    assert plan.path == "reload" and plan.stopped_services == ("puppet",)
+    assert keys(plan) == [k for k in RELOAD_KEYS if k not in ("stop:puppet", "start:puppet")]
+    plan.needs()
+
+
+# --- 2. every fallback to the restart path, and why ---------------------------------------------
+
+def _no_reload_step(plan) -> None:
+    assert plan.path == "restart"
+    assert not [s for s in plan.steps if s.opens_window or s.key.startswith("reload:")]
+    assert "--force" not in step(plan, "generate").command
+
+
+def test_restart_forces_the_stop_start_plan():
+    plan = reload_plan(restart=True)
+    _no_reload_step(plan)
+    assert plan.path_why == "--restart"
+    # Exactly the plan of a master whose unit cannot reload: the generation's documented procedure.
+    assert plan.steps == build_plan(RECORDED, ALT).steps
+    assert f"stop:{SERVER}" in keys(plan) and f"start:{SERVER}" in keys(plan)
+
+
+def test_a_unit_that_cannot_reload_falls_back():
+    plan = build_plan(RECORDED, ALT)
+    _no_reload_step(plan)
+    assert plan.path_why == f"the {SERVER} unit cannot reload (no ExecReload)"
+
+
+def test_another_generations_server_in_reloadable_does_not_count():
+    plan = build_plan(dataclasses.replace(RECORDED, reloadable=("pe-puppetserver",)), ALT)
+    _no_reload_step(plan)
+    assert plan.path_why == f"the {SERVER} unit cannot reload (no ExecReload)"
+
+
+def test_a_server_that_is_not_running_falls_back():
+    facts = facts_for(PUPPET6, active=("puppet",), inactive=(SERVER,), reloadable=(SERVER,))
+    assert not facts.server_reloads
+    plan = build_plan(facts, ALT)
+    _no_reload_step(plan)
+    assert plan.path_why == f"{SERVER} is not running"
+    assert "wait-server" not in keys(plan) and f"start:{SERVER}" not in keys(plan)
+
+
+@pytest.mark.parametrize("flavor", [PE37, PE2016, PUPPET5, PE2019], ids=lambda f: f.name)
+def test_generations_that_read_a_new_cert_only_on_a_start_fall_back(flavor):
+    facts = facts_for(flavor, reloadable=SERVER_SERVICES)  # even with every server unit able to reload
+    assert not facts.server_reloads
+    plan = build_plan(facts, ALT)
+    _no_reload_step(plan)
+    assert plan.path_why == f"{flavor.title} reads a new cert only on a start"
+    assert plan.steps == build_plan(facts_for(flavor), ALT).steps
+
+
+# --- 3. the journal rebuilds the path the run took ----------------------------------------------
+
+def _journal_text(facts, job=None, **head_changes) -> str:
+    head = json.loads(Journal(RUN_ID, facts, ALT, BACKUP, "/local/b.tar.gz",
+                              **({} if job is None else {"job": job})).header())
+    for key, value in head_changes.items():
+        head["facts"][key] = value
+    return json.dumps(head) + "\n"
+
+
+def _rebuilt(text: str):
+    journal = parse_journal(PATH, text)
+    return journal, RegenJob(FakeRemote(), Events()).plan(journal)
+
+
+@pytest.mark.parametrize("restart, path", [(False, "reload"), (True, "restart")])
+def test_the_journal_rebuilds_the_same_path(restart, path):
+    ran = reload_plan(restart=restart)
+    journal, rebuilt = _rebuilt(_journal_text(RELOADABLE, {"restart": restart}))
+    assert journal.facts.reloadable == (SERVER,) and journal.job == {"restart": restart}
+    assert rebuilt.path == ran.path == path
+    assert rebuilt.steps == ran.steps
+
+
+def test_restart_must_be_recorded_as_true_to_count():
+    _, rebuilt = _rebuilt(_journal_text(RELOADABLE, {"restart": "yes"}))
+    assert rebuilt.path == "reload"
+
+
+def test_a_journal_of_an_older_pe_remote_resumes_on_the_restart_path():
+    # No `reloadable` in its facts and no job: that version only knew the stop/start procedure.
+    head = json.loads(_journal_text(RELOADABLE))
+    del head["facts"]["reloadable"]
+    del head["job"]
+    journal, rebuilt = _rebuilt(json.dumps(head) + "\n")
+    assert journal.facts.reloadable == () and rebuilt.path == "restart"
+    assert rebuilt.steps == build_plan(RECORDED, ALT).steps
+
+
+def test_unknown_names_in_the_journals_reloadable_are_dropped():
+    text = _journal_text(RECORDED, {"restart": False},
+                         reloadable=["$(reboot)", "sshd", SERVER, "puppetserver.service", "pe-puppetserver"])
+    journal, rebuilt = _rebuilt(text)
+    assert journal.facts.reloadable == (SERVER, "pe-puppetserver")
+    assert rebuilt.path == "reload"
+    only_unknown = _journal_text(RECORDED, {"restart": False}, reloadable=["sshd", "puppetserver "])
+    assert _rebuilt(only_unknown)[1].path == "restart"
+
+
+# --- 4. discovery's reloadable section ----------------------------------------------------------
+
+def _with_reloadable(*lines: str) -> str:
+    assert "==> reloadable <==" not in OSS7
+    return OSS7.rstrip("\n") + "\n==> reloadable <==\n" + "".join(line + "\n" for line in lines)
+
+
+def test_a_known_server_unit_that_can_reload_is_kept():
+    facts = parse_discovery(_with_reloadable(SERVER))
+    assert facts.reloadable == (SERVER,) and facts.server_reloads
+    assert build_plan(facts, ALT).path == "reload"
+
+
+def test_unknown_or_hostile_names_in_the_reloadable_section_are_dropped():
+    facts = parse_discovery(_with_reloadable("sshd", "$(touch /tmp/PWNED)", f"{SERVER}; reboot",
+                                             f"{SERVER}.service", "", f"  {SERVER}  ", "pe-puppetserver"))
+    assert facts.reloadable == (SERVER, "pe-puppetserver")
+    only_hostile = parse_discovery(_with_reloadable("sshd", f"{SERVER};reboot"))
+    assert only_hostile.reloadable == () and not only_hostile.server_reloads
+
+
+def test_no_reloadable_section_means_nothing_reloads():
+    facts = parse_discovery(OSS7)  # no systemd (the section is empty) or an older discovery script
+    assert facts.reloadable == () and build_plan(facts, ALT).path == "restart"
+
+
+# --- 5. the executor opens the window at the reload, not at the agent's stop --------------------
+
+DONE = "==> rc <==\n0\n==> check <==\n0\n"  # what a step that ran and passed its check prints
+TICKS = dict(zip(RELOAD_KEYS, (1, 2, 4, 8, 16, 32, 64, 128)))
+
+
+def test_the_window_opens_at_the_reload_step(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(executor.time, "monotonic", clock.monotonic)
+    plan = reload_plan()
+    scripts = {executor.step_script(s, None): s.key for s in plan.steps}
+    ran: list[str] = []
+
+    def respond(command, index, kwargs):
+        key = scripts[command]  # the plan's own step, unchanged
+        ran.append(key)
+        clock.now += TICKS[key]
+        return Result(DONE)
+
+    seen: list[tuple[str, str | None]] = []
+    events = Events(lambda e: seen.append((e.name, e.data.get("key"))))
+    run = executor.execute(FakeRemote(respond), plan, QuietConsole(), events=events)
+    assert ran == RELOAD_KEYS
+    started = [key for name, key in seen if name == "step-started"]
+    assert started == RELOAD_KEYS
+    opened = [i for i, (name, _) in enumerate(seen) if name == "window-opened"]
+    assert len(opened) == 1
+    assert seen[opened[0] - 1] == ("step-started", f"reload:{SERVER}")
+    # The agent's stop and the whole cert work are before the window: it lasts the reload and the wait.
+    assert run.downtime_started == 1000 + 1 + 2 + 4 + 8 + 16
+    assert run.downtime == TICKS[f"reload:{SERVER}"] + TICKS["wait-server"]
+    assert ("window-closed", None) in seen
+
+
+def test_the_restart_path_still_opens_the_window_at_its_first_stop(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(executor.time, "monotonic", clock.monotonic)
+    plan = reload_plan(restart=True)
+    run = executor.execute(FakeRemote(lambda *a: Result(DONE)), plan,
+                           QuietConsole(), events=Events())
+    assert keys(plan)[1].startswith("stop:") and not any(s.opens_window for s in plan.steps)
+    assert run.downtime_started == 1000.0  # the clock did not move: opened at a step's start, not None
+
+
+# --- 6. with_ca_frozen, for real on a CA-like folder ---------------------------------------------
+
+NOBODY = "65534:65534"
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="chown to other owners needs root")
+
+
+def _ca(tmp_path: Path) -> Path:
+    ca = tmp_path / "ca"
+    (ca / "signed").mkdir(parents=True)
+    (ca / "requests").mkdir()
+    for name in ("serial", "inventory.txt", "ca_crl.pem"):
+        (ca / name).write_text(name + "\n")
+    (ca / "signed" / "other.pem").write_text("x\n")  # a file inside: not frozen, not touched
+    subprocess.run(["chown", "-R", NOBODY, str(ca)], check=True)
+    return ca
+
+
+def _owner(path: Path) -> str:
+    st = os.lstat(path)
+    return f"{st.st_uid}:{st.st_gid}"
+
+
+def _frozen_paths(ca: Path) -> list[Path]:
+    return [ca, ca / "signed", ca / "requests", ca / "serial", ca / "inventory.txt", ca / "ca_crl.pem"]
+
+
+def _run(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30,
+                          stdin=subprocess.DEVNULL)
+
+
+def _recorder(ca: Path, out: Path, status: int) -> str:
+    """A command (one process, as the plan's generate is) that records the owners it sees, then exits."""
+    inner = f'stat -c %u:%g "$1/serial" "$1/signed" "$1/requests" "$1" > "$2"; exit {status}'
+    return shlex.join(["sh", "-c", inner, "sh", str(ca), str(out)])
+
+
+@root_only
+def test_a_failing_command_runs_frozen_and_every_owner_comes_back(tmp_path):
+    ca = _ca(tmp_path)
+    out = tmp_path / "seen"
+    proc = _run(sh.with_ca_frozen(str(ca), _recorder(ca, out, 3)))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert out.read_text().split() == ["0:0"] * 4  # while the command ran, all of it belonged to root
+    assert {p.name: _owner(p) for p in _frozen_paths(ca)} == {p.name: NOBODY for p in _frozen_paths(ca)}
+    assert _owner(ca / "signed" / "other.pem") == NOBODY
+
+
+@root_only
+def test_a_succeeding_command_exits_0_and_every_owner_comes_back(tmp_path):
+    ca = _ca(tmp_path)
+    out = tmp_path / "seen"
+    proc = _run(sh.with_ca_frozen(str(ca), _recorder(ca, out, 0)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert out.read_text().split() == ["0:0"] * 4
+    assert all(_owner(p) == NOBODY for p in _frozen_paths(ca))
+
+
+@root_only
+def test_each_path_gets_its_own_owner_back(tmp_path):
+    ca = _ca(tmp_path)
+    owners = {ca: "0:0", ca / "signed": "101:102", ca / "requests": "201:202", ca / "serial": "301:302",
+              ca / "inventory.txt": "401:402", ca / "ca_crl.pem": NOBODY}
+    for path, owner in owners.items():
+        os.chown(path, *map(int, owner.split(":")))
+    proc = _run(sh.with_ca_frozen(str(ca), "true"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {str(p): _owner(p) for p in owners} == {str(p): o for p, o in owners.items()}
+
+
+@root_only
+def test_files_the_ca_does_not_have_are_skipped(tmp_path):
+    ca = _ca(tmp_path)  # no infra_crl.pem, infra_inventory.txt, infra_serials
+    proc = _run(sh.with_ca_frozen(str(ca), _recorder(ca, tmp_path / "seen", 0)))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stdout + proc.stderr
+    for name in ("infra_crl.pem", "infra_inventory.txt", "infra_serials"):
+        assert not os.path.lexists(ca / name)
+    assert all(_owner(p) == NOBODY for p in _frozen_paths(ca))
+
+
+def test_no_ca_folder_means_the_command_never_runs(tmp_path):
+    marker = tmp_path / "ran"
+    proc = _run(sh.with_ca_frozen(str(tmp_path / "missing"), f"touch {shlex.quote(str(marker))}"))
+    assert proc.returncode == 1 and "no CA folder to freeze" in proc.stdout
+    assert not marker.exists()
+
+
+@root_only
+def test_a_command_that_exits_the_shell_still_thaws(tmp_path):
+    ca = _ca(tmp_path)
+    proc = _run(sh.with_ca_frozen(str(ca), "false; exit 3"))
+    assert proc.returncode == 3
+    assert all(_owner(p) == NOBODY for p in _frozen_paths(ca))
+
+
+# --- 7. ca_endpoint_clean against a fake curl ------------------------------------------------------
+
+HOSTILE = "x'y$(touch PWNED1)`touch PWNED2`;touch PWNED3 \"z\n"
+
+
+def _fake_curl(tmp_path: Path, code: str) -> dict:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    curl = bin_dir / "curl"
+    curl.write_text("#!/bin/sh\nprintf '%s\\0' \"$@\" > \"$ARGV_FILE\"\nprintf %s \"$FAKE_CODE\"\n")
+    curl.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ARGV_FILE": str(tmp_path / "argv"),
+            "FAKE_CODE": code}
+
+
+def _clean(tmp_path: Path, certname: str, code: str, fallback: str = "echo FALLBACK"):
+    env = _fake_curl(tmp_path, code)
+    command = sh.ca_endpoint_clean(certname, "/ssl/certs/m.pem", "/ssl/private_keys/m.pem", "/ssl/certs/ca.pem",
+                                   fallback)
+    proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30, env=env,
+                          cwd=tmp_path, stdin=subprocess.DEVNULL)
+    argv = (tmp_path / "argv").read_text().split("\0")[:-1]
+    return proc, argv
+
+
+def test_a_hostile_certname_reaches_curl_as_data_only(tmp_path):
+    proc, argv = _clean(tmp_path, HOSTILE, "200")
+    assert proc.returncode == 0, proc.stderr
+    assert not list(tmp_path.glob("PWNED*"))
+    assert argv[argv.index("--resolve") + 1] == f"{HOSTILE}:8140:127.0.0.1"
+    assert argv[-1] == f"https://{HOSTILE}:8140/puppet-ca/v1/clean"
+    assert json.loads(argv[argv.index("--data") + 1]) == {"certnames": [HOSTILE]}
+    assert argv[argv.index("-X") + 1] == "PUT"
+    assert [argv[argv.index(flag) + 1] for flag in ("--cacert", "--cert", "--key")] == \
+        ["/ssl/certs/ca.pem", "/ssl/certs/m.pem", "/ssl/private_keys/m.pem"]
+
+
+def test_the_certname_is_one_quoted_word_in_the_command():
+    command = sh.ca_endpoint_clean(HOSTILE, "/c", "/k", "/ca", "true")
+    # The command substitution holds curl's argv, every value a quoted word: shlex reads each back whole.
+    assert command.startswith("code=$(curl ")
+    inner = command[len("code=$("):command.index("); if [")]
+    assert shlex.split(inner) == [
+        "curl", "-s", "--max-time", "60", "-o", "/dev/null", "-w", "%{http_code}",
+        "--resolve", f"{HOSTILE}:8140:127.0.0.1", "--cacert", "/ca", "--cert", "/c", "--key", "/k", "-X", "PUT",
+        "-H", "Content-Type: application/json", "--data", json.dumps({"certnames": [HOSTILE]}),
+        f"https://{HOSTILE}:8140/puppet-ca/v1/clean"]
+
+
+@pytest.mark.parametrize("code, falls_back", [("200", False), ("404", True), ("403", True), ("000", True),
+                                              ("2000", True)])
+def test_the_cli_runs_only_when_the_endpoint_did_not_answer_200(tmp_path, code, falls_back):
+    proc, _ = _clean(tmp_path, RECORDED.certname, code)
+    assert proc.returncode == 0
+    assert ("FALLBACK" in proc.stdout) is falls_back, proc.stdout
+    if falls_back:
+        assert f"answered HTTP {code}" in proc.stdout
+    else:
+        assert "cleaned through the CA endpoint" in proc.stdout
+
+
+def test_a_failing_fallback_is_the_clean_commands_failure(tmp_path):
+    proc, _ = _clean(tmp_path, RECORDED.certname, "404", fallback="echo FALLBACK; false")
+    assert "FALLBACK" in proc.stdout and proc.returncode == 1
+
+
+# --- 8. the shown plan names its path ---------------------------------------------------------
+
+def _path_line(plan) -> str:
+    lines = [line.strip() for line in render_plan(plan, "tar ...", "m").splitlines()
+             if line.strip().startswith("path: ")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_the_shown_plan_names_the_reload_path_and_why():
+    plan = reload_plan()
+    assert _path_line(plan) == f"path: reload ({plan.path_why})"
+    assert plan.path_why.startswith(f"{SERVER} keeps serving the old cert until it reloads")
+    assert "$ systemctl reload --no-block puppetserver.service" in render_plan(plan, "tar ...", "m")
+
+
+def test_the_shown_plan_names_a_forced_restart():
+    assert _path_line(reload_plan(restart=True)) == "path: restart (--restart)"
+    assert _path_line(build_plan(RECORDED, ALT)) == f"path: restart (the {SERVER} unit cannot reload (no ExecReload))"
+
+
+def test_the_default_server_timeout_is_the_library_default():
+    assert step(reload_plan(), "wait-server").timeout == SERVER_READY_TIMEOUT + 60
