@@ -25,8 +25,8 @@ INTRUDER = "intruder.pe-remote.test"
 
 def _owners(master) -> str:
     cadir = master.flavor.cadir
-    paths = [f"{cadir}/{name}".rstrip("/") for name in CA_WRITABLE]
-    return master.check(f"for p in {join(paths)}; do [ ! -e \"$p\" ] || stat -c '%U:%G %n' \"$p\"; done")
+    paths = [cadir] + [f"{cadir}/{name}" for name in CA_WRITABLE]
+    return master.check(f"for p in {join(paths)}; do [ ! -e \"$p\" ] || stat -c '%a %U:%G %n' \"$p\"; done")
 
 
 def _submit_csr() -> str:
@@ -43,17 +43,20 @@ def test_while_the_ca_is_frozen_the_running_ca_writes_nothing(staging_master):
     master = staging_master
     cadir = master.flavor.cadir
     owners = _owners(master)
-    assert ":root" not in owners.split()[0], owners  # the CA's folder belongs to the CA's user
+    assert "root:" not in owners, owners  # the CA's files belong to the CA's user
     # In the frozen window: a CSR from an agent (the CA would write requests/), and the CA's own user
-    # appending to its serial counter and inventory directly.
+    # appending to its serial counter, replacing it as the service writes files (a temporary file renamed
+    # over it), and creating a signed cert.
+    replace = f"echo 99 > {cadir}/serial.tmp && mv {cadir}/serial.tmp {cadir}/serial"
     attempt = (f"{_submit_csr()}; runuser -u puppet -- sh -c {join([f'echo x >> {cadir}/serial'])} 2>&1; "
-               f"echo serial $?; runuser -u puppet -- sh -c {join([f'touch {cadir}/signed/{INTRUDER}.pem'])} 2>&1; "
-               "echo signed $?")
+               f"echo serial $?; runuser -u puppet -- sh -c {join([replace])} 2>&1; echo replace $?; "
+               f"rm -f {cadir}/serial.tmp; "
+               f"runuser -u puppet -- sh -c {join([f'touch {cadir}/signed/{INTRUDER}.pem'])} 2>&1; echo signed $?")
     code, out = master.exec(with_ca_frozen(cadir, attempt))
     assert code == 0, out
     csr = next(line for line in out.splitlines() if line.startswith("csr "))
     assert csr != "csr 200", out  # refused: the CA could not write the request
-    assert "serial 0" not in out and "signed 0" not in out, out
+    assert "serial 0" not in out and "replace 0" not in out and "signed 0" not in out, out
     assert "Permission denied" in out, out
     assert _owners(master) == owners
     assert master.exec(f"test -e {cadir}/requests/{INTRUDER}.pem")[0] != 0

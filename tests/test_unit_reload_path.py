@@ -293,6 +293,7 @@ def _ca(tmp_path: Path) -> Path:
         (ca / name).write_text(name + "\n")
     (ca / "signed" / "other.pem").write_text("x\n")  # a file inside: not frozen, not touched
     subprocess.run(["chown", "-R", NOBODY, str(ca)], check=True)
+    subprocess.run(["chmod", "-R", "go-w", str(ca)], check=True)
     return ca
 
 
@@ -322,7 +323,8 @@ def test_a_failing_command_runs_frozen_and_every_owner_comes_back(tmp_path):
     out = tmp_path / "seen"
     proc = _run(sh.with_ca_frozen(str(ca), _recorder(ca, out, 3)))
     assert proc.returncode == 3, proc.stdout + proc.stderr
-    assert out.read_text().split() == ["0:0"] * 4  # while the command ran, all of it belonged to root
+    # While the command ran, all of it belonged to root, its group kept (the CA service still reads it).
+    assert out.read_text().split() == ["0:65534"] * 4
     assert {p.name: _owner(p) for p in _frozen_paths(ca)} == {p.name: NOBODY for p in _frozen_paths(ca)}
     assert _owner(ca / "signed" / "other.pem") == NOBODY
 
@@ -333,7 +335,18 @@ def test_a_succeeding_command_exits_0_and_every_owner_comes_back(tmp_path):
     out = tmp_path / "seen"
     proc = _run(sh.with_ca_frozen(str(ca), _recorder(ca, out, 0)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert out.read_text().split() == ["0:0"] * 4
+    assert out.read_text().split() == ["0:65534"] * 4
+    assert all(_owner(p) == NOBODY for p in _frozen_paths(ca))
+
+
+@root_only
+def test_a_group_writable_path_is_not_frozen_and_the_command_never_runs(tmp_path):
+    ca = _ca(tmp_path)
+    os.chmod(ca / "serial", 0o664)  # the CA's group could still write it: a freeze would prove nothing
+    marker = tmp_path / "ran"
+    proc = _run(sh.with_ca_frozen(str(ca), f"touch {shlex.quote(str(marker))}"))
+    assert proc.returncode == 1 and "writable by its group or by anyone" in proc.stdout, proc.stdout
+    assert not marker.exists()
     assert all(_owner(p) == NOBODY for p in _frozen_paths(ca))
 
 
@@ -463,3 +476,17 @@ def test_the_shown_plan_names_a_forced_restart():
 
 def test_the_default_server_timeout_is_the_library_default():
     assert step(reload_plan(), "wait-server").timeout == SERVER_READY_TIMEOUT + 60
+
+
+@root_only
+def test_the_ca_folder_stays_writable_for_the_services_own_files_but_sticky_and_gets_its_mode_back(tmp_path):
+    ca = _ca(tmp_path)
+    os.chmod(ca, 0o750)
+    out = tmp_path / "seen"
+    inner = 'stat -c "%a %u:%g" "$1" > "$2"'
+    proc = _run(sh.with_ca_frozen(str(ca), shlex.join(["sh", "-c", inner, "sh", str(ca), str(out)])))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Root's, sticky, group-writable: the service (the group) can make and replace its own files there,
+    # never replace or remove a frozen one (Puppet Server 8 rewrites its infra_* files when the folder changes).
+    assert out.read_text().split() == ["1770", "0:65534"]
+    assert oct(os.stat(ca).st_mode & 0o7777) == "0o750" and _owner(ca) == NOBODY

@@ -190,22 +190,32 @@ def ca_endpoint_clean(certname: str, hostcert: str, hostkey: str, localcacert: s
             f"echo \"the CA's clean endpoint answered HTTP $code: cleaning with the CA CLI\"; {fallback}; fi")
 
 
-# The CA's files a running CA service writes when it signs, revokes or takes a request (Puppet 7+ adds
-# the infra_* ones). While they and their folders belong to root alone, the service cannot write any.
-CA_WRITABLE = ("", "signed", "requests", "serial", "inventory.txt", "ca_crl.pem", "infra_crl.pem",
-               "infra_inventory.txt", "infra_serials")
+# The CA's files a running CA service writes when it signs, revokes or takes a request, and that
+# `generate` writes too. While they belong to root, the service cannot write any of them.
+CA_WRITABLE = ("signed", "requests", "serial", "inventory.txt", "ca_crl.pem")
 
 
 def with_ca_frozen(cadir: str, command: str) -> str:
-    """Run `command` while the CA's writable files and folders (CA_WRITABLE) belong to root:root, so the
-    running CA service (user puppet) cannot sign, revoke or take a request meanwhile: `command` (as root)
-    is the only writer of the CA. Every owner is put back afterwards, whatever `command` did."""
-    paths = " ".join(q(f"{cadir}/{name}".rstrip("/")) for name in CA_WRITABLE)
+    """Run `command` while the CA's files that it and a signing, revocation or request would write
+    (CA_WRITABLE) belong to root, so the running CA service (its own user) cannot write any of them:
+    `command` (as root) is their only writer. Their group is kept, so the service still reads them.
+
+    The CA folder itself stays writable by the service's group, but sticky and owned by root: the
+    service may still create and replace ITS OWN files there (Puppet Server 8 rewrites its infra_*
+    files whenever its CA folder changes, and shuts down when it cannot), never replace or remove a
+    frozen one. The freeze refuses to start when a frozen path is group- or world-writable. Every owner,
+    and the folder's mode, are put back afterwards, whatever `command` did."""
+    paths = " ".join(q(f"{cadir}/{name}") for name in CA_WRITABLE)
     # A symlinked path (a cadir elsewhere) is frozen and given back where it points (stat -L, chown).
-    return (f"set --; for p in {paths}; do [ -e \"$p\" ] && set -- \"$@\" \"$(stat -L -c %u:%g \"$p\")\" \"$p\"; done\n"
-            "thaw() { while [ $# -gt 1 ]; do chown \"$1\" \"$2\"; shift 2; done; }\n"
-            "freeze() { while [ $# -gt 1 ]; do chown 0:0 \"$2\" || return 1; shift 2; done; }\n"
-            "if [ $# -eq 0 ]; then echo 'no CA folder to freeze'; exit 1; fi\n"
+    return (f"CAD={q(cadir)}; [ -d \"$CAD\" ] || {{ echo 'no CA folder to freeze'; exit 1; }}\n"
+            "MODE=$(stat -L -c %a \"$CAD\"); set -- \"$(stat -L -c %u:%g \"$CAD\")\" \"$CAD\"\n"
+            f"for p in {paths}; do [ -e \"$p\" ] && set -- \"$@\" \"$(stat -L -c %u:%g \"$p\")\" \"$p\"; done\n"
+            "thaw() { chmod \"$MODE\" \"$CAD\"; while [ $# -gt 1 ]; do chown \"$1\" \"$2\"; shift 2; done; }\n"
+            "freeze() { shift 2; while [ $# -gt 1 ]; do\n"
+            "  if [ -n \"$(find -L \"$2\" -maxdepth 0 -perm /022)\" ]; then\n"
+            "    echo \"$2 is writable by its group or by anyone: it cannot be frozen to its owner\"; return 1; fi\n"
+            "  chown 0 \"$2\" || return 1; shift 2; done\n"
+            "  chown 0 \"$CAD\" && chmod g+w,+t \"$CAD\"; }\n"
             "if freeze \"$@\"; then\n"
             # In a subshell: whatever `command` does (an `exit` included), the owners are given back.
             f"  ( {command}\n  )\n"
