@@ -140,7 +140,7 @@ def test_server_refusing_the_new_key_rolls_back(fresh_master, tmp_path):
         master.check("mkdir -p /etc/systemd/system/puppetserver.service.d && printf '%s' "
                      f"{join([BREAK_KEY_ON_RELOAD.format(key=key)])} "
                      "> /etc/systemd/system/puppetserver.service.d/break-key.conf && systemctl daemon-reload")
-        proc = run_cli("fab", *_regen_args(master, tmp_path, "--server-timeout", "60"))
+        proc = run_cli("fab", *_regen_args(master, tmp_path, "--server-timeout", "30"))
         out = proc.stdout + proc.stderr
         assert "Reload puppetserver" in out, out
     else:

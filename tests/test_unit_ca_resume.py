@@ -21,7 +21,7 @@ from pe_remote.errors import InputError, JournalDamaged, Refused, RolledBack
 from pe_remote.journal import Journal, event, new_run_id, parse_journal
 from pe_remote.report import RunReport
 from test_unit_backup_verify import RECORDED
-from test_unit_crl import NEW, OLD, raw
+from test_unit_crl import NEW, OLD, Master, raw
 from test_unit_extend_ca import OLD as OLD_BUNDLE, ca_raw
 
 BACKUP = RemoteBackup("/root/pe-remote-backups/20261204T100000Z-master-ssl.tar.gz", "b" * 64, 1)
@@ -31,21 +31,6 @@ def _journal_text(task: str, job: dict, done=(), *, facts=RECORDED) -> tuple[str
     journal = Journal(new_run_id(facts.certname), facts, (), BACKUP, "/tmp/b.tar.gz", task=task, job=job)
     lines = [journal.header()] + [event("end", step=key) for key in done]
     return journal.remote_path, "\n".join(lines) + "\n"
-
-
-class Master:
-    commands_run = 0
-    target = types.SimpleNamespace(label="m", backup_dir="backups")
-
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-
-    def hold(self, command):
-        return "==> lock-held <==", types.SimpleNamespace(close=lambda: None)
-
-    def run(self, command, *, check=True, timeout=None):
-        self.commands.append(command)
-        return types.SimpleNamespace(ok=True, stdout="", exit_status=0)
 
 
 @pytest.fixture
