@@ -167,6 +167,7 @@ class ReportWriter:
             report.flavor, report.certname = facts.flavor.name, facts.certname
             report.alt_names = list(data["alt_names"])
             report.old_cert = RunReport.cert_dict(facts.cert)
+            report.path = data["plan"].path
         elif event.name == "journal-started":
             journal = data["journal"]
             report.run_id = journal.run_id

@@ -52,7 +52,8 @@ class Plan:
     skipped_services: tuple[str, ...]  # in the procedure but not on this host
     stopped_services: tuple[str, ...]  # on the host, already stopped: left stopped
     dropped_sans: tuple[str, ...]  # in the current cert but not in the new one
-    path: str = "restart"  # "reload": the server reads the new cert on a reload; "restart": stop/start
+    # regen: "reload" (the server reads the new cert on a reload) or "restart" (stop/start); None elsewhere.
+    path: str | None = None
     path_why: str = ""  # why this path, for the plan shown
 
     @property

@@ -56,6 +56,7 @@ class RunReport:
     downtime_seconds: float | None = None
     remote_commands: int = 0
     run_id: str | None = None
+    path: str | None = None  # regen: "reload" or "restart" (plan.path)
 
     @staticmethod
     def cert_dict(cert) -> dict | None:
@@ -82,6 +83,7 @@ class RunReport:
             "backup": self.backup,
             "steps": [s.as_dict() for s in self.steps],
             "downtime_seconds": self.downtime_seconds,
+            "path": self.path,
             "remote_commands": self.remote_commands,
         }
 

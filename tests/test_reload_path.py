@@ -82,11 +82,14 @@ def test_a_server_that_cannot_reload_takes_the_restart_path_and_restart_forces_i
     master.check("mkdir -p /etc/systemd/system/puppetserver.service.d && printf '[Service]\\nExecReload=\\n' "
                  "> /etc/systemd/system/puppetserver.service.d/no-reload.conf && systemctl daemon-reload && "
                  "systemctl show -p CanReload puppetserver | grep -qx CanReload=no")
+    dry = run_cli("fab", *fab_target_args(master), "regen", "--dry-run", "--known-hosts", str(master.known_hosts_path))
+    assert "path: restart (the puppetserver unit cannot reload" in dry.stdout, describe(dry)
     old = _cert_facts(master)
     proc = run_cli("fab", *_regen_args(master, tmp_path, "--report", str(tmp_path / "r.json")))
     assert proc.returncode == 0, describe(proc)
-    assert "path: restart (the puppetserver unit cannot reload" in proc.stdout, describe(proc)
-    keys = [step["key"] for step in json.loads((tmp_path / "r.json").read_text())["steps"]]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["path"] == "restart", report
+    keys = [step["key"] for step in report["steps"]]
     assert "stop:puppetserver" in keys and "start:puppetserver" in keys and not any(k.startswith("reload:") for k in keys)
     new = _cert_facts(master)
     assert new["serial"] != old["serial"]
