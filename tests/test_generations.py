@@ -97,7 +97,7 @@ def test_regen_then_restore_its_backup(fresh_master, tmp_path, measured):
     # The downtime beside a bare restart of the same services on the same master (printed; the
     # benchmark compares them properly). Loose bound: regen's window is a restart plus the cert work.
     bare = _bare_restart_seconds(master)
-    measured(f"{layout.name}: regen downtime {downtime:.1f} s ({report["path"]} path: its window until 8140 serves the new cert); "
+    measured(f"{layout.name}: regen downtime {downtime:.1f} s ({report['path']} path: its window until 8140 serves the new cert); "
              f"bare stop-then-start of the same services on the same master {bare:.1f} s ({downtime / bare:.2f}x)")
     assert downtime < bare + 30, (downtime, bare)
 
