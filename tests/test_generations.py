@@ -25,7 +25,7 @@ from pe_remote.commands.shell import join
 from pe_remote.flavors import FLAVORS
 from pe_remote.testing.master import serving_check
 from conftest import finish as _finish
-from test_faults import _fab_until, _regen_args, assert_backup_intact, assert_serves
+from test_faults import RELOADS, _fab_until, _regen_args, assert_backup_intact, assert_serves
 from test_regen_pe37 import _cert_facts
 
 pytestmark = pytest.mark.container
@@ -115,9 +115,6 @@ def _bare_restart_seconds(master) -> float:
     t0, t1 = master.check(script).split()[-2:]
     return float(t1) - float(t0)
 
-
-# Puppet Server 7 and 8 read the new cert on a reload (regen's reload path), the others on a start.
-RELOADS = {"oss7", "oss8"}
 
 # Test setup for the reload path's fault, not a stand-in for Puppet: the unit's reload, as Debian ships
 # it (mark the restart pending, SIGHUP, wait for it), first puts a key the server cannot use in place.
