@@ -51,7 +51,7 @@ def test_a_journal_the_master_no_longer_matches_is_not_resumed_nor_rolled_back(f
     assert master.check("systemctl is-active " + services).split() == ["active"] * len(master.flavor.services)
 
     # --abandon closes it, touching nothing else; then a new regen runs normally.
-    run_id = re.search(r"--abandon (\S+)", proc.stderr)[1].rstrip(".,")
+    run_id = re.search(r"--abandon ([0-9TZ]{16}-[a-z0-9.-]+[a-z0-9])", proc.stderr)[1]
     after_refusal = master.ssl_checksums()
     proc = run_cli("fab", *_regen_args(master, tmp_path, "--abandon", run_id))
     assert proc.returncode == 0, describe(proc)
