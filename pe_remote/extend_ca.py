@@ -35,9 +35,9 @@ from pe_remote.inventory import Target
 from pe_remote.events import Events, Listener
 from pe_remote.events import run_job
 from pe_remote.inplace import (change_and_prove, decode_record, encode_record, recorded_number, refuse_unless_ca,
-                               show_plan, unfinished)
+                               show_plan)
 from pe_remote.journal import Journal
-from pe_remote.runs import Proof, Unfinished, resume_advice
+from pe_remote.runs import Proof, Unfinished, resume_advice, unfinished
 from pe_remote.names import printable
 from pe_remote.plan import Plan, Step
 from pe_remote.report import RunReport

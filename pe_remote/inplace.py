@@ -25,20 +25,6 @@ def refuse_unless_ca(facts: MasterFacts, label: str, task: str) -> None:
                       "master")
 
 
-def unfinished(remote, facts: MasterFacts, job: runs.Job, console, events: Events, options: runs.Unfinished,
-               *, dry_run: bool) -> runs.Continued | None:
-    """An unfinished run on the master: this job's is resumed, rolled back or closed (`options`); another
-    job's is refused (finish it first). None when there is none (and then `options` must be empty)."""
-    label = remote.target.label
-    if not facts.unfinished_journals:
-        runs.refuse_options_without_run(label, rollback=options.rollback, abandon=options.abandon,
-                                        run_id=options.run_id)
-        return None
-    journal = runs.chosen_journal(facts, options.run_id, label, job.task)
-    return runs.continue_unfinished(remote, journal, job, console, events, rollback=options.rollback,
-                                    abandon=options.abandon, dry_run=dry_run)
-
-
 def show_plan(console, events: Events, facts: MasterFacts, plan: Plan, lines: list[str], *, dry_run: bool) -> bool:
     """Say what the job will do: `lines`, then the backup and every step's command and check (detail on
     a real run, the point of a dry run). True for a dry run: the caller stops there."""

@@ -113,16 +113,14 @@ def _regen(remote, options: RegenOptions, console: Console, events: Events) -> R
     events.emit("discovery-finished", facts=facts)
     label = remote.target.label
     job = RegenJob(remote, events, options.server_timeout)
-    if facts.unfinished_journals:
-        journal = runs.chosen_journal(facts, options.run_id, label, "regen")
-        continued = runs.continue_unfinished(remote, journal, job, console, events, rollback=options.rollback,
-                                             abandon=options.abandon, dry_run=options.dry_run)
+    continued = runs.unfinished(remote, facts, job, console, events,
+                                runs.Unfinished(options.rollback, options.abandon, options.run_id),
+                                dry_run=options.dry_run)
+    if continued:
         if continued.outcome != "ok":
             return RegenResult(continued.journal.facts, continued.plan, continued.outcome,
                                commands_run=remote.commands_run)
         return _done(remote, continued.plan, continued.journal, continued.execution, job, console, started)
-    runs.refuse_options_without_run(label, rollback=options.rollback, abandon=options.abandon,
-                                    run_id=options.run_id)
     alt_names = choose_alt_names(facts.certname, facts.dns_alt_names,
                                  sans_to_names(facts.certname, facts.cert.sans) if facts.cert else (),
                                  options.alt_names, options.drop_alt_names)
@@ -205,12 +203,6 @@ def _done(remote, plan: Plan, journal: Journal, execution: Execution, job: Regen
     console.notice(f"Regenerated {facts.certname}: serial {result.old_serial} -> {result.new_serial}; "
                    f"downtime {downtime}; {result.commands_run} remote commands; backup {journal.local_backup}")
     return result
-
-
-def rollback(remote, journal: Journal, console: Console, *, reason: str, events: Events | None = None) -> None:
-    """Put a regen run's backup back and prove the old cert is served again; always raises."""
-    job = RegenJob(remote, events or Events())
-    runs.roll_back(remote, journal, job.proof(journal, job.plan(journal)), console, reason=reason, events=events)
 
 
 def backup_only(remote, backup_dir: str, console: Console, flavor: str | None = None) -> Backup:

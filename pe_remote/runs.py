@@ -225,6 +225,20 @@ def refuse_options_without_run(label: str, *, rollback: bool, abandon: bool, run
                          f"{'roll back' if rollback else 'abandon' if abandon else 'resume'}")
 
 
+def unfinished(remote, facts: MasterFacts, job: Job, console, events: Events, options: Unfinished,
+               *, dry_run: bool) -> Continued | None:
+    """An unfinished run on the master: this job's is resumed, rolled back or closed (`options`); another
+    job's is refused (finish it first). None when there is none (and then `options` must be empty)."""
+    label = remote.target.label
+    if not facts.unfinished_journals:
+        refuse_options_without_run(label, rollback=options.rollback, abandon=options.abandon,
+                                   run_id=options.run_id)
+        return None
+    journal = chosen_journal(facts, options.run_id, label, job.task)
+    return continue_unfinished(remote, journal, job, console, events, rollback=options.rollback,
+                               abandon=options.abandon, dry_run=dry_run)
+
+
 def continue_unfinished(remote, journal: Journal, job: Job, console, events: Events, *, rollback: bool = False,
                         abandon: bool = False, dry_run: bool = False) -> Continued:
     """Resume `journal`'s run from its first step not done, or roll it back, or close it as abandoned."""

@@ -482,7 +482,10 @@ def _rollback(tmp_path, remote, journal=None):
     events = Events(ReportWriter(RunReport("m")))
     console = QuietConsole()
     with pytest.raises(PeRemoteError) as info:
-        regen.rollback(remote, journal or _journal(tmp_path), console, reason="step 'x' failed: boom", events=events)
+        journal = journal or _journal(tmp_path)
+        job = regen.RegenJob(remote, events)
+        runs.roll_back(remote, journal, job.proof(journal, job.plan(journal)), console,
+                       reason="step 'x' failed: boom", events=events)
     return info.value, events, console
 
 
