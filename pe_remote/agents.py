@@ -10,14 +10,13 @@ never an exception: the caller raises `AgentsNotUpdated` when any row failed.
 from __future__ import annotations
 
 import base64
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from pe_remote.commands import agents as commands
 from pe_remote.commands import sections as protocol
-from pe_remote.commands.certs import issued_by, pem_blocks
+from pe_remote.commands.certs import issued_by, pem_blocks, sha256_hex
 from pe_remote.discovery import path_problem
 from pe_remote.errors import InputError, InvalidName, PeRemoteError
 from pe_remote.fleet import DEFAULT_PARALLEL, run_parallel
@@ -123,7 +122,7 @@ def _push_one(remote, bundle: bytes, now: datetime) -> AgentPush:
     if facts.cert and not issued_by(facts.cert, bundle):
         return AgentPush(label, FAILED, error=f"its cert {facts.certname} is not signed by this CA; nothing changed")
     aside = aside_path(facts.ssldir, now)
-    old_sha, new_sha = _sha256(facts.ca), _sha256(bundle)
+    old_sha, new_sha = sha256_hex(facts.ca), sha256_hex(bundle)
     try:
         found = protocol.split(remote.run(commands.replace_ca_bundle(facts.ssldir, base64.b64encode(bundle).decode(),
                                                                      aside), check=False).stdout)
@@ -165,7 +164,3 @@ def agent_targets(spec: str | None, resolve: Callable[[str], Target]) -> list[Ta
         # An alias and its address are one agent: two pushes at once to it would race on ca.pem.
         targets.setdefault((target.address, target.port), target)
     return list(targets.values())
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

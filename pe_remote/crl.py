@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pe_remote.backup import Backup
 from pe_remote.commands import crl as commands
 from pe_remote.commands import sections as protocol
-from pe_remote.commands.certs import CrlInfo, read_crls
+from pe_remote.commands.certs import CrlInfo, read_crls, sha256_hex
 from pe_remote.commands.steps import reload_service, same_files, server_ready_check, service_command
 from pe_remote.discovery import MasterFacts, discover
 from pe_remote.errors import InputError, Refused
@@ -77,11 +77,9 @@ def read_raw(remote, facts: MasterFacts) -> dict[str, bytes | bool]:
 
 
 def crl_state(raw: dict) -> CrlState:
-    import hashlib
-
     ca_cert = raw["ca_cert"]
     return CrlState(tuple(read_crls(raw["ca_crl"], ca_cert)), tuple(read_crls(raw["host_crl"], ca_cert)),
-                    tuple(read_crls(raw["served_crl"], ca_cert)), hashlib.sha256(raw["ca_crl"]).hexdigest(),
+                    tuple(read_crls(raw["served_crl"], ca_cert)), sha256_hex(raw["ca_crl"]),
                     bool(raw["can_reload"]), bool(raw.get("root_key", False)))
 
 

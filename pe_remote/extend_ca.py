@@ -23,7 +23,7 @@ from pe_remote.backup import Backup
 from pe_remote.commands import ca as commands
 from pe_remote.commands import crl as crl_commands
 from pe_remote.commands import sections as protocol
-from pe_remote.commands.certs import CaCertInfo, issued_by, read_bundle
+from pe_remote.commands.certs import CaCertInfo, issued_by, read_bundle, sha256_hex
 from pe_remote.commands.discovery import REMOTE_STATE_DIR
 from pe_remote.commands.steps import same_files
 from pe_remote.crl import STATE_FILES as CRL_STATE_FILES, STATE_FLAGS as CRL_STATE_FLAGS
@@ -90,7 +90,7 @@ def build_extend_plan(facts: MasterFacts, ca: CaState, crl: CrlState, years: int
     bundle, host_bundle, keys = bundle_paths(facts)
     steps = [
         Step("extend-ca", f"Renew the CA cert{'s' if len(ca.certs) > 1 else ''} ({years} years, same keys)",
-             commands.extend(bundle, keys, years), check=crl_commands.differs_from(bundle, _sha256(ca.bundle))),
+             commands.extend(bundle, keys, years), check=crl_commands.differs_from(bundle, sha256_hex(ca.bundle))),
         Step("copy-host-ca", f"Copy the CA bundle to {host_bundle}", crl_commands.copy_over(bundle, host_bundle),
              check=same_files([(bundle, host_bundle)])),
         *crl_steps(facts, crl, CRL_DAYS),
@@ -296,9 +296,3 @@ def agent_guidance(facts: MasterFacts, before: CaState) -> str:
             f"{first_end:%Y-%m-%d} (same keys); replace it with this master's {bundle} before then. Puppet 8 "
             "agents fetch the new one themselves (ca_refresh_interval, daily); older agents need the file "
             "replaced (copy it, or delete it: the agent downloads the CA cert again on its next run).")
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()

@@ -38,13 +38,17 @@ def fingerprint(cert) -> str:
     return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
 
 
-def _spki_sha256(public_key) -> str:
+def sha256_hex(data: bytes) -> str:
     import hashlib
 
+    return hashlib.sha256(data).hexdigest()
+
+
+def _spki_sha256(public_key) -> str:
     from cryptography.hazmat.primitives import serialization
 
-    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
+    return sha256_hex(public_key.public_bytes(serialization.Encoding.DER,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def san_entry_of(general_name) -> str | None:
