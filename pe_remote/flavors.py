@@ -57,6 +57,10 @@ class Flavor:
     # master's unit also says CanReload=yes (MasterFacts.server_reloads), and not with --restart.
     reloads_in_place: bool = False
     generate_online: tuple[str, ...] = ()
+    # The agent: a client of the server, never serving anything. Its stop runs at the same time as the
+    # server's (the cert work needs both stopped, neither needs the other stopped first), so it adds
+    # nothing to the downtime window; it still starts last, once the server answers.
+    agent_services: tuple[str, ...] = ("puppet",)
 
 @dataclass(frozen=True)
 class CredentialCopy:
@@ -93,6 +97,7 @@ PE37 = Flavor(
     delete_leftover_files=False,
     # PE 3.x's broker keystore and MCollective's certs are copies under /etc/puppetlabs/{activemq,mcollective}.
     own_credentials=("pe-activemq", "pe-mcollective"),
+    agent_services=("pe-puppet",),
     monolithic_services=("pe-puppetdb", "pe-console-services", "pe-httpd", "pe-postgresql"),
     monolithic_dirs=("/etc/puppetlabs/puppetdb/ssl", "/opt/puppet/share/puppet-dashboard/certs"),
 )

@@ -245,8 +245,18 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout
     steps: list[Step] = []
     if flavor.clean_while_running:
         steps.append(_clean_step(facts, alt_names))
-    steps += [_service_step(facts, name, "stopped") for name in main]
-    main_stopped = (steps[-1].key,) if steps else ()
+    # The agent stops at the same time as the first of the others (the clean, where there is one, before
+    # both); the others stop one after another, in the table's order.
+    before = tuple(step.key for step in steps)
+    agents = [_service_step(facts, name, "stopped") for name in main if name in flavor.agent_services]
+    chain = [_service_step(facts, name, "stopped") for name in main if name not in flavor.agent_services]
+    if agents and chain:
+        agents = [replace(stop, needs=before) for stop in agents]
+        chain[0] = replace(chain[0], needs=before)
+    steps += agents + chain
+    main_stopped = tuple(stop.key for stop in agents) + ((chain[-1].key,) if chain else ())
+    if not main_stopped and before:
+        main_stopped = before
     side_stops = [_service_step(facts, name, "stopped") for name in side]
     if side_stops:
         side_stops[0] = replace(side_stops[0], needs=main_stopped)
@@ -254,7 +264,7 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout
 
     cert_work: list[Step] = [] if flavor.clean_while_running else [_clean_step(facts, alt_names)]
     cert_work += _cert_work(facts, alt_names)
-    if side_stops:
+    if side_stops or len(main_stopped) > 1:
         cert_work[0] = replace(cert_work[0], needs=main_stopped)
     steps += cert_work
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pe_remote.discovery import MasterFacts
-from pe_remote.plan import Plan
+from pe_remote.plan import Plan, Step
 
 
 def render_facts(facts: MasterFacts, label: str) -> str:
@@ -57,17 +57,20 @@ def render_plan(plan: Plan, backup_command: str, label: str) -> str:
 def render_steps(plan: Plan, backup_command: str) -> str:
     """The backup and each step with its remote command and check, in order."""
     lines = []
-    lines.append("  remote commands, in order (a step marked 'after' starts as soon as those steps are done,")
-    lines.append("  alongside the others):")
+    lines.append("  remote commands, in order (a step marked 'after' starts as soon as those steps are done, one marked")
+    lines.append("  'alongside' at the same time as the step before it):")
     lines.append(f"   0. Back up the SSL directory\n      $ {backup_command}")
     numbers = {step.key: number for number, step in enumerate(plan.steps, start=1)}
     needs = plan.needs()
     follows: tuple[str, ...] = ()  # what a step needs by default: the step listed before it
+    previous: Step | None = None
     for number, step in enumerate(plan.steps, start=1):
         after = ""
-        if needs[step.key] != follows:
+        if previous is not None and needs[step.key] == needs[previous.key]:
+            after = f" (alongside {number - 1})"  # starts when the step before it does
+        elif needs[step.key] != follows:
             after = f" (after {', '.join(str(numbers[k]) for k in needs[step.key]) or 'the backup'})"
-        follows = (step.key,)
+        follows, previous = (step.key,), step
         lines.append(f"  {number:2d}. {step.title}{after}\n      $ {step.command}")
         if step.check:
             lines.append(f"      check: {step.check}")

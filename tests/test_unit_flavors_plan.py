@@ -104,11 +104,12 @@ def test_pe37_order():
 
 def test_pe37_cert_work_overlaps_only_the_services_with_their_own_credentials():
     needs = build_plan(facts_for(PE37), ALT).needs()
-    # The agent and the server are stopped before anything touches the SSL folders ...
-    assert needs["stop:pe-puppetserver"] == ("stop:pe-puppet",)
-    assert needs["clean"] == ("stop:pe-puppetserver",)
+    # The agent stops alongside the server; both are stopped before anything touches the SSL folders ...
+    assert needs["stop:pe-puppet"] == ()
+    assert needs["stop:pe-puppetserver"] == ()
+    assert needs["clean"] == ("stop:pe-puppet", "stop:pe-puppetserver")
     # ... the broker and MCollective (own copies of the credentials) stop alongside the cert work,
-    assert needs["stop:pe-activemq"] == ("stop:pe-puppetserver",)
+    assert needs["stop:pe-activemq"] == ("stop:pe-puppet", "stop:pe-puppetserver")
     assert needs["stop:pe-mcollective"] == ("stop:pe-activemq",)
     # the server starts only after generate, and each service starts only after its own stop.
     assert needs["start:pe-puppetserver"] == ("generate",)
@@ -118,15 +119,29 @@ def test_pe37_cert_work_overlaps_only_the_services_with_their_own_credentials():
 
 
 @pytest.mark.parametrize("flavor", [PE2016, PUPPET6, PE2019], ids=lambda f: f.name)
-def test_generations_without_own_credential_services_run_strictly_in_order(flavor):
-    plan = build_plan(facts_for(flavor), ALT)
-    assert all(step.needs is None for step in plan.steps)
-    assert list(plan.needs().values()) == [()] + [(s.key,) for s in plan.steps[:-1]]
+def test_the_agent_stops_alongside_the_server_and_everything_else_runs_in_order(flavor):
+    plan = build_plan(facts_for(flavor, reloadable=()), ALT)
+    needs = plan.needs()
+    keys_ = keys(plan)
+    before = ("clean",) if flavor.clean_while_running else ()
+    others = [k for k in keys_ if k.startswith("stop:") and k != "stop:puppet"]
+    assert needs["stop:puppet"] == before and needs[others[0]] == before
+    first_cert_step = keys_[keys_.index(others[-1]) + 1]
+    assert needs[first_cert_step] == ("stop:puppet", others[-1])
+    # Every other step follows the one listed before it.
+    rest = [k for k in keys_ if k not in ("stop:puppet", others[0], first_cert_step)]
+    assert all(needs[k] == (keys_[keys_.index(k) - 1],) for k in rest if keys_.index(k) > 0)
+    # The agent still starts last, once the server answers.
+    assert keys_[-1] == "start:puppet"
 
 
-def test_pe37_without_broker_and_mcollective_is_a_plain_chain():
+def test_pe37_with_only_the_agent_and_the_server_stops_them_together_then_runs_in_order():
     plan = build_plan(facts_for(PE37, active=("pe-puppet", "pe-puppetserver")), ALT)
-    assert list(plan.needs().values()) == [()] + [(s.key,) for s in plan.steps[:-1]]
+    needs = plan.needs()
+    assert needs["stop:pe-puppet"] == needs["stop:pe-puppetserver"] == ()
+    assert needs["clean"] == ("stop:pe-puppet", "stop:pe-puppetserver")
+    later = keys(plan)[keys(plan).index("clean") + 1:]
+    assert all(needs[k] == (keys(plan)[keys(plan).index(k) - 1],) for k in later)
 
 
 def test_pe37_with_only_the_broker_running_still_starts_it_after_its_stop():
@@ -550,7 +565,9 @@ def test_the_shown_plan_says_which_steps_start_alongside_others():
     from pe_remote.render import render_plan
     shown = render_plan(build_plan(facts_for(PE37), ALT), "tar -czf - ...", "master")
     lines = [line.strip() for line in shown.splitlines() if line.strip()[:2].strip().rstrip(".").isdigit()]
-    assert "5. Clean the cert of master.pe-remote.test (after 2)" in lines
+    assert "2. Stop pe-puppetserver (alongside 1)" in lines
+    assert "3. Stop pe-activemq (after 1, 2)" in lines
+    assert "5. Clean the cert of master.pe-remote.test (after 1, 2)" in lines
     assert "10. Start pe-activemq (after 9, 4)" in lines
     assert "12. Start pe-puppet (after 9)" in lines
     assert "6. Remove the cached catalog" in lines  # follows the step before it: no mark

@@ -89,7 +89,7 @@ def test_the_plan_lists_the_backup_then_every_step_with_its_command_in_order():
     assert lines[0].startswith("Plan for prod: regenerate the cert of master.example.com (")
     assert "  alt names: puppet" in lines
     assert "  current serial: 1A" in lines
-    assert numbered(text) == {0: "Back up the SSL directory", 1: "Stop a", 2: "Stop b (after the backup)",
+    assert numbered(text) == {0: "Back up the SSL directory", 1: "Stop a", 2: "Stop b (alongside 1)",
                               3: "Generate (after 1, 2)", 4: "Start a"}
     commands = [line.strip()[2:] for line in lines if line.strip().startswith("$ ")]
     assert commands == ["BACKUP-CMD", "STOP-A", "STOP-B", "GEN", "START-A"]
