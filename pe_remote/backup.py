@@ -26,13 +26,17 @@ import logging
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from pe_remote.discovery import REMOTE_STATE_DIR, MasterFacts
-from pe_remote.errors import BackupChanged, BackupError, RemoteCommandFailed
+from pe_remote.errors import BackupChanged, BackupError, PeRemoteError, RemoteCommandFailed
 from pe_remote.commands import backup as commands
+from pe_remote.commands import sections
+from pe_remote.flavors import COPY_DIRS, LIKELY_CADIRS, LIKELY_SSLDIRS
 
 REMOTE_BACKUP_DIR = REMOTE_STATE_DIR
 # A running agent may write the ssldir (its CRL, a cached cert) while tar reads it; tar then
@@ -202,6 +206,28 @@ def pull_backup(remote, remote_backup: RemoteBackup, folder: Path, *,
     return final
 
 
+def _receive(remote, command: str, partial: Path) -> tuple[_HashingWriter, int, str]:
+    """Run `command`, its stdout written to `partial` (0600) and hashed as it arrives: (writer, exit
+    status, stderr)."""
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Unbuffered: chunks are 1 MiB already, and a full disk shows at the write, not at close.
+    with os.fdopen(fd, "wb", buffering=0) as fh:
+        writer = _HashingWriter(fh)
+        try:
+            status, errors = remote.stream(command, writer, window=STREAM_WINDOW, chunk=STREAM_CHUNK,
+                                           idle_timeout=STREAM_IDLE_TIMEOUT, what="the backup")
+        except OSError as exc:  # this side's disk, not the connection: nothing was changed
+            raise BackupError(f"could not write the backup on this machine: {exc.strerror or exc}; free some "
+                              "space or choose another --backup-dir (nothing was changed on the master)") from None
+    return writer, status, errors
+
+
+def _not_made(status: int, errors: str) -> BackupError:
+    detail = " / ".join(line.strip() for line in errors.strip().splitlines()[-3:]) or "no output"
+    error = BackupChanged if TAR_SAW_A_CHANGE in errors else BackupError
+    return error(f"could not create the SSL backup on the master (exit {status}): {detail}")
+
+
 def stream_backup(remote, facts: MasterFacts, folder: Path, *, name: str | None = None) -> Backup:
     """Make the tarball on the master and pull it in the same pass (see `stream_command`).
 
@@ -213,22 +239,10 @@ def stream_backup(remote, facts: MasterFacts, folder: Path, *, name: str | None 
     prepare_local_dir(folder)
     remote_path = remote_backup_path(facts, name)
     final, partial = _destination(folder, remote_path)
-    command = stream_command(facts, remote_path)
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        # Unbuffered: chunks are 1 MiB already, and a full disk shows at the write, not at close.
-        with os.fdopen(fd, "wb", buffering=0) as fh:
-            writer = _HashingWriter(fh)
-            try:
-                status, errors = remote.stream(command, writer, window=STREAM_WINDOW, chunk=STREAM_CHUNK,
-                                               idle_timeout=STREAM_IDLE_TIMEOUT, what="the backup")
-            except OSError as exc:  # this side's disk, not the connection: nothing was changed
-                raise BackupError(f"could not write the backup on this machine: {exc.strerror or exc}; free some "
-                                  "space or choose another --backup-dir (nothing was changed on the master)") from None
+        writer, status, errors = _receive(remote, stream_command(facts, remote_path), partial)
         if status != 0:
-            detail = " / ".join(line.strip() for line in errors.strip().splitlines()[-3:]) or "no output"
-            error = BackupChanged if TAR_SAW_A_CHANGE in errors else BackupError
-            raise error(f"could not create the SSL backup on the master (exit {status}): {detail}")
+            raise _not_made(status, errors)
         # stderr ends with `sha256sum` and `stat` of the master's copy (after any tar warnings).
         remote_backup = _parse_sum_and_size("\n".join(errors.strip().splitlines()[-2:]), remote_path)
         _check_and_keep(writer, partial, final, remote_backup)
@@ -264,3 +278,85 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --- `backup` on its own: the stream starts while discovery runs -------------------------------------
+
+@dataclass(frozen=True)
+class _Likely:
+    """A tarball streamed from the folders where Puppet usually keeps them, not yet confirmed."""
+
+    paths: tuple[str, ...]  # what the master chose (section `paths`)
+    writer: _HashingWriter | None  # None: the stream did not work (`why`)
+    sha256: str = ""
+    size: int = 0
+    why: str = ""
+
+
+def _stream_likely(remote, scratch: str, partial: Path) -> _Likely:
+    command = commands.stream_likely_tarball(LIKELY_SSLDIRS, LIKELY_CADIRS, COPY_DIRS, scratch)
+    writer, status, errors = _receive(remote, command, partial)
+    found = sections.split(errors)
+    paths = tuple(line.strip() for line in found.get("paths", []) if line.strip())
+    if status != 0:
+        return _Likely(paths, None, why=str(_not_made(status, errors)))
+    try:
+        made = _parse_sum_and_size("\n".join(found.get("tar", [])[-2:]), scratch)
+    except BackupError as exc:
+        return _Likely(paths, None, why=str(exc))
+    return _Likely(paths, writer, made.sha256, made.size)
+
+
+def backup_while_discovering(remote, folder: Path, discover: Callable[[], MasterFacts]) -> tuple[MasterFacts, Backup]:
+    """`discover()`, then `take_backup` of the folders it names, in about the time of the backup alone.
+
+    The backup command's own shortcut (regen knows the folders before its backup): while discovery runs
+    (a Ruby start or two on the master), the tarball of the folders where Puppet usually keeps them
+    (flavors.LIKELY_SSLDIRS, LIKELY_CADIRS, COPY_DIRS) already streams, on a second channel of the same
+    connection, under a scratch name on both sides. It becomes the backup only if discovery then names
+    exactly the folders the master chose, and both sides' sha256 and size agree; otherwise the scratch
+    copies are deleted and the backup is taken again, of discovery's folders (`take_backup`). Discovery
+    is what decides, never the guess: a master laid out otherwise only waits longer.
+    """
+    prepare_local_dir(folder)
+    when = datetime.now(timezone.utc)
+    scratch = f"{REMOTE_BACKUP_DIR}/.{backup_name('unconfirmed', when)}"
+    partial = folder / f".{os.path.basename(scratch)}.partial"
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="discovery") as pool:
+        discovering = pool.submit(discover)
+        try:
+            likely = _stream_likely(remote, scratch, partial)
+            facts = discovering.result()
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            _forget(remote, scratch)
+            raise
+    wanted = tuple(backup_paths(facts))
+    if likely.writer is None or likely.paths != wanted:
+        partial.unlink(missing_ok=True)
+        _forget(remote, scratch)
+        log.info("backup: %s; taking it again of %s", likely.why or f"the master chose {', '.join(likely.paths)}",
+                 ", ".join(wanted))
+        return facts, take_backup(remote, facts, folder)
+    remote_path = remote_backup_path(facts, backup_name(facts.certname, when))
+    try:
+        final, _ = _destination(folder, remote_path)
+        try:
+            remote.run(commands.move_unless_there(scratch, remote_path))
+        except RemoteCommandFailed:
+            raise BackupError(f"could not name the backup {remote_path} on the master (is it there already?); "
+                              f"it is kept as {scratch}") from None
+        made = RemoteBackup(remote_path, likely.sha256, likely.size)
+        _check_and_keep(likely.writer, partial, final, made)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return facts, Backup(made, final)
+
+
+def _forget(remote, scratch: str) -> None:
+    """Delete an unconfirmed tarball on the master (pe-remote's own scratch file, never a backup)."""
+    try:
+        remote.run(commands.remove(scratch), check=False)
+    except PeRemoteError as exc:
+        log.warning("could not delete the scratch tarball %s on the master: %s", scratch, exc)

@@ -264,9 +264,10 @@ def generation_problem(facts: MasterFacts, *, overridden: bool = False) -> str |
     return None
 
 
-def discover(remote, *, flavor_override: str | None = None) -> MasterFacts:
-    """Describe the master in one remote command; refuse a generation the host does not run."""
-    result = remote.run(discovery_script(), check=False)
+def discover(remote, *, flavor_override: str | None = None, background: bool = False) -> MasterFacts:
+    """Describe the master in one remote command; refuse a generation the host does not run.
+    `background`: at the lowest CPU priority on the master (beside the backup command's stream)."""
+    result = remote.run(discovery_script(background=background), check=False)
     if not result.ok and "id" not in protocol.split(result.stdout):
         raise DiscoveryError(f"discovery failed (exit {result.exit_status}): {(result.stdout + result.stderr).strip()[-300:]}")
     facts = parse_discovery(result.stdout, flavor_override=flavor_override)

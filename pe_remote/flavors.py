@@ -171,6 +171,11 @@ PUPPET_PATHS = ("/opt/puppet/bin/puppet", "/opt/puppetlabs/bin/puppet", "/opt/pu
 PUPPETSERVER_PATHS = ("/opt/puppetlabs/bin/puppetserver", "/opt/puppetlabs/server/bin/puppetserver",
                       "/usr/bin/puppetserver", "/usr/local/bin/puppetserver")
 PE_VERSION_FILES = ("/opt/puppet/pe_version", "/opt/puppetlabs/server/pe_version")
+# Where the packagings keep the SSL folder, and a CA folder of its own (Puppet 7+; elsewhere the CA is
+# the ssldir's `ca`): `backup` starts streaming these while discovery runs, and keeps the tarball only
+# if discovery then names exactly these folders.
+LIKELY_SSLDIRS = ("/etc/puppetlabs/puppet/ssl", "/var/lib/puppet/ssl", "/etc/puppet/ssl")
+LIKELY_CADIRS = ("/etc/puppetlabs/puppetserver/ca", "/etc/puppet/puppetserver/ca", "/var/lib/puppetserver/ca")
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pe_remote import runs
-from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, local_backup_dir, prepare_local_dir, remote_backup_path, \
+from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, backup_while_discovering, local_backup_dir, prepare_local_dir, remote_backup_path, \
     stream_command, take_backup
 from pe_remote.console import Console
 from pe_remote.discovery import MasterFacts, discover
@@ -207,10 +207,9 @@ def _done(remote, plan: Plan, journal: Journal, execution: Execution, job: Regen
 
 def backup_only(remote, backup_dir: str, console: Console, flavor: str | None = None) -> Backup:
     """`backup` on its own: discover, then back up and pull; changes nothing else."""
-    facts = discover(remote, flavor_override=flavor)
     folder = local_backup_dir(backup_dir, remote.target.label)
-    prepare_local_dir(folder)
-    backup = take_backup(remote, facts, folder)
+    facts, backup = backup_while_discovering(remote, folder,
+                                           lambda: discover(remote, flavor_override=flavor, background=True))
     console.notice(f"Backup of {facts.ssldir} from {remote.target.label}: {backup.local_path}")
     console.notice(f"sha256 {backup.sha256} (matches the master's copy {backup.remote.path})")
     return backup

@@ -136,7 +136,8 @@ class Job:
 
         monkeypatch.setattr(regen, "build_plan", build_plan_kept)
 
-    def _discover(self, remote, flavor_override=None):
+    def _discover(self, remote, flavor_override=None, background=False):
+        self.discovered_in_background = background
         if self.discover_error is not None:
             raise self.discover_error
         return self.facts
@@ -228,8 +229,14 @@ def test_the_local_journal_copy_records_the_run_from_start_to_finish(job):
     assert lines[-1] == {"event": "finished", "outcome": "ok"}
 
 
-def test_a_backup_only_is_a_discovery_and_a_backup(job):
+def test_a_backup_only_is_a_discovery_and_a_backup(job, monkeypatch):
+    def while_discovering(remote, folder, discover):
+        facts = discover()
+        return facts, job._take_backup(remote, facts, folder)
+
+    monkeypatch.setattr(regen, "backup_while_discovering", while_discovering)
     backup = regen.backup_only(job.remote, str(job.tmp_path / "bk"), job.console)
+    assert job.discovered_in_background  # beside the stream, at the lowest priority
     assert backup is job.backups[0]
     assert (job.tmp_path / "bk" / "m").is_dir()
     assert backup.sha256 in job.console.text("notice")

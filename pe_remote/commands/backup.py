@@ -39,13 +39,51 @@ def stream_tarball(paths: list[str], remote_path: str) -> str:
     tar and tee both succeeded is the master's copy renamed into place, and its sha256 and size are
     printed on stderr, after all the data. On failure the partial file is removed and it exits 1.
     """
+    return _stream(f"set -- {_members(paths)}", remote_path)
+
+
+def stream_likely_tarball(ssldirs: tuple[str, ...], cadirs: tuple[str, ...], copy_dirs: tuple[str, ...],
+                          remote_path: str) -> str:
+    """`stream_tarball` of the folders where Puppet usually keeps them, chosen on the master: the first
+    of `ssldirs` with a certs/ folder, the first of `cadirs` with a CA cert (none: the CA is inside
+    the ssldir), every one of `copy_dirs` there. stderr opens with section `paths` (the folders
+    chosen, one per line) then section `tar`, which ends with the sha256 and size. Exit 3, nothing
+    written, when no ssldir is found."""
+    choose = (f"set --; for d in {_words(ssldirs)}; do if [ -d \"$d/certs\" ]; then set -- \"${{d#/}}\"; break; fi; done\n"
+              "[ $# = 1 ] || { echo 'pe-remote: no SSL folder where Puppet usually keeps it' >&2; exit 3; }\n"
+              f"for d in {_words(cadirs)}; do if [ -f \"$d/ca_crt.pem\" ]; then set -- \"$@\" \"${{d#/}}\"; break; fi; done\n"
+              f"for d in {_words(copy_dirs)}; do if [ -d \"$d\" ]; then set -- \"$@\" \"${{d#/}}\"; fi; done\n"
+              f"{{ {mark('paths')}; printf '/%s\\n' \"$@\"; {mark('tar')}; }} >&2")
+    return _stream(choose, remote_path)
+
+
+def _words(values: tuple[str, ...]) -> str:
+    return " ".join(q(v) for v in values) or "''"
+
+
+def _stream(members: str, remote_path: str) -> str:
+    """Shell: `members` sets the positional parameters to the folders (relative to /), then the stream.
+
+    The sha256 is of the bytes `tee` writes into the master's copy, computed as they pass (a FIFO into
+    `sha256sum`), so the file is not read a second time after the stream; the size is the stored
+    file's (`stat`). The workstation compares both with what it received."""
     target, partial, rc = q(remote_path), q(remote_path + ".partial"), q(remote_path + ".rc")
-    return (f"{_private_folder(remote_path)} && "
-            f"{{ tar -czf - -C / {_members(paths)}; echo $? >{rc}; }} | tee {partial} && "
+    return (f"{members}\n{_private_folder(remote_path)} && H=$(mktemp -d) && mkfifo \"$H/bytes\" && "
+            f"{{ sha256sum < \"$H/bytes\" > \"$H/sum\" & }} && "
+            f"{{ tar -czf - -C / \"$@\"; echo $? >{rc}; }} | tee {partial} \"$H/bytes\" && wait && "
             f"[ \"$(cat {rc})\" = 0 ] && rm -f {rc} && mv {partial} {target} && "
-            f"sha256sum {target} >&2 && stat -c %s {target} >&2 || "
+            f"cat \"$H/sum\" >&2 && stat -c %s {target} >&2 && rm -rf \"$H\" || "
             f"{{ echo \"pe-remote: the backup was not made (tar exit status $(cat {rc} 2>/dev/null || echo none))\" >&2; "
-            f"rm -f {partial} {rc}; exit 1; }}")
+            f"rm -f {partial} {rc}; [ -z \"$H\" ] || rm -rf \"$H\"; exit 1; }}")
+
+
+def move_unless_there(source: str, target: str) -> str:
+    """Shell: rename `source` to `target` unless `target` exists (exit 1 then, nothing moved)."""
+    return f"[ ! -e {q(target)} ] && mv {q(source)} {q(target)}"
+
+
+def remove(path: str) -> str:
+    return f"rm -f {q(path)} {q(path + '.partial')} {q(path + '.rc')}"
 
 
 def sha256_matches(path: str, sha256: str) -> str:

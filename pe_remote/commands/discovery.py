@@ -18,12 +18,14 @@ def _words(values) -> str:
     return " ".join(q(v) for v in values)
 
 
-def discovery_script() -> str:
-    """The single remote command discovery runs (reads, never writes)."""
+def discovery_script(*, background: bool = False) -> str:
+    """The single remote command discovery runs (reads, never writes). `background`: at the lowest CPU
+    priority, beside work that matters more (the backup command's stream)."""
     state_dir = q(REMOTE_STATE_DIR)
     sec = marker("SECTION").replace("SECTION", "%s")
+    lowest = "renice -n 19 -p $$ >/dev/null 2>&1\n" if background else ""
     return f"""exec 2>&1
-sec() {{ printf '{sec}\\n' "$1"; }}
+{lowest}sec() {{ printf '{sec}\\n' "$1"; }}
 sec id; id -u; hostname
 sec init; if [ -d /run/systemd/system ]; then echo systemd; else echo sysv; fi
 P=; for p in {_words(PUPPET_PATHS)}; do if [ -x "$p" ]; then P=$p; break; fi; done
