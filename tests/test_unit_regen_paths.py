@@ -231,6 +231,7 @@ def test_the_local_journal_copy_records_the_run_from_start_to_finish(job):
 
 def test_a_backup_only_is_a_discovery_and_a_backup(job, monkeypatch):
     def while_discovering(remote, folder, discover):
+        assert folder == job.tmp_path / "bk" / "m"  # the host's own folder under --backup-dir
         facts = discover()
         return facts, job._take_backup(remote, facts, folder)
 
@@ -238,7 +239,6 @@ def test_a_backup_only_is_a_discovery_and_a_backup(job, monkeypatch):
     backup = regen.backup_only(job.remote, str(job.tmp_path / "bk"), job.console)
     assert job.discovered_in_background  # beside the stream, at the lowest priority
     assert backup is job.backups[0]
-    assert (job.tmp_path / "bk" / "m").is_dir()
     assert backup.sha256 in job.console.text("notice")
     assert job.execute.calls == [] and job.locks.taken == []
 
