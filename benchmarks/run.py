@@ -4,7 +4,8 @@ Phase 1, one pe37 master whose CA holds 50,000 signed agent certs (benchmarks/bi
 order: backup, ciphers, regen, fab (benchmarks/scenarios/backup.py, ciphers.py, regen.py, rss.py;
 how each figure is measured is in its module's docstring). `--only` picks among them.
 
-Then regen's reload path (benchmarks/scenarios/reload.py), on a Puppet 7 and a Puppet 8 master of its own.
+Then the backup again on a Puppet 7 master with as big a CA (backup7), and regen's reload path
+(benchmarks/scenarios/reload.py), on a Puppet 7 and a Puppet 8 master of its own.
 
 Phase 2, three more masters like the first (four in all): fleet (benchmarks/scenarios/fleet.py),
 first with the masters sharing this machine's cores, then with every master held to the same
@@ -16,6 +17,7 @@ Every master is stopped at the end, whatever happens.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import shutil
 import tempfile
 import traceback
@@ -31,15 +33,18 @@ from benchmarks.scenarios import fleet as fleet_scenario  # `fleet` is run()'s f
 def run(bench: Bench, fleet: bool = True, only: tuple[str, ...] = ()) -> int:
     """The scenarios in their order: phase 1 on one master (`only` picks among them), then the fleet on four."""
     first = None
-    if not only or set(only) - {"reload"}:
+    if not only or set(only) - {"reload", "backup7"}:
         say(f"starting a {FLAVOR} staging master with {AGENT_CERTS} agent certs in its CA ...")
         [first] = bench.masters.start(1)
-    for name, step in (("backup", backup.run), ("ciphers", ciphers.run),
+    for name, step in (("backup", partial(backup.run, title="PE 3.7 layout")), ("ciphers", ciphers.run),
                        ("regen", regen.run), ("fab", rss.run)):
         if only and name not in only or first is None:
             continue
         say(f"--- {name} ({bench.others()})")
         bench._guarded(name, step, first)
+    if not only or "backup7" in only:
+        say(f"--- backup on a Puppet 7 master ({bench.others()})")
+        bench._guarded("backup7", _backup_on_puppet7, bench)
     if not only or "reload" in only:
         say(f"--- reload ({bench.others()})")
         bench._guarded("reload", reload.run)
@@ -59,6 +64,17 @@ def run(bench: Bench, fleet: bool = True, only: tuple[str, ...] = ()) -> int:
     return 0
 
 
+def _backup_on_puppet7(bench: Bench) -> None:
+    """The backup figure again on a Puppet 7 master with as big a CA (discovery runs two Ruby starts there,
+    one on PE 3.7's layout)."""
+    say(f"starting an oss7 master (Puppet 7) with {AGENT_CERTS} agent certs in its CA ...")
+    [master] = bench.masters.start(1, flavor="oss7")
+    try:
+        backup.run(bench, master, title="Puppet 7")
+    finally:
+        bench.masters.stop(master)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="repetitions of every figure (default 3)")
@@ -67,7 +83,7 @@ def main(argv: list[str]) -> int:
                              "varies by a few seconds, the downtime target is 10%%)")
     parser.add_argument("--no-fleet", action="store_true", help="skip the fleet figure (needs 4 masters)")
     parser.add_argument("--only", default="", help="comma-separated phases of the first master to run "
-                        "(backup, ciphers, regen, fab, reload; default: all)")
+                        "(backup, ciphers, regen, fab, backup7, reload; default: all)")
     args = parser.parse_args(argv)
     print("pe-remote benchmarks")
     print(machine(), flush=True)

@@ -33,16 +33,23 @@ S=; for p in {_words(PUPPETSERVER_PATHS)}; do if [ -x "$p" ]; then S=$p; break; 
 sec binaries; echo "puppet=$P"; echo "puppetserver=$S"
 sec pe_version; PE=; for f in {_words(PE_VERSION_FILES)}; do [ -f "$f" ] && PE=$(head -c 64 "$f") && echo "$PE" && break; done
 [ -n "$P" ] || exit 0
-# The PE marker decides the generation; only open-source Puppet pays a second Ruby start for it.
-sec puppet_version; V=; [ -n "$PE" ] || V=$("$P" --version 2>&1); echo "$V"
+# The PE marker decides the generation; only open-source Puppet pays another Ruby start for it, run at the
+# same time as the settings lookups (which then assume Puppet 6+'s [server] section, and are made again
+# for [master] on Puppet 4/5).
 # The master's settings section: [master] up to Puppet 5 (PE 2018.1), [server] from Puppet 6 on.
 SEC=server; case "$PE" in 3.*|2015.*|2016.*|2017.*|2018.*) SEC=master;; esac
-[ -n "$PE" ] || case "$V" in [0-5].*) SEC=master;; esac
+settings() {{ "$P" config print {" ".join(SETTINGS)} --section "$1" 2>/dev/null; }}
 # The cached catalog is the agent's: its client_datadir may differ from the master section's (Debian's
-# Puppet 5 sets vardir per section). Both settings lookups run at once (one Ruby start's wall time).
-sec settings; CFG=$( ( "$P" config print client_datadir --section agent 2>/dev/null \\
+# Puppet 5 sets vardir per section). All lookups run at once (one Ruby start's wall time).
+CFG=$( ( "$P" config print client_datadir --section agent 2>/dev/null \\
   | sed -n 's|^/|agent_client_datadir = /|p' ) &
-  "$P" config print {" ".join(SETTINGS)} --section $SEC 2>/dev/null; wait); echo "$CFG"
+  [ -n "$PE" ] || ( "$P" --version 2>&1 | sed 's/^/puppet_version = /' ) &
+  settings $SEC; wait)
+V=$(printf "%s\\n" "$CFG" | sed -n 's/^puppet_version = //p'); CFG=$(printf "%s\\n" "$CFG" | grep -v '^puppet_version = ')
+sec puppet_version; echo "$V"
+if [ -z "$PE" ]; then case "$V" in [0-5].*) SEC=master
+  CFG=$(printf "%s\\n" "$CFG" | grep '^agent_client_datadir = '; settings master);; esac; fi
+sec settings; echo "$CFG"
 get() {{ printf "%s\\n" "$CFG" | sed -n "s/^$1 = //p"; }}
 HC=$(get hostcert); HK=$(get hostprivkey); CA=$(get cadir)
 sec ca_key; if [ -f "$CA/ca_key.pem" ]; then echo present; else echo absent; fi
