@@ -78,6 +78,11 @@ def preflight(plan: Plan, *, force: bool = False, local_folder: Path | None = No
     if server is None or not server.exists:
         raise Refused(f"service {facts.server_service} does not exist on this host: is it a "
                       f"{facts.flavor.title} master? (override the detection with --flavor)")
+    if facts.flavor.clean_while_running and not server.active:
+        # `puppetserver ca clean` (and the CA's clean endpoint) revoke through the running CA service.
+        raise Refused(f"{facts.server_service} is not running, and {facts.flavor.title} cleans the master's cert "
+                      f"through its running CA: start it (`systemctl start {facts.server_service}`) and run "
+                      "regen again")
     if facts.monolithic_markers and not force:
         raise Refused(
             f"this looks like a monolithic install ({', '.join(facts.monolithic_markers)}): PuppetDB and the "

@@ -214,6 +214,9 @@ def test_discover_dry_run_verify_and_backup_change_nothing(staging_master, tmp_p
     assert f"{layout.ssldir.lstrip('/')}/certs/{master.certname}.pem" in names
     if layout.name == "pe2016":
         assert f"{ORCHESTRATOR_SSL.lstrip('/')}/{master.certname}.private_key.pk8" in names
+    # The tarball streamed while discovery ran was kept as the backup under its own name: nothing else left.
+    kept = master.check("ls -A /root/pe-remote-backups").split()
+    assert tarball.name in kept and not [n for n in kept if "unconfirmed" in n], kept
     master.check(f"rm -f /root/pe-remote-backups/{tarball.name}")  # leave the shared master as found
 
 

@@ -102,6 +102,35 @@ def test_invoke_backup_via_inventory_changes_nothing(staging_master, tmp_path):
     assert f"{master.flavor.cadir.lstrip('/')}/ca_key.pem" in names
 
 
+def test_backup_of_a_master_laid_out_otherwise_is_of_the_folders_discovery_names(staging_master, tmp_path):
+    """`backup` streams the folders where Puppet usually keeps them while discovery runs; a master that has
+    one more of them (a CA folder of Puppet 7's packaging, not this master's CA) gets the backup of the
+    folders discovery names, and nothing of the guess is left on either side."""
+    master = staging_master
+    decoy = "/etc/puppetlabs/puppetserver"
+    assert master.exec(f"test -e {decoy}")[0] != 0, "the decoy must not be part of the master"
+    master.check(f"mkdir -p {decoy}/ca && cp {master.flavor.cadir}/ca_crt.pem {decoy}/ca/")
+    try:
+        before = master.ssl_checksums()
+        proc = run_cli("fab", *fab_target_args(master), "backup", "--known-hosts", str(master.known_hosts_path),
+                       "--backup-dir", str(tmp_path / "bk"))
+        assert proc.returncode == 0, describe(proc)
+        assert master.ssl_checksums() == before
+    finally:
+        master.check(f"rm -rf {decoy}")
+    (tarball,) = (tmp_path / "bk").rglob("*.tar.gz")
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+    assert f"{master.flavor.cadir.lstrip('/')}/ca_key.pem" in names
+    assert not [n for n in names if n.startswith(decoy.lstrip("/"))], "the guessed CA folder is not backed up"
+    kept = master.check("ls -A /root/pe-remote-backups").split()
+    assert tarball.name in kept and not [n for n in kept if "unconfirmed" in n], kept  # the guess was deleted
+    remote_sha = master.check(f"sha256sum /root/pe-remote-backups/{tarball.name}").split()[0]
+    assert hashlib.sha256(tarball.read_bytes()).hexdigest() == remote_sha
+    assert sorted(p.name for p in tarball.parent.iterdir()) == [tarball.name, tarball.name + ".sha256"]
+    master.check(f"rm -f /root/pe-remote-backups/{tarball.name}")  # leave the shared master as found
+
+
 def test_unknown_host_key_is_refused(staging_master, tmp_path):
     master = staging_master
     empty = tmp_path / "known_hosts"
