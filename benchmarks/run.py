@@ -44,7 +44,7 @@ def run(bench: Bench, fleet: bool = True, only: tuple[str, ...] = ()) -> int:
         bench._guarded(name, step, first)
     if not only or "backup7" in only:
         say(f"--- backup on a Puppet 7 master ({bench.others()})")
-        bench._guarded("backup7", _backup_on_puppet7, bench)
+        bench._guarded("backup7", _backup_on_puppet7)
     if not only or "reload" in only:
         say(f"--- reload ({bench.others()})")
         bench._guarded("reload", reload.run)

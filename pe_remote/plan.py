@@ -264,9 +264,19 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout
 
     cert_work: list[Step] = [] if flavor.clean_while_running else [_clean_step(facts, alt_names)]
     cert_work += _cert_work(facts, alt_names)
-    if side_stops or len(main_stopped) > 1:
-        cert_work[0] = replace(cert_work[0], needs=main_stopped)
-    steps += cert_work
+    # Puppet 6+ (the clean already done, before the stops): cert work that needs less than every stop
+    # starts alongside the server's stop: removing the cached catalog (the agent's own file) once the agent
+    # is stopped; deleting the cleaned cert's leftover files (which only a server start would read) once
+    # the clean is done. Generate waits for every stop. The `puppet cert` generations keep the seed's order.
+    early: list[Step] = []
+    if chain and flavor.clean_while_running:
+        agent_keys = tuple(stop.key for stop in agents)
+        early = [replace(step, needs=agent_keys if step.key == "remove-catalog" else before) for step in cert_work
+                 if (step.key == "remove-catalog" and agent_keys) or (step.key == "delete-leftovers" and before)]
+    rest = [step for step in cert_work if step.key not in {e.key for e in early}]
+    if side_stops or len(main_stopped) > 1 or early:
+        rest[0] = replace(rest[0], needs=main_stopped + tuple(step.key for step in early))
+    steps += early + rest
 
     main_starts = [name for name in flavor.start_order if name in main]
     up_to_server = main_starts[:main_starts.index(server) + 1] if server in main_starts else main_starts

@@ -118,20 +118,32 @@ def test_pe37_cert_work_overlaps_only_the_services_with_their_own_credentials():
     assert needs["start:pe-puppet"] == ("wait-server",)
 
 
-@pytest.mark.parametrize("flavor", [PE2016, PUPPET6, PE2019], ids=lambda f: f.name)
-def test_the_agent_stops_alongside_the_server_and_everything_else_runs_in_order(flavor):
-    plan = build_plan(facts_for(flavor, reloadable=()), ALT)
-    needs = plan.needs()
-    keys_ = keys(plan)
-    before = ("clean",) if flavor.clean_while_running else ()
+def test_pe2016_the_agent_stops_alongside_the_server_and_everything_else_runs_in_order():
+    plan = build_plan(facts_for(PE2016), ALT)
+    needs, keys_ = plan.needs(), keys(plan)
     others = [k for k in keys_ if k.startswith("stop:") and k != "stop:puppet"]
-    assert needs["stop:puppet"] == before and needs[others[0]] == before
-    first_cert_step = keys_[keys_.index(others[-1]) + 1]
-    assert needs[first_cert_step] == ("stop:puppet", others[-1])
-    # Every other step follows the one listed before it.
-    rest = [k for k in keys_ if k not in ("stop:puppet", others[0], first_cert_step)]
-    assert all(needs[k] == (keys_[keys_.index(k) - 1],) for k in rest if keys_.index(k) > 0)
-    # The agent still starts last, once the server answers.
+    assert needs["stop:puppet"] == needs[others[0]] == ()
+    assert needs["clean"] == ("stop:puppet", others[-1])  # the seed's order: clean, catalog, generate
+    rest = [k for k in keys_[1:] if k not in (others[0], "clean")]
+    assert all(needs[k] == (keys_[keys_.index(k) - 1],) for k in rest)
+    assert keys_[-1] == "start:puppet"  # the agent still starts last, once the server answers
+
+
+@pytest.mark.parametrize("flavor", [PUPPET6, PE2019], ids=lambda f: f.name)
+def test_puppet6_restart_path_overlaps_the_stops_and_the_cert_work_that_needs_less(flavor):
+    plan = build_plan(facts_for(flavor, reloadable=()), ALT)
+    needs, keys_ = plan.needs(), keys(plan)
+    others = [k for k in keys_ if k.startswith("stop:") and k != "stop:puppet"]
+    assert needs["clean"] == ()
+    assert needs["stop:puppet"] == needs[others[0]] == ("clean",)
+    assert all(needs[k] == (keys_[keys_.index(k) - 1],) for k in others[1:])
+    # the agent's cached catalog goes once the agent is stopped, the cleaned cert's leftovers once cleaned,
+    assert needs["remove-catalog"] == ("stop:puppet",)
+    assert needs["delete-leftovers"] == ("clean",)
+    # and generate (the CA offline) waits for every stop and both.
+    assert needs["generate"] == ("stop:puppet", others[-1], "delete-leftovers", "remove-catalog")
+    after = keys_[keys_.index("generate") + 1:]
+    assert all(needs[k] == (keys_[keys_.index(k) - 1],) for k in after)
     assert keys_[-1] == "start:puppet"
 
 
