@@ -171,6 +171,14 @@ PUPPET_PATHS = ("/opt/puppet/bin/puppet", "/opt/puppetlabs/bin/puppet", "/opt/pu
 PUPPETSERVER_PATHS = ("/opt/puppetlabs/bin/puppetserver", "/opt/puppetlabs/server/bin/puppetserver",
                       "/usr/bin/puppetserver", "/usr/local/bin/puppetserver")
 PE_VERSION_FILES = ("/opt/puppet/pe_version", "/opt/puppetlabs/server/pe_version")
+# Where a packaging's puppet binary keeps Puppet's own version.rb (its `Puppet.version` reads a VERSION
+# file beside it, else the PUPPETVERSION constant): discovery reads the version there instead of a
+# `puppet --version` Ruby start. Any other binary, or a file that says nothing: `puppet --version`.
+PUPPET_VERSION_RB = {
+    "/usr/bin/puppet": "/usr/lib/ruby/vendor_ruby/puppet/version.rb",  # Debian, Ubuntu
+    "/opt/puppetlabs/bin/puppet": "/opt/puppetlabs/puppet/lib/ruby/vendor_ruby/puppet/version.rb",  # AIO
+    "/opt/puppetlabs/puppet/bin/puppet": "/opt/puppetlabs/puppet/lib/ruby/vendor_ruby/puppet/version.rb",
+}
 # Where the packagings keep the SSL folder, and a CA folder of its own (Puppet 7+; elsewhere the CA is
 # the ssldir's `ca`): `backup` starts streaming these while discovery runs, and keeps the tarball only
 # if discovery then names exactly these folders.

@@ -7,7 +7,7 @@ from pe_remote.commands.facts import cert_with_key_from
 from pe_remote.commands.sections import marker
 from pe_remote.commands.shell import q
 from pe_remote.flavors import ALL_SERVICES, COPY_DIRS, MONOLITHIC_DIRS, PE_VERSION_FILES, PUPPET_PATHS, \
-    PUPPETSERVER_PATHS, SERVER_SERVICES
+    PUPPET_VERSION_RB, PUPPETSERVER_PATHS, SERVER_SERVICES
 
 # Where backups and run journals live on the master (root-only).
 REMOTE_STATE_DIR = "/root/pe-remote-backups"
@@ -24,6 +24,7 @@ def discovery_script(*, background: bool = False) -> str:
     state_dir = q(REMOTE_STATE_DIR)
     sec = marker("SECTION").replace("SECTION", "%s")
     lowest = "renice -n 19 -p $$ >/dev/null 2>&1\n" if background else ""
+    version_cases = ";; ".join(f"{q(binary)}) VR={q(rb)}" for binary, rb in PUPPET_VERSION_RB.items())
     return f"""exec 2>&1
 {lowest}sec() {{ printf '{sec}\\n' "$1"; }}
 sec id; id -u; hostname
@@ -33,22 +34,30 @@ S=; for p in {_words(PUPPETSERVER_PATHS)}; do if [ -x "$p" ]; then S=$p; break; 
 sec binaries; echo "puppet=$P"; echo "puppetserver=$S"
 sec pe_version; PE=; for f in {_words(PE_VERSION_FILES)}; do [ -f "$f" ] && PE=$(head -c 64 "$f") && echo "$PE" && break; done
 [ -n "$P" ] || exit 0
-# The PE marker decides the generation; only open-source Puppet pays another Ruby start for it, run at the
-# same time as the settings lookups (which then assume Puppet 6+'s [server] section, and are made again
-# for [master] on Puppet 4/5).
+# The PE marker decides the generation; open-source Puppet's version is read where its packaging keeps
+# it (as Puppet.version does: a VERSION file beside version.rb, else its PUPPETVERSION constant), else
+# asked with `puppet --version` at the same time as the settings lookups (which then assume Puppet 6+'s
+# [server] section, and are made again for [master] on Puppet 4/5).
+V=; VR=; case "$P" in {version_cases};; esac
+if [ -z "$PE" ] && [ -n "$VR" ]; then
+  if [ -f "${{VR%/*}}/VERSION" ]; then V=$(head -c 64 "${{VR%/*}}/VERSION" | head -n1)
+  else V=$(sed -n "s/^ *PUPPETVERSION *= *[^0-9]*\\([0-9][0-9.]*\\).*/\\1/p" "$VR" 2>/dev/null | head -n1); fi
+fi
 # The master's settings section: [master] up to Puppet 5 (PE 2018.1), [server] from Puppet 6 on.
 SEC=server; case "$PE" in 3.*|2015.*|2016.*|2017.*|2018.*) SEC=master;; esac
+[ -n "$PE" ] || case "$V" in [0-5].*) SEC=master;; esac
 settings() {{ "$P" config print {" ".join(SETTINGS)} --section "$1" 2>/dev/null; }}
 # The cached catalog is the agent's: its client_datadir may differ from the master section's (Debian's
 # Puppet 5 sets vardir per section). All lookups run at once (one Ruby start's wall time).
 CFG=$( ( "$P" config print client_datadir --section agent 2>/dev/null \\
   | sed -n 's|^/|agent_client_datadir = /|p' ) &
-  [ -n "$PE" ] || ( "$P" --version 2>&1 | sed 's/^/puppet_version = /' ) &
+  [ -n "$PE" ] || [ -n "$V" ] || ( "$P" --version 2>&1 | sed 's/^/puppet_version = /' ) &
   settings $SEC; wait)
-V=$(printf "%s\\n" "$CFG" | sed -n 's/^puppet_version = //p'); CFG=$(printf "%s\\n" "$CFG" | grep -v '^puppet_version = ')
+if [ -z "$PE" ] && [ -z "$V" ]; then V=$(printf "%s\\n" "$CFG" | sed -n 's/^puppet_version = //p')
+  CFG=$(printf "%s\\n" "$CFG" | grep -v '^puppet_version = ')
+  case "$V" in [0-5].*) SEC=master
+    CFG=$(printf "%s\\n" "$CFG" | grep '^agent_client_datadir = '; settings master);; esac; fi
 sec puppet_version; echo "$V"
-if [ -z "$PE" ]; then case "$V" in [0-5].*) SEC=master
-  CFG=$(printf "%s\\n" "$CFG" | grep '^agent_client_datadir = '; settings master);; esac; fi
 sec settings; echo "$CFG"
 get() {{ printf "%s\\n" "$CFG" | sed -n "s/^$1 = //p"; }}
 HC=$(get hostcert); HK=$(get hostprivkey); CA=$(get cadir)
