@@ -321,7 +321,7 @@ def backup_while_discovering(remote, folder: Path, discover: Callable[[], Master
     prepare_local_dir(folder)
     when = datetime.now(timezone.utc)
     scratch = f"{REMOTE_BACKUP_DIR}/.{backup_name('unconfirmed', when)}"
-    partial = folder / f".{os.path.basename(scratch)}.partial"
+    partial = folder / f"{os.path.basename(scratch)}.partial"  # hidden: the scratch name starts with a dot
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="discovery") as pool:
         discovering = pool.submit(discover)
         try:
@@ -339,17 +339,21 @@ def backup_while_discovering(remote, folder: Path, discover: Callable[[], Master
                  ", ".join(wanted))
         return facts, take_backup(remote, facts, folder)
     remote_path = remote_backup_path(facts, backup_name(facts.certname, when))
+    named = False  # once the master's copy has its final name it is a backup, never deleted
     try:
         final, _ = _destination(folder, remote_path)
         try:
             remote.run(commands.move_unless_there(scratch, remote_path))
         except RemoteCommandFailed:
-            raise BackupError(f"could not name the backup {remote_path} on the master (is it there already?); "
-                              f"it is kept as {scratch}") from None
+            raise BackupError(f"could not name the backup {remote_path} on the master: it is there already; "
+                              "take the backup again") from None
+        named = True
         made = RemoteBackup(remote_path, likely.sha256, likely.size)
         _check_and_keep(likely.writer, partial, final, made)
     except BaseException:
         partial.unlink(missing_ok=True)
+        if not named:
+            _forget(remote, scratch)
         raise
     return facts, Backup(made, final)
 
