@@ -34,8 +34,6 @@ class Flavor:
     # How such an agent run waits for one the agent service may have under way (Puppet 6+'s flags;
     # Puppet 5 has none and refuses unknown ones).
     agent_lock_flags: tuple[str, ...] = ()
-    # Settings section that holds the master's dns_alt_names and cadir.
-    config_section: str = "master"
     # Services that never read the SSL folders (they use copies of the master's credentials that
     # Puppet runs make for them): their stops may overlap the cert work and their starts the agent's,
     # which keeps them out of the downtime window. Each group still goes in the table's order.
@@ -80,7 +78,7 @@ CA_CLI_GENERATE = ("{puppetserver}", "ca", "generate", "--certname", "{certname}
                    "--subject-alt-names", "{alt_names}", "--ca-client")
 # What every `puppetserver ca` generation shares.
 CA_CLI_GENERATION = dict(clean=CA_CLI_CLEAN, generate=CA_CLI_GENERATE, clean_while_running=True,
-                         delete_leftover_files=True, ip_alt_names=True, agent_check=True, config_section="server",
+                         delete_leftover_files=True, ip_alt_names=True, agent_check=True,
                          agent_lock_flags=("--waitforlock", "2", "--maxwaitforlock", "120"), clean_endpoint=True,
                          generate_online=CA_CLI_GENERATE + ("--force",))
 

@@ -74,10 +74,8 @@ def preflight(plan: Plan, *, force: bool = False, local_folder: Path | None = No
                       "its own new cert; run pe-remote against the CA master")
     if facts.cert is None:
         raise Refused(f"the master has no cert at {facts.hostcert}: nothing to regenerate")
+    # A generation whose server service is missing never gets here: discover() refuses it.
     server = facts.service(facts.server_service)
-    if server is None or not server.exists:
-        raise Refused(f"service {facts.server_service} does not exist on this host: is it a "
-                      f"{facts.flavor.title} master? (override the detection with --flavor)")
     if facts.flavor.clean_while_running and not server.active:
         # `puppetserver ca clean` (and the CA's clean endpoint) revoke through the running CA service.
         raise Refused(f"{facts.server_service} is not running, and {facts.flavor.title} cleans the master's cert "

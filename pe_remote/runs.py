@@ -133,12 +133,14 @@ def finish(remote, journal: Journal, outcome: str) -> None:
     journal.record_local(line)
 
 
-def roll_back(remote, journal: Journal, proof: Proof, console, *, reason: str, events: Events | None = None) -> None:
+def roll_back(remote, journal: Journal, proof: Proof, console, *, reason: str, events: Events | None = None,
+              steps_ended: bool = False) -> None:
     """Put this run's backup back and prove the old state is there again; always raises (RolledBack, or
-    Incomplete when the master could not be put back; the phase says which)."""
+    Incomplete when the master could not be put back; the phase says which). `steps_ended`: the caller
+    has already waited for the run's steps still running on the master."""
     events = events if events is not None else Events()
     try:
-        _roll_back(remote, journal, proof, console, reason, events)
+        _roll_back(remote, journal, proof, console, reason, events, steps_ended)
     except RolledBack:
         events.enter(Phase.ROLLED_BACK)
         raise
@@ -147,13 +149,15 @@ def roll_back(remote, journal: Journal, proof: Proof, console, *, reason: str, e
         raise
 
 
-def _roll_back(remote, journal: Journal, proof: Proof, console, reason: str, events: Events) -> None:
+def _roll_back(remote, journal: Journal, proof: Proof, console, reason: str, events: Events,
+               steps_ended: bool) -> None:
     facts = journal.facts
     task = journal.task
     events.emit("rollback-started", reason=reason)
     console.warn(f"{reason}")
     # A step given up as hung may still run on the master (steps outlive their channel): let it end.
-    wait_for_steps_still_running(remote, journal, console)
+    if not steps_ended:
+        wait_for_steps_still_running(remote, journal, console)
     # Never put a backup back over a CA that has moved on since (certs signed, a hand restore): that
     # would lose every cert the CA signed since and its serial counter.
     moved_on = ca_changes(remote.run(ca_changes_command(facts, journal.backup.path), check=False).stdout,
@@ -268,7 +272,7 @@ def continue_unfinished(remote, journal: Journal, job: Job, console, events: Eve
         console.confirm(f"Roll back run {journal.run_id}: put the backup back and start the services?")
         with InterruptLatch(console):
             roll_back(remote, journal, proof, console, reason=f"run {journal.run_id} rolled back on request",
-                      events=events)
+                      events=events, steps_ended=True)
     recheck_done_steps(remote, plan, journal)
     console.confirm(f"Resume run {journal.run_id} (no new backup is taken)?")
     console.notice("Resuming: steps whose effect is already there are not run again.")
