@@ -140,7 +140,7 @@ def test_a_good_run_goes_read_only_changing_done(job):
 
 
 def test_a_failed_step_is_rolled_back_exit_7(job, monkeypatch):
-    monkeypatch.setattr(runs, "_roll_back", lambda remote, journal, proof, console, reason, events:
+    monkeypatch.setattr(runs, "_roll_back", lambda remote, journal, proof, console, reason, events, steps_ended:
                         (_ for _ in ()).throw(RolledBack(f"rolled back: {reason}")))
     error, seen, report, _ = _run(job, Master(fail_step="generate"))
     assert isinstance(error, RolledBack) and "error: no!" in str(error)
@@ -150,7 +150,7 @@ def test_a_failed_step_is_rolled_back_exit_7(job, monkeypatch):
 
 
 def test_a_rollback_that_fails_is_incomplete_exit_8(job, monkeypatch):
-    def broken(remote, journal, proof, console, reason, events):
+    def broken(remote, journal, proof, console, reason, events, steps_ended):
         events.emit("rollback-started", reason=reason)
         raise Incomplete(f"{reason}; then the ROLLBACK FAILED too")
 
@@ -195,7 +195,7 @@ def test_ctrl_c_before_any_change_is_130(job, monkeypatch):
 def test_verification_failure_rolls_back(job, monkeypatch):
     reasons = []
 
-    def fake(remote, journal, proof, console, reason, events):
+    def fake(remote, journal, proof, console, reason, events, steps_ended):
         reasons.append(reason)
         raise RolledBack(f"rolled back: {reason}")
 
