@@ -14,6 +14,7 @@ from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import CertInfo, load_cert
 from pe_remote.commands.discovery import REMOTE_STATE_DIR, SETTINGS, discovery_script
 from pe_remote.commands.facts import read_cert_with_key
+from pe_remote.commands.steps import CA_WRITABLE
 from pe_remote.errors import DiscoveryError, InvalidName, Refused
 from pe_remote.flavors import FLAVORS, PUPPET_PATHS, SERVER_SERVICES, Flavor, UnknownFlavor, detect_flavor
 from pe_remote.names import parse_alt_names, validate_certname
@@ -62,6 +63,8 @@ class MasterFacts:
     copy_dirs: tuple[str, ...] = ()  # the generation's credential-copy folders that exist here
     unfinished_journals: tuple[tuple[str, str], ...] = ()  # (path, content) of runs that did not finish
     reloadable: tuple[str, ...] = ()  # server services whose unit can reload in place (CanReload=yes)
+    # The CA's files (CA_WRITABLE) writable by their group or by anyone: the reload path cannot freeze them.
+    ca_unfreezable: tuple[str, ...] = ()
 
     @property
     def catalog_path(self) -> str:
@@ -196,6 +199,8 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
         unfinished_journals=tuple(journals),
         reloadable=tuple(name for name in (line.strip() for line in sections.get("reloadable", []))
                          if name in SERVER_SERVICES),
+        ca_unfreezable=tuple(name for name in (line.strip() for line in sections.get("unfreezable", []))
+                             if name in CA_WRITABLE),
     )
 
 

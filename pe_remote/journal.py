@@ -32,6 +32,7 @@ from pe_remote.flavors import FLAVORS, SERVER_SERVICES
 from pe_remote.names import parse_alt_names, validate_certname
 from pe_remote.commands import run as run_commands
 from pe_remote.commands.certs import normalize_san
+from pe_remote.commands.steps import CA_WRITABLE
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def facts_from_dict(data: dict) -> MasterFacts:
     data["monolithic_markers"] = tuple(data.get("monolithic_markers", ()))
     data["copy_dirs"] = tuple(data.get("copy_dirs", ()))
     data["reloadable"] = tuple(name for name in data.get("reloadable", ()) if name in SERVER_SERVICES)
+    data["ca_unfreezable"] = tuple(name for name in data.get("ca_unfreezable", ()) if name in CA_WRITABLE)
     if data.get("cert"):
         cert_fields = {f.name for f in dataclasses.fields(CertInfo)}
         data["cert"] = CertInfo(**{**{k: v for k, v in data["cert"].items() if k in cert_fields},

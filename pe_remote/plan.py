@@ -209,6 +209,14 @@ def _reload_steps(facts: MasterFacts, alt_names: tuple[str, ...], server_timeout
     return steps
 
 
+def _unfreezable(facts: MasterFacts) -> str:
+    """Why the reload path is not taken where the CA's files cannot be frozen while the server runs."""
+    names = ", ".join(facts.ca_unfreezable)
+    return (f"the CA's {names} {'is' if len(facts.ca_unfreezable) == 1 else 'are'} writable by group or others, "
+            f"so the running CA could write them while the new cert is made; `chmod go-w` them in {facts.cadir} "
+            "for the reload path")
+
+
 def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout: int = SERVER_READY_TIMEOUT,
                restart: bool = False) -> Plan:
     """The ordered steps for this master, its generation and the wanted alt names: the reload path where
@@ -226,15 +234,16 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout
     current = facts.cert.sans if facts.cert else frozenset()
     dropped = tuple(sorted(current - san_entries(facts.certname, alt_names)))
     server = facts.server_service
-    if facts.server_reloads and not restart:
+    if facts.server_reloads and not facts.ca_unfreezable and not restart:
         return Plan(facts, alt_names, tuple(_mark_superseded(_reload_steps(facts, alt_names, server_timeout))),
                     skipped, stopped_before, dropped, "reload",
                     f"{server} keeps serving the old cert until it reloads; the CA's files belong to root while the "
                     "new cert is signed, so nothing else can write them; --restart for the stop/start procedure")
-    why = ("--restart" if facts.server_reloads else
+    why = ("--restart" if restart and facts.server_reloads else
            f"{flavor.title} reads a new cert only on a start" if not flavor.reloads_in_place else
            f"{server} is not running" if server not in running else
-           f"the {server} unit cannot reload (no ExecReload)")
+           f"the {server} unit cannot reload (no ExecReload)" if not facts.server_reloads else
+           _unfreezable(facts))
 
     # Services with their own copies of the credentials stop alongside the cert work and start
     # alongside the services after the server; every other service is in the main chain, in the

@@ -4,7 +4,8 @@ roll back when the reloaded server refuses the new cert):
 
 - while the CA's files are frozen for generate, the running CA (user puppet) can write none of them: a
   CSR submitted to it is refused and nothing in the CA changes; every owner is back afterwards;
-- where the server's unit cannot reload, regen falls back to the stop/start procedure; --restart forces it.
+- where the server's unit cannot reload, or a CA file is writable by its group (it cannot be frozen), regen
+  falls back to the stop/start procedure; --restart forces it.
 """
 
 from __future__ import annotations
@@ -77,6 +78,14 @@ def test_a_server_that_cannot_reload_takes_the_restart_path_and_restart_forces_i
                      str(master.known_hosts_path))
     assert forced.returncode == 0 and "path: restart (--restart)" in forced.stdout, describe(forced)
     assert "Reload puppetserver" not in forced.stdout and "Start puppetserver" in forced.stdout
+
+    # A CA file its group may write cannot be frozen: discovery sees it and the plan restarts instead.
+    serial = f"{master.flavor.cadir}/serial"
+    master.check(f"chmod g+w {serial}")
+    dry = run_cli("fab", *fab_target_args(master), "regen", "--dry-run", "--known-hosts", str(master.known_hosts_path))
+    assert dry.returncode == 0 and "path: restart (the CA's serial is writable by group or others" in dry.stdout, \
+        describe(dry)
+    master.check(f"chmod g-w {serial}")
 
     # A unit without ExecReload (test setup: a drop-in that empties it) cannot reload: the run restarts.
     master.check("mkdir -p /etc/systemd/system/puppetserver.service.d && printf '[Service]\\nExecReload=\\n' "

@@ -160,6 +160,20 @@ def test_generations_that_read_a_new_cert_only_on_a_start_fall_back(flavor):
     assert plan.steps == build_plan(facts_for(flavor), ALT).steps
 
 
+def test_ca_files_that_cannot_be_frozen_fall_back_at_plan_time():
+    # A group-writable serial: the running CA's group could still write it, so no freeze is possible;
+    # the plan takes the stop/start path instead of failing at the freeze after the backup.
+    plan = reload_plan(dataclasses.replace(RELOADABLE, ca_unfreezable=("serial",)))
+    _no_reload_step(plan)
+    assert plan.steps == build_plan(RECORDED, ALT).steps
+    assert plan.path_why.startswith("the CA's serial is writable by group or others")
+    assert f"`chmod go-w` them in {RECORDED.cadir}" in plan.path_why
+    two = reload_plan(dataclasses.replace(RELOADABLE, ca_unfreezable=("serial", "signed")))
+    assert two.path == "restart" and two.path_why.startswith("the CA's serial, signed are writable")
+    forced = reload_plan(dataclasses.replace(RELOADABLE, ca_unfreezable=("serial",)), restart=True)
+    assert forced.path_why == "--restart"
+
+
 # --- 3. the journal rebuilds the path the run took ----------------------------------------------
 
 def _journal_text(facts, job=None, **head_changes) -> str:
@@ -209,6 +223,15 @@ def test_unknown_names_in_the_journals_reloadable_are_dropped():
     assert _rebuilt(only_unknown)[1].path == "restart"
 
 
+def test_the_journal_keeps_what_could_not_be_frozen_and_drops_unknown_names():
+    facts = dataclasses.replace(RELOADABLE, ca_unfreezable=("serial",))
+    journal, rebuilt = _rebuilt(_journal_text(facts, {"restart": False}))
+    assert journal.facts.ca_unfreezable == ("serial",) and rebuilt.path == "restart"
+    hostile = _journal_text(RELOADABLE, {"restart": False}, ca_unfreezable=["../../etc/passwd", "$(reboot)"])
+    journal, rebuilt = _rebuilt(hostile)
+    assert journal.facts.ca_unfreezable == () and rebuilt.path == "reload"
+
+
 # --- 4. discovery's reloadable section ----------------------------------------------------------
 
 def _with_reloadable(*lines: str) -> str:
@@ -233,6 +256,14 @@ def test_unknown_or_hostile_names_in_the_reloadable_section_are_dropped():
 def test_no_reloadable_section_means_nothing_reloads():
     facts = parse_discovery(OSS7)  # no systemd (the section is empty) or an older discovery script
     assert facts.reloadable == () and build_plan(facts, ALT).path == "restart"
+
+
+def test_discovery_names_the_ca_files_that_cannot_be_frozen_and_drops_anything_else():
+    text = _with_reloadable(SERVER) + "==> unfreezable <==\nserial\n../serial\n$(reboot)\n  ca_crl.pem \n"
+    facts = parse_discovery(text)
+    assert facts.ca_unfreezable == ("serial", "ca_crl.pem")
+    assert facts.server_reloads and build_plan(facts, ALT).path == "restart"
+    assert parse_discovery(_with_reloadable(SERVER)).ca_unfreezable == ()
 
 
 # --- 5. the executor opens the window at the reload, not at the agent's stop --------------------
@@ -385,6 +416,23 @@ def test_a_command_that_exits_the_shell_still_thaws(tmp_path):
     proc = _run(sh.with_ca_frozen(str(ca), "false; exit 3"))
     assert proc.returncode == 3
     assert all(_owner(p) == NOBODY for p in _frozen_paths(ca))
+
+
+@pytest.mark.parametrize("mode, link, writable", [
+    (0o644, False, False), (0o664, False, True), (0o646, False, True), (0o755, False, False),
+    (0o664, True, True), (0o644, True, False), (None, False, False)])
+def test_writable_by_others_is_the_test_discovery_and_the_freeze_share(tmp_path, mode, link, writable):
+    target = tmp_path / "serial"
+    if mode is not None:
+        target.write_text("1\n")
+        os.chmod(target, mode)
+    path = target
+    if link:  # a CA folder elsewhere, reached through a symlink: the file it points to counts
+        path = tmp_path / "link"
+        path.symlink_to(target)
+    proc = _run(f"if {sh.writable_by_others(shlex.quote(str(path)))}; then echo yes; else echo no; fi")
+    assert proc.stdout.strip() == ("yes" if writable else "no"), proc.stdout + proc.stderr
+    assert sh.writable_by_others('"$2"') in sh.with_ca_frozen("/x", "true")
 
 
 # --- 7. ca_endpoint_clean against a fake curl ------------------------------------------------------

@@ -195,6 +195,13 @@ def ca_endpoint_clean(certname: str, hostcert: str, hostkey: str, localcacert: s
 CA_WRITABLE = ("signed", "requests", "serial", "inventory.txt", "ca_crl.pem")
 
 
+def writable_by_others(path: str) -> str:
+    """Shell test, true when `path` (a shell word, e.g. "$p"; symlinks followed) is writable by its
+    group or by anyone: such a file cannot be frozen to its owner. Discovery asks it of CA_WRITABLE
+    before planning the reload path; the freeze asks it again before it starts."""
+    return f'[ -n "$(find -L {path} -maxdepth 0 -perm /022 2>/dev/null)" ]'
+
+
 def with_ca_frozen(cadir: str, command: str) -> str:
     """Run `command` while the CA's files that it and a signing, revocation or request would write
     (CA_WRITABLE) belong to root, so the running CA service (its own user) cannot write any of them:
@@ -212,7 +219,7 @@ def with_ca_frozen(cadir: str, command: str) -> str:
             f"for p in {paths}; do [ -e \"$p\" ] && set -- \"$@\" \"$(stat -L -c %u:%g \"$p\")\" \"$p\"; done\n"
             "thaw() { chmod \"$MODE\" \"$CAD\"; while [ $# -gt 1 ]; do chown \"$1\" \"$2\"; shift 2; done; }\n"
             "freeze() { shift 2; while [ $# -gt 1 ]; do\n"
-            "  if [ -n \"$(find -L \"$2\" -maxdepth 0 -perm /022)\" ]; then\n"
+            "  if " + writable_by_others('"$2"') + "; then\n"
             "    echo \"$2 is writable by its group or by anyone: it cannot be frozen to its owner\"; return 1; fi\n"
             "  chown 0 \"$2\" || return 1; shift 2; done\n"
             "  chown 0 \"$CAD\" && chmod g+w,+t \"$CAD\"; }\n"
