@@ -1,13 +1,17 @@
 """Build the staging masters' images, with no registry needed.
 
-Three layers deep, one definition folder (under images/) per image:
+Three layers deep, each image built from a definition folder under images/:
 
     base `debian:<suite>`        bullseye          bookworm          trixie
     suite layer (systemd, sshd,  bullseye          bookworm          trixie
       Debian's own Puppet)       puppet 5.5.22     puppetserver 7.9  puppetserver 8.7
                                  + puppet-master   + puppet-agent 7  + puppet-agent 8
+      definition folder          bullseye          puppetserver      puppetserver
     flavor                       pe37 pe2016       oss7              oss8
                                  puppet5
+
+What every suite layer shares (sshd, the accounts, masked units) is images/common/
+suite-layer.sh; images/common/ goes into every image's build context as common/.
 
 Every Puppet command on these masters is Puppet's own code from Debian's
 packages; only PE services that Debian does not package (ActiveMQ, MCollective,
@@ -16,9 +20,9 @@ orchestration services, PXP agent) are stand-in units that say so.
 A base is `debian:<suite>` when it is present or can be pulled (a laptop with
 Docker Hub); otherwise it is made with debootstrap and `docker import` (a CI
 machine with no registry) and tagged `pe-remote-staging:base-<suite>-debootstrap`.
-Every image is tagged with a hash of its definition folder and of its parent's
-tag, so a warm run reuses what is built and any edit of a definition rebuilds it
-and what depends on it.
+Every image is tagged with a hash of its build context (its definition folder and
+images/common/) and of its parent's tag, so a warm run reuses what is built and any
+edit of a definition or of common/ rebuilds it and what depends on it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ import docker.errors
 log = logging.getLogger(__name__)
 
 IMAGES_DIR = Path(__file__).parent / "images"
+# Shared by the definitions (the suite layers' setup); in every build context as common/.
+COMMON_DIR = IMAGES_DIR / "common"
 REPOSITORY = "pe-remote-staging"
 DEBOOTSTRAP_MIRROR = os.environ.get("PE_REMOTE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
@@ -50,6 +56,9 @@ LAYERS: dict[str, str | None] = {
     "oss7": "bookworm",
     "oss8": "trixie",
 }
+# Image -> its definition folder under images/ where that is not the folder of its own name:
+# Debian's puppetserver layer is one definition, built on bookworm (Puppet 7) and trixie (Puppet 8).
+FOLDERS = {"bookworm": "puppetserver", "trixie": "puppetserver"}
 # The images a staging master is started from, in build order (bullseye's three share a layer).
 FLAVOR_IMAGES = ("pe37", "pe2016", "puppet5", "oss7", "oss8")
 
@@ -64,11 +73,23 @@ class BuiltImage:
     built_now: bool
 
 
-def definition_hash(folder: Path, parent_tag: str) -> str:
+def build_context(name: str) -> dict[str, Path]:
+    """The files image `name` is built from, by their path in its build context: its definition
+    folder's at the top, images/common/'s under common/."""
+    folder = IMAGES_DIR / FOLDERS.get(name, name)
+    context = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    context.update(
+        {f"common/{p.relative_to(COMMON_DIR).as_posix()}": p for p in COMMON_DIR.rglob("*") if p.is_file()}
+    )
+    return context
+
+
+def definition_hash(context: dict[str, Path], parent_tag: str) -> str:
+    """A hash of every file of a build context (path and bytes) and of the parent image's tag."""
     digest = hashlib.sha256(parent_tag.encode())
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode())
-        digest.update(path.read_bytes())
+    for name in sorted(context):
+        digest.update(name.encode())
+        digest.update(context[name].read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -124,16 +145,20 @@ def _debootstrap_import(suite: str, tag: str) -> None:
 
 
 def ensure_image(client: docker.DockerClient, name: str) -> BuiltImage:
-    """Build (or reuse) the image of one definition folder and its parents."""
+    """Build (or reuse) image `name` and its parents."""
     parent = LAYERS[name]
     parent_tag = ensure_image(client, parent).tag if parent else ensure_base(client, name)
-    folder = IMAGES_DIR / name
-    tag = f"{REPOSITORY}:{name}-{definition_hash(folder, parent_tag)}"
+    context = build_context(name)
+    tag = f"{REPOSITORY}:{name}-{definition_hash(context, parent_tag)}"
     if _has_image(client, tag):
         return BuiltImage(tag, built_now=False)
-    log.info("building %s from %s", tag, folder)
+    log.info("building %s from %s", tag, IMAGES_DIR / FOLDERS.get(name, name))
     try:
-        client.images.build(path=str(folder), tag=tag, buildargs={"BASE": parent_tag}, rm=True, forcerm=True)
+        with tempfile.TemporaryDirectory(prefix="pe-remote-context-") as tmp:
+            for relative, source in context.items():
+                (Path(tmp) / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, Path(tmp) / relative)
+            client.images.build(path=tmp, tag=tag, buildargs={"BASE": parent_tag}, rm=True, forcerm=True)
     except docker.errors.BuildError as exc:
         lines = [str(chunk.get("stream", chunk.get("error", ""))).rstrip() for chunk in exc.build_log]
         tail = "\n".join(line for line in lines if line)[-3000:]
