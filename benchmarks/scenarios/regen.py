@@ -30,21 +30,21 @@ def _restart_step(key: str) -> bool:
     return key.startswith(("stop:", "start:")) or key == "wait-server"
 
 
-def bare_restart(master: StagingMaster, overlap: bool = False) -> float:
+def bare_restart(master: StagingMaster, overlap: bool = False, stops: dict[str, float] | None = None) -> float:
     """Stop-then-start with regen's own service commands, in one ssh command; the window timed on the master.
 
     Without `overlap`: every service in the table's order, one after the other, as an operator
     restarts them by hand (PE 3.7's documented stop and start lists). With `overlap`: the services
     with their own credentials stop in the background while the server restarts, as regen
     overlaps them with its cert work (the fastest restart of the same services with the same
-    commands).
+    commands). `stops`, when given, gets how long each service's stop command took in the window.
     """
     with connect(target_of(master)) as remote:
         facts = discover(remote)
     flavor = facts.flavor
     running = set(facts.running_services)
     side = [n for n in flavor.services if n in running and n in flavor.own_credentials] if overlap else []
-    stops = [n for n in flavor.services if n in running and n not in side]
+    stopping = [n for n in flavor.services if n in running and n not in side]
     starts = [n for n in flavor.start_order if n in running and n not in side]
     server_at = starts.index(facts.server_service)
     quiet = " >/dev/null 2>&1 || exit 1"
@@ -52,7 +52,7 @@ def bare_restart(master: StagingMaster, overlap: bool = False) -> float:
                   + " ) & side=$!") if side else "side="
     script = "\n".join([
         "t0=$(date +%s.%N)",
-        *(service_command(facts, n, "stopped") + quiet for n in stops),
+        *(service_command(facts, n, "stopped") + quiet + f'\necho "stopped {n} $(date +%s.%N)"' for n in stopping),
         background,
         *(service_command(facts, n, "running") + quiet for n in starts[:server_at + 1]),
         f"( {server_ready_check(facts)} ) || exit 1",
@@ -66,6 +66,10 @@ def bare_restart(master: StagingMaster, overlap: bool = False) -> float:
     found = re.search(r"^window (\S+) (\S+)$", proc.stdout, re.M)
     if proc.returncode != 0 or not found:
         raise RuntimeError(f"bare restart failed (exit {proc.returncode}): {proc.stderr[-500:]}")
+    if stops is not None:
+        before = float(found[1])
+        for name, at in re.findall(r"^stopped (\S+) (\S+)$", proc.stdout, re.M):
+            stops[name], before = float(at) - before, float(at)
     return float(found[2]) - float(found[1])
 
 
