@@ -201,6 +201,9 @@ def _journal_from_header(head: dict) -> Journal:
     validate_certname(facts.certname, source="the journal's certname")
     if not run_id.endswith("-" + facts.certname):
         raise ValueError(f"run id {run_id!r} is not of certname {facts.certname!r}")
+    # The old serial goes into the run's checks (serial_differs, serial_revoked): hex only.
+    if facts.cert and not re.fullmatch(r"[0-9A-F]{1,40}", facts.cert.serial):
+        raise ValueError(f"cert serial {facts.cert.serial!r}")
     names = parse_alt_names(list(head["alt_names"]), source="the journal's alt names")
     parse_alt_names(list(facts.dns_alt_names), source="the journal's dns_alt_names")
     for setting in ("ssldir", "cadir", "client_datadir", "hostcert", "hostprivkey"):

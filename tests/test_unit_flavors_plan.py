@@ -378,7 +378,7 @@ def test_pe37_clean_check_covers_every_file_clean_deletes_and_the_revocation():
     kept = f"{plan.facts.ssldir}/public_keys/{plan.facts.certname}.pem"  # Puppet's clean leaves it
     for path in cert_files(plan.facts):
         assert (shlex.quote(path) in check) is (path != kept)
-    assert f"grep -qix {plan.facts.cert.serial}" in check and "ca_crl.pem" in check
+    assert f"grep -qixF {plan.facts.cert.serial}" in check and "ca_crl.pem" in check
 
 
 def test_generate_check_requires_cert_key_and_signed_copy():

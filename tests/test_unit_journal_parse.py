@@ -64,6 +64,7 @@ def test_unknown_fields_from_a_newer_version_are_ignored():
     ({"alt_names": ["$(reboot)"]}, "reboot"),
     ({"backup.path": "/etc/shadow"}, "backup"),
     ({"backup.sha256": "x"}, "backup"),
+    ({"facts.cert.serial": "."}, "serial"),  # a regex that every CRL would match
     ({"facts.services": [{"name": "a;b", "exists": True, "active": True, "state": "active"}]}, "service"),
 ])
 def test_hostile_or_unknown_values_are_refused_saying_how_to_move_it_aside(changes, says):

@@ -133,7 +133,7 @@ def serial_differs(cert: str, old_serial: str) -> str:
 def serial_revoked(crl: str, serial: str) -> str:
     """Exit 0 only if `serial` is in the CRL file `crl`."""
     return (f"openssl crl -in {q(crl)} -noout -text "
-            f"| sed -n 's/^ *Serial Number: *0*//p' | grep -qix {q(serial)} "
+            f"| sed -n 's/^ *Serial Number: *0*//p' | grep -qixF {q(serial)} "
             f"|| {{ echo {q(f'serial {serial} is not in the CRL')}; exit 1; }}")
 
 
