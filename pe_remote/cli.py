@@ -127,16 +127,71 @@ def alt_names_from(value: str | None, target: Target) -> tuple[str, ...] | None:
     return target.alt_names
 
 
-def check_report_path(report: str | None) -> None:
-    """--report FILE must be writable before anything happens (it is written whatever the outcome)."""
+def check_report_path(report: str | None) -> str | None:
+    """--report FILE must be writable before anything happens (it is written whatever the outcome).
+    Returns FILE with `~` expanded: the path every report is then written to."""
     if not report:
-        return
+        return report
     from pathlib import Path
 
-    folder = Path(report).expanduser().resolve().parent
-    if Path(report).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+    path = Path(report).expanduser()
+    folder = path.resolve().parent
+    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
         raise InputError(f"--report {report}: cannot write there (a folder that exists and is writable is "
                          "needed); choose another file")
+    return str(path)
+
+
+def fab_hosts(c) -> tuple[str, ...]:
+    """Every host of `fab -H a,b` (or `pe-remote -H a,b`): Fabric calls a task once per host with that host's
+    Connection and tells no call about the others, so they are read from the -H flag of the Fabric program
+    running this call (its Executor, up the call stack). () outside fab (`invoke`, or a direct call)."""
+    if not getattr(c, "original_host", None):
+        return ()
+    import sys
+
+    from invoke import Executor
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        executor = frame.f_locals.get("self")
+        if isinstance(executor, Executor) and getattr(executor, "core", None):
+            try:
+                value = executor.core[0].args["hosts"].value  # a Lexicon: [] resolves -H to hosts, get() not
+            except KeyError:
+                return ()
+            return tuple(name.strip() for name in value.split(",")) if isinstance(value, str) else ()
+        frame = frame.f_back
+    return ()
+
+
+def per_host_report(c, report: str | None, targets: list[Target]):
+    """Where each host's --report goes: FILE itself for one host; FILE-<host>.json each when the run covers
+    several (`--host a,b`, or `fab -H a,b`, which calls the task once per host). Returns label -> path."""
+    several = len(targets) > 1 or len(fab_hosts(c)) > 1
+    return lambda label: (report_path(report, label) if several else report)
+
+
+def whole_number(value, flag: str, expected: str, *, low: int, high: int | None = None,
+                 default: int | None = None) -> int:
+    """A flag's whole number, from the command line's text (or an int from a direct call).
+
+    Invoke converts a flag whose default is an int itself, and a value it cannot convert (`--wave two`)
+    ends the program with a traceback; so such flags are declared as strings with default None and
+    converted here: None is `default`, anything but a whole number from `low` to `high` is an InputError
+    (exit 2) naming the flag and `expected` ("give ...")."""
+    if value is None and default is not None:
+        return default
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value):
+        number = int(value)
+    if number is None or number < low or (high is not None and number > high):
+        text = str(value).strip()
+        shown = text if re.fullmatch(r"\S+", text) and value is not None else repr(value)
+        raise InputError(f"{flag} {shown}: give {expected}")
+    return number
 
 
 def check_flavor(flavor: str | None) -> None:
@@ -148,6 +203,10 @@ def check_flavor(flavor: str | None) -> None:
 
 def run_id_from(rollback, resume, abandon) -> str | None:
     """The unfinished run named by --rollback RUN_ID, --resume RUN_ID or --abandon RUN_ID (one at most)."""
+    for flag, value, what in (("--rollback", rollback, "roll back (or --rollback alone: the recent one)"),
+                              ("--resume", resume, "resume"), ("--abandon", abandon, "close")):
+        if isinstance(value, str) and not value.strip():  # `--resume ''` is not "no run id": it is a mistake
+            raise InputError(f"{flag} needs the run id of the run to {what}")
     named = {flag: value for flag, value in (("--rollback", rollback), ("--resume", resume), ("--abandon", abandon))
              if isinstance(value, str) and value}
     if len([v for v in (rollback, resume, abandon) if v]) > 1:
@@ -199,20 +258,20 @@ def targets_from(c, host: str | None = None, inventory: str | None = None, key_f
     return [target_from(c, name, inventory, key_file, known_hosts) for name in dict.fromkeys(names)]
 
 
-def for_each_host(targets: list[Target], per_host, *, accept_new_host_key: bool = False, parallel: int = 4,
-                  changing: bool = False, wave: int = 1, title: str = "", describe=str) -> list:
+def for_each_host(targets: list[Target], per_host, *, accept_new_host_key: bool = False,
+                  parallel: int | str | None = 4, changing: bool = False, wave: int | str | None = 1, title: str = "",
+                  describe=str) -> list:
     """Run `per_host(remote)` on every target and return the values.
 
     One target: directly, errors propagate as they are. Several: read-only work runs
     `parallel` hosts at a time; changing work runs in waves of `wave` hosts and stops at the
     first failure. A per-host table is printed, and any failure raises FleetFailed.
     """
-    from pe_remote.errors import FleetFailed
-    from pe_remote.fleet import OK, render_table, run_in_waves, run_parallel
+    from pe_remote.errors import FleetFailed, most_severe
+    from pe_remote.fleet import FAILED, OK, render_table, run_in_waves, run_parallel
 
-    for flag, value in (("--parallel", parallel), ("--wave", wave)):
-        if not isinstance(value, int) or value < 1:
-            raise InputError(f"{flag} {value!r}: give a whole number of hosts, 1 or more")
+    parallel = whole_number(parallel, "--parallel", "a whole number of hosts, 1 or more", low=1, default=4)
+    wave = whole_number(wave, "--wave", "a whole number of hosts, 1 or more", low=1, default=1)
 
     if len(targets) == 1:
         with connected(targets[0], accept_new_host_key) as remote:
@@ -224,7 +283,12 @@ def for_each_host(targets: list[Target], per_host, *, accept_new_host_key: bool 
     print(printable(render_table(results, describe=describe, title=title)))
     bad = [r for r in results if r.status != OK]
     if bad:
-        first = next((r for r in bad if r.exit_code is not None), bad[0])
-        raise FleetFailed(f"{len(bad)} of {len(results)} hosts did not succeed; first: {first.label}: {first.error}",
-                          first.exit_code or 1)
+        # The most severe host's code (errors.EXIT_SEVERITY), not the first's: a host refused (4) must not
+        # hide one cut off mid-run (8). A host skipped after a failure adds nothing; one that failed
+        # without a code of its own (a bug) counts as 1.
+        ended = [r for r in bad if r.status == FAILED or r.exit_code is not None]
+        code = most_severe(r.exit_code if r.exit_code is not None else 1 for r in ended) if ended else 1
+        worst = next((r for r in ended if most_severe([r.exit_code]) == code), bad[0])
+        raise FleetFailed(f"{len(bad)} of {len(results)} hosts did not succeed; most severe: {worst.label} "
+                          f"(exit {code}): {worst.error}", code)
     return [r.value for r in results]

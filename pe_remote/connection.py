@@ -248,24 +248,32 @@ def new_connection(target: Target, connect_kwargs: dict) -> fabric.Connection:
                              connect_timeout=CONNECT_TIMEOUT, connect_kwargs=connect_kwargs, forward_agent=False)
 
 
-def connect(target: Target, *, accept_new_host_key: bool = False) -> Remote:
-    """Open the SSH connection, refusing non-root users and unknown host keys."""
+def check_login(target: Target) -> list[str]:
+    """What `connect` refuses before it opens anything (InputError): a user other than root, a key file that
+    does not exist. Callers check hosts they connect to later with it (`extend-ca --agents`: before the
+    master is changed). Returns the key files, `~` expanded."""
     if target.user != "root":
         raise InputError(
             f"pe-remote logs in as root (the procedure stops services and rewrites the CA), "
             f"not as {target.user!r}: use root@{target.address}"
         )
+    key_files = [os.path.expanduser(k) for k in target.key_files or ()]
+    for key in key_files:
+        if not os.path.isfile(key):
+            raise InputError(f"key file {key} does not exist: give the private key that logs in as root")
+    return key_files
+
+
+def connect(target: Target, *, accept_new_host_key: bool = False) -> Remote:
+    """Open the SSH connection, refusing non-root users and unknown host keys."""
+    key_files = check_login(target)
     known_hosts = Path(os.path.expanduser(target.known_hosts))
     connect_kwargs = {
         "banner_timeout": CONNECT_TIMEOUT,
         "auth_timeout": CONNECT_TIMEOUT,
         "channel_timeout": CONNECT_TIMEOUT,
     }
-    if target.key_files:
-        key_files = [os.path.expanduser(k) for k in target.key_files]
-        for key in key_files:
-            if not os.path.isfile(key):
-                raise InputError(f"key file {key} does not exist: give the private key that logs in as root")
+    if key_files:
         connect_kwargs["key_filename"] = key_files
     connection = new_connection(target, connect_kwargs)
     client = connection.client

@@ -131,7 +131,7 @@ class Mismatch(PeRemoteError):
 
 
 class FleetFailed(PeRemoteError):
-    """One or more hosts of a multi-host run failed; carries the first failure's exit code."""
+    """One or more hosts of a multi-host run failed; carries the most severe of their exit codes."""
 
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
@@ -143,3 +143,27 @@ class AgentsNotUpdated(PeRemoteError):
     each agent's row says why, and where its old CA bundle is kept."""
 
     exit_code = 10
+
+
+# Several hosts that end differently (`--host a,b`, `--wave N`) exit with the MOST SEVERE host's code, ranked
+# by how much the operator must do about a master, and how soon (README, "Exit codes"); most severe first:
+#   8    a master changed and NOT put back (or its rollback refused): act by hand now (resume, roll back)
+#   1    an unexpected error (a bug) on a host: what became of that master is unknown, so look at it next
+#   7    a master was changed, failed and was put back: it serves its old cert, the job did not happen
+#   10   a master's CA was renewed, but agents still need the new bundle before the date printed
+#   9    `verify` found a master that needs action (pe-remote changed nothing)
+#   6    discovery, the backup or a command failed before any change: the job did not happen, nothing changed
+#   4    a master refused as unsafe or unsupported: nothing changed, the operator must decide about it
+#   3    SSH failed: nothing changed, try again once the master answers
+#   130  Ctrl-C before that master's first change: the operator stopped it, nothing changed
+#   5    the operator said no: nothing changed, as asked
+#   2    bad input: nothing touched (flags are checked before any connection; what is left is per-host)
+# A code not listed counts as an unexpected error (1).
+EXIT_SEVERITY = (8, 1, 7, 10, 9, 6, 4, 3, 130, 5, 2)
+
+
+def most_severe(codes) -> int:
+    """The exit code of a run over several hosts: the most severe of theirs (EXIT_SEVERITY; 0 when none
+    failed). None (a host with no code of its own) and unknown codes count as 1."""
+    failed = [1 if code is None or code not in EXIT_SEVERITY else code for code in codes if code != 0]
+    return min(failed, key=EXIT_SEVERITY.index) if failed else 0

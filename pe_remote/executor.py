@@ -12,6 +12,7 @@ fails like any other failure, so the caller rolls back.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import signal
 import threading
@@ -50,20 +51,49 @@ def step_script(step: Step, journal: Journal | None, *, check_first: bool = Fals
 
 
 class InterruptLatch:
-    """While active, SIGINT is noted instead of raising KeyboardInterrupt mid-step."""
+    """While active, SIGINT is noted instead of raising KeyboardInterrupt mid-step.
+
+    Only the main thread can catch SIGINT. Jobs run in worker threads (`regen --wave N`) are covered by
+    the latch the main thread holds meanwhile (`for_workers`): a latch entered in a worker thread counts
+    that one's presses as its own, so its executor finishes the running step and rolls back; a job whose
+    first change has not started yet when Ctrl-C was pressed stops there (KeyboardInterrupt, as in the
+    main thread), changing nothing."""
+
+    workers: "InterruptLatch | None" = None  # the main thread's latch while worker threads run jobs
 
     def __init__(self, console) -> None:
         self.console = console
-        self.interrupted = False
-        self.count = 0  # Ctrl-C presses so far
-        self.acknowledged = 0  # of those, how many were answered on the console
+        self._interrupted = False
+        self._count = 0  # Ctrl-C presses caught by this latch's own handler
+        self.acknowledged = 0  # of all presses, how many were answered on the console
         self._previous = None
+        self._shared: InterruptLatch | None = None  # in a worker thread: the main thread's latch
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupted or (self._shared is not None and self._shared.interrupted)
+
+    @property
+    def count(self) -> int:
+        """Ctrl-C presses so far (the main thread's latch's included, in a worker thread)."""
+        return self._count + (self._shared.count if self._shared is not None else 0)
+
+    @classmethod
+    @contextlib.contextmanager
+    def for_workers(cls):
+        """Held by the main thread while worker threads run jobs: catches SIGINT for them (see the class)."""
+        with cls(console=None) as latch:
+            previous, cls.workers = cls.workers, latch
+            try:
+                yield latch
+            finally:
+                cls.workers = previous
 
     def _handler(self, signum, frame) -> None:
         # Only set the flag: the handler runs between any two bytecodes of the main thread,
         # which may be holding the console's lock in the middle of a print.
-        self.interrupted = True
-        self.count += 1
+        self._interrupted = True
+        self._count += 1
 
     def acknowledge(self, running: list[str]) -> None:
         """Answer each Ctrl-C at once (the main loop calls this between polls): say what happens next."""
@@ -81,6 +111,10 @@ class InterruptLatch:
     def __enter__(self) -> "InterruptLatch":
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handler)
+        else:
+            self._shared = InterruptLatch.workers
+            if self.interrupted:  # Ctrl-C came before this job's first change: change nothing
+                raise KeyboardInterrupt
         return self
 
     def __exit__(self, *exc) -> None:

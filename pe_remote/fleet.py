@@ -10,7 +10,11 @@ the others.
 at most `wave_size`, and nothing after the first failure is started, so a
 broken procedure is found on one master instead of the whole fleet. With a wave
 size of 1 the host's function runs in the calling thread, so regen's Ctrl-C
-handling (which needs the main thread) stays in force.
+handling (which needs the main thread) stays in force. With larger waves the
+main thread catches Ctrl-C for the worker threads (executor.InterruptLatch.
+for_workers): a host part-way through its steps finishes the running step and
+rolls back, a host not yet changing stops before its first change (exit 130),
+and no further wave starts.
 
 Both return one `HostResult` per target, in the order given; `render_table`
 prints them as a plain-text table.
@@ -18,12 +22,14 @@ prints them as a plain-text table.
 
 from __future__ import annotations
 
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from pe_remote.errors import PeRemoteError
+from pe_remote.events import INTERRUPTED_EXIT
 from pe_remote.inventory import Target
 
 DEFAULT_PARALLEL = 4
@@ -79,6 +85,13 @@ def run_on_host(target: Target, fn: Callable[[Any], Any], *, accept_new_host_key
     except Exception as exc:  # noqa: BLE001 - recorded per host; KeyboardInterrupt still propagates
         return HostResult(target, FAILED, time.monotonic() - started, error=_describe(exc),
                           exit_code=getattr(exc, "exit_code", None))
+    except KeyboardInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            raise
+        # A worker thread's job stopped for the main thread's Ctrl-C before its first change (see
+        # executor.InterruptLatch): that host's result, beside the others of its wave.
+        return HostResult(target, FAILED, time.monotonic() - started,
+                          error="interrupted (Ctrl-C) before any change", exit_code=INTERRUPTED_EXIT)
     return HostResult(target, OK, time.monotonic() - started, value=value)
 
 
@@ -124,10 +137,24 @@ def run_in_waves(targets: Sequence[Target], fn: Callable[[Any], Any], *, wave_si
     """
     targets = list(targets)
     _check_bound("wave_size", wave_size)
+    if wave_size > 1 and len(targets) > 1:
+        from pe_remote.executor import InterruptLatch
+
+        with InterruptLatch.for_workers() as latch:
+            return _waves(targets, fn, wave_size, accept_new_host_key, connect, on_result, latch)
+    return _waves(targets, fn, wave_size, accept_new_host_key, connect, on_result, None)
+
+
+def _waves(targets: list[Target], fn, wave_size: int, accept_new_host_key: bool, connect, on_result,
+           latch) -> list[HostResult]:
     results: list[HostResult] = []
     failed_at: str | None = None
     for start in range(0, len(targets), wave_size):
         wave = targets[start:start + wave_size]
+        if latch is not None and latch.interrupted:
+            results.extend(HostResult(t, SKIPPED, 0.0, error="not started: interrupted (Ctrl-C)",
+                                      exit_code=INTERRUPTED_EXIT) for t in wave)
+            continue
         if failed_at is not None:
             results.extend(HostResult(t, SKIPPED, 0.0, error=f"not started: {failed_at} failed")
                            for t in wave)
@@ -150,9 +177,14 @@ def _run_wave(wave: list[Target], fn, accept_new_host_key: bool, connect, on_res
     try:
         futures = [pool.submit(run_on_host, t, fn, accept_new_host_key=accept_new_host_key, connect=connect)
                    for t in wave]
-        for future in as_completed(futures):
-            if on_result:
-                on_result(future.result())
+        pending = set(futures)
+        while pending:
+            # A timeout keeps the main thread running now and then, so that its SIGINT handler (the latch
+            # the workers read) runs at once even when the signal reached another thread.
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in done:
+                if on_result:
+                    on_result(future.result())
         return [f.result() for f in futures]
     finally:
         # A changing run is never abandoned half-way: even on Ctrl-C, wait for the hosts in flight.

@@ -18,7 +18,7 @@ from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, backup_while_discovering
     stream_command, take_backup
 from pe_remote.console import Console
 from pe_remote.discovery import MasterFacts, discover
-from pe_remote.errors import BackupError, Refused
+from pe_remote.errors import BackupError, InputError, InvalidName, Refused
 from pe_remote.executor import Execution
 from pe_remote.journal import Journal
 from pe_remote.names import choose_alt_names, sans_to_names
@@ -33,6 +33,9 @@ from pe_remote.verify import Verification, check_regen, read_verification
 @dataclass(frozen=True)
 class RegenOptions:
     alt_names: tuple[str, ...] | None = None  # None: the configured ones and every one the cert carries
+    # alt_names are the inventory's dns_alt_names, not --dns-alt-names: a resume then finishes the run with
+    # its own names instead of refusing names that differ (see refuse_another_request)
+    alt_names_from_inventory: bool = False
     drop_alt_names: tuple[str, ...] = ()  # alt names of the current cert to leave out, named one by one
     dry_run: bool = False
     backup_dir: str = "backups"
@@ -116,6 +119,9 @@ def _regen(remote, options: RegenOptions, console: Console, events: Events) -> R
     events.emit("discovery-finished", facts=facts)
     label = remote.target.label
     job = RegenJob(remote, events, options.server_timeout)
+    if facts.unfinished_journals and not (options.rollback or options.abandon):
+        # A resume finishes the run as its journal recorded it: flags asking for something else are refused.
+        refuse_another_request(runs.chosen_journal(facts, options.run_id, label, job.task), job, options)
     continued = runs.unfinished(remote, facts, job, console, events,
                                 runs.Unfinished(options.rollback, options.abandon, options.run_id),
                                 dry_run=options.dry_run)
@@ -133,6 +139,9 @@ def _regen(remote, options: RegenOptions, console: Console, events: Events) -> R
     # The plan is detail on a real run (terminal and log only); a dry run exists to show it.
     (console.notice if options.dry_run else console.info)(shown)
     if options.dry_run:
+        # The real run's checks, with its exit code, after the plan; not the local backup folder's (a dry
+        # run creates nothing).
+        preflight(plan, force=options.force)
         console.notice("Dry run: nothing was changed on the master.")
         return RegenResult(facts, plan, "dry-run", commands_run=remote.commands_run,
                            seconds=time.monotonic() - started)
@@ -159,6 +168,36 @@ def _regen(remote, options: RegenOptions, console: Console, events: Events) -> R
     result = _done(remote, plan, journal, execution, job, console, started, backup)
     result.backup_seconds = backup_seconds
     return result
+
+
+def refuse_another_request(journal: Journal, job: "RegenJob", options: RegenOptions) -> None:
+    """Resuming `journal`'s run: --dns-alt-names, --drop-alt-names or --restart given and asking for other
+    alt names or another path than the run recorded are refused (InputError, nothing touched). The same
+    request again passes: the names these flags give on the run's master as it was (its journalled facts),
+    compared as a set; --restart where the run takes the stop/start path anyway."""
+    differences, flags = [], []
+    names_flags = [flag for flag, given in (
+        ("--dns-alt-names", options.alt_names is not None and not options.alt_names_from_inventory),
+        ("--drop-alt-names", bool(options.drop_alt_names))) if given]
+    if names_flags:
+        facts = journal.facts
+        try:
+            asked = choose_alt_names(facts.certname, facts.dns_alt_names,
+                                     sans_to_names(facts.certname, facts.cert.sans) if facts.cert else (),
+                                     options.alt_names, options.drop_alt_names)
+            same, said = set(asked) == set(journal.alt_names), ", ".join(asked) or "none"
+        except InvalidName as exc:
+            same, said = False, f"what the flags given ask for, which does not fit that run ({exc})"
+        if not same:
+            flags += names_flags
+            differences.append(f"alt names {', '.join(journal.alt_names) or 'none'}, not {said}")
+    if options.restart and job.plan(journal).path != "restart":
+        flags.append("--restart")
+        differences.append("the reload path, not the stop/start procedure of --restart")
+    if differences:
+        raise InputError(f"the unfinished run {journal.run_id} uses {'; '.join(differences)}: finish it as recorded "
+                         f"(run regen again without {' and '.join(flags)}), or `regen --rollback` / "
+                         f"`regen --abandon {journal.run_id}` first; nothing was changed")
 
 
 class RegenJob:

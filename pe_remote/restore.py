@@ -24,7 +24,8 @@ from pe_remote.commands import steps
 from pe_remote.commands.certs import fingerprint, load_cert
 from pe_remote.commands.facts import cert_with_key, read_cert_with_key, read_served_cert, served_cert
 from pe_remote.discovery import MasterFacts
-from pe_remote.errors import BackupError, InputError, RemoteCommandFailed
+from pe_remote.errors import (BackupError, ConnectionFailed, Incomplete, InputError, RemoteCommandFailed,
+                              RolledBack)
 
 
 @dataclass(frozen=True)
@@ -53,26 +54,82 @@ def served_cert_command(facts: MasterFacts) -> str:
     return cert_with_key("disk", facts.hostcert) + "\n" + served_cert("served", facts.certname)
 
 
-def put_back(remote, facts: MasterFacts, tarball: str, sha256: str, start: list[str], console) -> RestoreOutcome:
-    """Stop, restore the SSL folders from `tarball` (on the master), start `start`, read what is served."""
-    suffix = f".pe-remote-failed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+def failed_suffix() -> str:
+    """What the folders a put-back replaces are kept as: `<folder>.pe-remote-failed-<UTC time>`."""
+    return f".pe-remote-failed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+
+
+def _cause(exc: RemoteCommandFailed, *, first: bool = False) -> str:
+    """The last (or first: tar's ends in "Error is not recoverable") line of a failed command's output
+    that is not pe-remote's own."""
+    lines = [line.strip() for line in exc.output.splitlines() if line.strip() and not line.startswith("pe-remote:")]
+    return (lines[0] if first else lines[-1]) if lines else f"exit {exc.exit_status}"
+
+
+def _start_again(remote, facts: MasterFacts, start: list[str], console, what: str):
+    """The SSL folders are as they were: start `start` again, then RolledBack (or Incomplete if that fails)."""
+    services = ", ".join(start) or "nothing"
+    console.warn(f"{what}; starting {services} again")
+    try:
+        remote.run(start_services_command(facts, start))
+    except RemoteCommandFailed as exc:
+        raise Incomplete(f"{what}, but starting {services} again failed ({_cause(exc)}): the SSL folders are as they "
+                         "were and the services are stopped; start them by hand") from None
+    raise RolledBack(f"{what}; {services} started again: the master is as it was before this put-back")
+
+
+def put_back(remote, facts: MasterFacts, tarball: str, sha256: str, start: list[str], console, *,
+             suffix: str | None = None) -> RestoreOutcome:
+    """Stop, restore the SSL folders from `tarball` (on the master), start `start`, read what is served.
+
+    A failure that leaves the SSL folders as they were (the stop, a tarball that does not match, a
+    put-back the shell undid) starts `start` again and raises RolledBack. Any other failure once the
+    services were stopped raises Incomplete naming the state and the folders kept aside; the services
+    are then NOT started on SSL folders that may be half put back. A lost connection is passed on.
+    """
+    suffix = suffix or failed_suffix()
+    paths = backup_paths(facts)
+    aside = [p + suffix for p in paths]
+    services = ", ".join(start) or "nothing"
     console.notice("  stopping the services ...")
-    remote.run(stop_services_command(facts))
-    console.notice(f"  putting back {', '.join(backup_paths(facts))} from {tarball} ...")
+    try:
+        remote.run(stop_services_command(facts))
+    except RemoteCommandFailed as exc:
+        _start_again(remote, facts, start, console,
+                     f"stopping the services failed ({_cause(exc)}); nothing was put back")
+    console.notice(f"  putting back {', '.join(paths)} from {tarball} ...")
     try:
         remote.run(put_back_command(facts, tarball, sha256, suffix))
-    except RemoteCommandFailed:
-        # The services were stopped: never leave the master down on top of a failed put-back.
-        console.warn(f"putting back {tarball} failed; starting {', '.join(start) or 'nothing'} again")
-        remote.run(start_services_command(facts, start), check=False)
-        raise
-    console.notice(f"  starting {', '.join(start) or 'nothing'} ...")
-    remote.run(start_services_command(facts, start))
+    except RemoteCommandFailed as exc:
+        if exc.exit_status == commands.PUT_BACK_MISMATCH:
+            _start_again(remote, facts, start, console,
+                         f"the backup {tarball} on the master does not match sha256 {sha256}; nothing was moved")
+        if exc.exit_status == commands.PUT_BACK_UNDONE:
+            _start_again(remote, facts, start, console, f"putting back {tarball} failed "
+                         f"({_cause(exc, first=True)}); the folders it replaced were moved back in place")
+        if exc.exit_status == commands.PUT_BACK_NOT_UNDONE:
+            kept = [line[len(commands.KEPT_ASIDE):].strip() for line in exc.output.splitlines()
+                    if line.startswith(commands.KEPT_ASIDE)]
+            raise Incomplete(f"putting back {tarball} failed ({_cause(exc, first=True)}) and the folders it replaced "
+                             f"could not all be moved back: the services are stopped, {', '.join(paths)} may be half "
+                             f"extracted, the replaced folders are kept as {', '.join(kept) or 'nothing'}; on the "
+                             f"master remove the half-extracted folder and move its kept folder back "
+                             f"(`rm -rf DIR && mv DIR{suffix} DIR`), then start {services}") from None
+        raise Incomplete(f"putting back {tarball} ended with an unknown outcome ({_cause(exc)}): the services are "
+                         f"stopped and {', '.join(paths)} may be half extracted, the replaced folders kept as "
+                         f"{', '.join(aside)} if they are there; check on the master, move them back (`rm -rf DIR "
+                         f"&& mv DIR{suffix} DIR`) or put the backup back again, then start {services}") from None
+    console.notice(f"  starting {services} ...")
+    try:
+        remote.run(start_services_command(facts, start))
+    except RemoteCommandFailed as exc:
+        raise Incomplete(f"{tarball} was put back (the replaced folders are kept as {', '.join(aside)}), but "
+                         f"starting {services} failed ({_cause(exc)}): see why on the master and start them, or "
+                         f"move the kept folders back (`rm -rf DIR && mv DIR{suffix} DIR`) and start them") from None
     sections = protocol.split(remote.run(served_cert_command(facts), check=False).stdout)
     disk, _ = read_cert_with_key(sections, "disk")
     served = read_served_cert(sections, "served")
-    return RestoreOutcome(tuple(p + suffix for p in backup_paths(facts)),
-                          served.sha256 if served else "", disk.sha256 if disk else "")
+    return RestoreOutcome(tuple(aside), served.sha256 if served else "", disk.sha256 if disk else "")
 
 
 # --- has the CA moved on since the backup? -----------------------------------------------------
@@ -113,11 +170,21 @@ def ca_changes(output: str, certname: str) -> list[str]:
 # --- the `restore` task: a local tarball back onto a master ---------------------------------
 
 def expected_sha256(tarball: Path, given: str | None) -> str:
+    """The sha256 given, else the one in the `.sha256` file beside the tarball (as `sha256sum` writes it)."""
     if given:
         return given.strip().lower()
     sidecar = tarball.with_name(tarball.name + ".sha256")
     if sidecar.exists():
-        return sidecar.read_text().split()[0].lower()
+        try:
+            words = sidecar.read_text(errors="replace").split()
+        except OSError as exc:
+            raise InputError(f"cannot read {sidecar}: {exc.strerror or exc}; make it readable or pass "
+                             "--sha256") from None
+        if not words or not re.fullmatch(r"[0-9A-Fa-f]{64}", words[0]):
+            raise InputError(f"{sidecar} is {'empty' if not words else 'garbled'}: it must start with the "
+                             "backup's sha256 (64 hex digits), as sha256sum writes it; fix it or pass --sha256 "
+                             "with the value pe-remote printed when it took the backup")
+        return words[0].lower()
     raise InputError(f"no checksum to verify {tarball} against: {sidecar.name} is missing; "
                      "pass --sha256 with the value pe-remote printed when it took the backup")
 
@@ -177,6 +244,14 @@ def check_members(tarball: Path, facts: MasterFacts) -> None:
         through = next((link for link in links if member.name.startswith(link + "/")), None)
         if through:
             raise InputError(f"{tarball} holds {member.name!r} beneath the link {through!r}: refusing to restore it")
+    # Every folder the put-back moves aside must come back from the tarball (a backup of the ssldir
+    # alone would leave the master without its CA).
+    names = [member.name.rstrip("/") for member in members]
+    for root in roots:
+        if not any(name == root or name.startswith(root + "/") for name in names):
+            raise InputError(f"{tarball} holds nothing of /{root}, which the restore would move aside: it is not a "
+                             f"backup of this master's layout ({', '.join('/' + r for r in roots)}); "
+                             "refusing to restore it; use a backup pe-remote took of this master")
 
 
 def upload_backup(remote, tarball: Path, sha256: str) -> str:
@@ -197,11 +272,23 @@ def upload_backup(remote, tarball: Path, sha256: str) -> str:
 def verify_local(tarball: Path, sha256: str) -> None:
     if not tarball.is_file():
         raise InputError(f"backup {tarball} does not exist or is not a file")
-    actual = sha256_file(tarball)
+    try:
+        actual = sha256_file(tarball)
+    except OSError as exc:
+        raise InputError(f"cannot read backup {tarball}: {exc.strerror or exc}") from None
     if actual != sha256:
         raise InputError(f"backup {tarball} does not match its sha256 ({actual[:16]}... is not {sha256[:16]}...): "
                          "it is damaged or not the backup you meant")
 
+
+def check_local_backup(tarball: Path, sha256: str | None) -> str:
+    """The checks of the local tarball, before any connection: it is a readable file and matches the
+    sha256 given or written beside it. Returns that sha256."""
+    if not tarball.is_file():  # before its sidecar: a wrong path is the likelier mistake
+        raise InputError(f"backup {tarball} does not exist or is not a file")
+    expected = expected_sha256(tarball, sha256)
+    verify_local(tarball, expected)
+    return expected
 
 
 def restore_backup(remote, tarball: Path, console, *, sha256: str | None = None,
@@ -209,8 +296,7 @@ def restore_backup(remote, tarball: Path, console, *, sha256: str | None = None,
     """The `restore` task: verify a local backup, upload it, put it back, prove its cert is served."""
     from pe_remote.discovery import discover
 
-    expected = expected_sha256(tarball, sha256)
-    verify_local(tarball, expected)
+    expected = check_local_backup(tarball, sha256)
     facts = discover(remote, flavor_override=flavor)
     check_members(tarball, facts)
     cert_sha = cert_sha256_in_tarball(tarball, facts.hostcert)
@@ -221,12 +307,26 @@ def restore_backup(remote, tarball: Path, console, *, sha256: str | None = None,
     console.confirm(f"Stop the Puppet services on {remote.target.label} and put this backup back?")
     with master_lock.acquire(remote, "restore", console):
         uploaded = upload_backup(remote, tarball, expected)
-        outcome = put_back(remote, facts, uploaded, expected, start, console)
+        suffix = failed_suffix()
+        aside = ", ".join(p + suffix for p in backup_paths(facts))
+        try:
+            outcome = put_back(remote, facts, uploaded, expected, start, console, suffix=suffix)
+        except (ConnectionFailed, KeyboardInterrupt) as exc:
+            why = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc)
+            raise Incomplete(f"{why} once the restore had begun stopping the services: the master's state is "
+                             f"unknown (services maybe stopped, SSL folders maybe moved aside as {aside} or half "
+                             "extracted); check on the master and move kept folders back or restore again (README "
+                             "'Restoring a backup by hand')") from None
+    problem = None
     if outcome.disk_sha256 != cert_sha:
-        raise BackupError(f"after the restore the cert on disk is {outcome.disk_sha256[:23]}..., not the backup's")
-    if facts.server_service in start and outcome.served_sha256 != cert_sha:
-        raise BackupError(f"after the restore port 8140 serves {outcome.served_sha256[:23] or 'nothing'}, "
-                          "not the backup's cert")
+        disk = f"{outcome.disk_sha256[:23]}..." if outcome.disk_sha256 else "missing"
+        problem = f"the cert on disk is {disk}, not the backup's"
+    elif facts.server_service in start and outcome.served_sha256 != cert_sha:
+        problem = f"port 8140 serves {outcome.served_sha256[:23] or 'nothing'}, not the backup's cert"
+    if problem:
+        raise Incomplete(f"after the restore {problem}: the backup was put back and the services started, the "
+                         f"replaced folders are kept as {', '.join(outcome.moved_aside)}; check the master (verify), "
+                         "or move the kept folders back by hand")
     console.notice(f"Restored: {facts.certname} serves the cert from {tarball.name} again; "
                  f"the replaced folders are kept as {', '.join(outcome.moved_aside)}")
     return outcome

@@ -10,8 +10,9 @@ from datetime import datetime, timezone
 from invoke import Collection, task
 
 from pe_remote.cli import (TARGET_HELP, alt_names_from, check_flavor, check_report_path, connected, exits_cleanly,
-                           for_each_host, named_target, report_path, run_id_from, run_log_path, target_from,
-                           targets_from)
+                           for_each_host, named_target, per_host_report, run_id_from, run_log_path, target_from,
+                           targets_from, whole_number)
+from pe_remote.connection import check_login
 from pe_remote.console import Console
 from pe_remote.crl import DEFAULT_DAYS as DEFAULT_CRL_DAYS, MAX_DAYS as MAX_CRL_DAYS, refresh_crl as refresh
 from pe_remote.discovery import discover as discover_master
@@ -39,7 +40,7 @@ PARALLEL_HELP = "with several hosts, how many to work on at once (default 4)"
 @task(auto_shortflags=False, help={**TARGET_HELP, "flavor": FLAVOR_HELP, "parallel": PARALLEL_HELP})
 @exits_cleanly
 def discover(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
-             flavor=None, parallel=4):
+             flavor=None, parallel=None):
     """Show what pe-remote finds on a master (read-only): certname, alt names, paths, services, cert."""
     check_flavor(flavor)
     targets = targets_from(c, host, inventory, key_file, known_hosts)
@@ -55,7 +56,7 @@ def discover(c, host=None, inventory=None, key_file=None, known_hosts=None, acce
                                    "parallel": PARALLEL_HELP})
 @exits_cleanly
 def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
-           backup_dir=None, flavor=None, parallel=4):
+           backup_dir=None, flavor=None, parallel=None):
     """Back up the master's SSL directory and pull the tarball back, verified (changes nothing else)."""
     check_flavor(flavor)
     targets = targets_from(c, host, inventory, key_file, known_hosts)
@@ -73,7 +74,8 @@ def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
     "drop_alt_names": "comma-separated alt names of the current cert to leave out of the new one; a name is "
                       "never dropped otherwise, --yes included",
     "yes": "do not ask before changing the master (for CI); the plan is still printed",
-    "dry_run": "discover and print the exact remote commands in order; change nothing",
+    "dry_run": "discover and print the exact remote commands in order, then run the real run's checks (a master "
+               "it refuses fails the same way); change nothing",
     "backup_dir": BACKUP_DIR_HELP,
     "flavor": FLAVOR_HELP,
     "verbose": "print every remote command as it runs",
@@ -88,7 +90,8 @@ def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
     "report": "write a JSON report of the run to this file, whatever the outcome (schema: README, Report); "
               "with several hosts, one file each, named FILE-<host>.json",
     "log_file": "log of the run (default: ~/.local/state/pe-remote/logs/<UTC time>-<host>-regen.log)",
-    "wave": "with several hosts, how many to regenerate at once (default 1); nothing starts after a failure",
+    "wave": "with several hosts, how many to regenerate at once (default 1; more needs --yes); nothing starts "
+            "after a failure",
     "restart": "stop and start the services as the generation's documented procedure does, even where the "
                "server could read the new cert on a reload (Puppet Server 6+: the default there)",
 })
@@ -96,7 +99,7 @@ def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
 def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
           dns_alt_names=None, drop_alt_names=None, yes=False, dry_run=False, backup_dir=None, flavor=None,
           verbose=False, force=False, rollback=False, resume=None, abandon=None, report=None, log_file=None,
-          wave=1, server_timeout=300, restart=False):
+          wave=None, server_timeout=None, restart=False):
     """Regenerate the master's SSL cert: back up, stop services, clean, generate, start, verify.
 
     Where the server can read a new cert on a reload (Puppet Server 6+ whose unit can reload), it keeps
@@ -111,17 +114,24 @@ def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_
     written: list[str] = []
     # Every flag is checked before the first connection (exit 2, nothing touched).
     check_flavor(flavor)
-    check_report_path(report)
+    report = check_report_path(report)
+    report_for = per_host_report(c, report, targets)
     drop = parse_alt_names(drop_alt_names, source="--drop-alt-names")
     run_id = run_id_from(rollback, resume, abandon)
-    if not isinstance(server_timeout, int) or not 10 <= server_timeout <= 3600:
-        raise InputError(f"--server-timeout {server_timeout!r}: give whole seconds from 10 to 3600")
+    server_timeout = whole_number(server_timeout, "--server-timeout", "whole seconds from 10 to 3600", low=10,
+                                  high=3600, default=300)
+    wave = whole_number(wave, "--wave", "a whole number of hosts, 1 or more", low=1, default=1)
+    if wave > 1 and several and not (yes or dry_run):
+        # Masters regenerated at once run in threads: their questions would race for one terminal.
+        raise InputError(f"--wave {wave} regenerates {min(wave, len(targets))} masters at once: add --yes (no "
+                         "question can be answered for several masters at once), or leave --wave out")
     for target in targets:
         alt_names_from(dns_alt_names, target)
 
     def one_master(remote):
         target = remote.target
         options = RegenOptions(alt_names=alt_names_from(dns_alt_names, target),
+                               alt_names_from_inventory=dns_alt_names is None and target.alt_names is not None,
                                drop_alt_names=drop,
                                dry_run=dry_run,
                                backup_dir=backup_dir or target.backup_dir, flavor=flavor, force=force,
@@ -142,15 +152,16 @@ def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_
             console.info(f"Log: {console.log_path}")
             console.close()
             if report:
-                record.write(report_path(report, target.label) if several else report)
+                record.write(report_for(target.label))
                 written.append(target.label)
 
     try:
         for_each_host(targets, one_master, accept_new_host_key=accept_new_host_key, changing=True, wave=wave,
                       title="regen", describe=lambda r: f"{r.outcome}: serial {r.old_serial} -> {r.new_serial}")
     except PeRemoteError as exc:
-        if report and not several and not written:  # refused before a connection: still leave a report
-            RunReport(targets[0].label, ended=utc_now(), error=str(exc), exit_code=exc.exit_code).write(report)
+        if report and len(targets) == 1 and not written:  # refused before a connection: still leave a report
+            RunReport(targets[0].label, ended=utc_now(), error=str(exc),
+                      exit_code=exc.exit_code).write(report_for(targets[0].label))
         raise
 
 
@@ -168,7 +179,11 @@ def restore(c, tarball, host=None, inventory=None, key_file=None, known_hosts=No
     check_flavor(flavor)
     from pathlib import Path
 
+    from pe_remote import restore as restoring
+
     target = target_from(c, host, inventory, key_file, known_hosts)
+    # The local tarball and its sha256 are checked before any connection (exit 2, nothing touched).
+    restoring.check_local_backup(Path(tarball).expanduser(), sha256)
     with connected(target, accept_new_host_key) as remote:
         restore_backup(remote, Path(tarball).expanduser(), Console(assume_yes=yes), sha256=sha256, flavor=flavor)
 
@@ -184,7 +199,7 @@ def restore(c, tarball, host=None, inventory=None, key_file=None, known_hosts=No
 })
 @exits_cleanly
 def verify(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
-           dns_alt_names=None, flavor=None, parallel=4, warn_days=90, report=None):
+           dns_alt_names=None, flavor=None, parallel=None, warn_days=None, report=None):
     """Check a master's cert, services and end dates (read-only); exit 9 naming every problem.
 
     Checks: issuer is the CA, SANs = certname + alt names, key matches the cert, port 8140 presents
@@ -192,10 +207,12 @@ def verify(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
     cert, every CA cert and the CRLs (expired, or under --warn-days).
     """
     check_flavor(flavor)
-    check_report_path(report)
-    if not isinstance(warn_days, int) or warn_days < 0:
-        raise InputError(f"--warn-days {warn_days!r}: give a whole number of days, 0 or more")
+    report = check_report_path(report)
+    warn_days = whole_number(warn_days, "--warn-days", "a whole number of days, 0 or more", low=0, default=90)
     targets = targets_from(c, host, inventory, key_file, known_hosts)
+    report_for = per_host_report(c, report, targets)
+    for target in targets:  # checked before the first connection (exit 2)
+        alt_names_from(dns_alt_names, target)
 
     def one_master(remote):
         label = remote.target.label
@@ -207,8 +224,8 @@ def verify(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
                         f"SANs {', '.join(sorted(result.cert.sans))}"))
         print(printable(render_dates(label, dates, now, warn_days)))
         if report:
-            write_verify_report(report_path(report, label) if len(targets) > 1 else report, label, facts,
-                                result, problems, dates_to_json(dates, now, warn_days))
+            write_verify_report(report_for(label), label, facts, result, problems,
+                                dates_to_json(dates, now, warn_days))
         if problems:
             raise Mismatch(f"{label} fails verification: " + "; ".join(problems))
         print(f"{label}: OK (issuer, SANs, key, 8140, services, end dates)")
@@ -239,7 +256,7 @@ CA_JOB_HELP = {
 })
 @exits_cleanly
 def refresh_crl(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
-                days=DEFAULT_CRL_DAYS, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False,
+                days=None, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False,
                 rollback=False, resume=None, abandon=None):
     """Re-sign the CA's CRL with a fresh end date: same entries, CRL number + 1 (backup first).
 
@@ -250,8 +267,8 @@ def refresh_crl(c, host=None, inventory=None, key_file=None, known_hosts=None, a
     """
     check_flavor(flavor)
     unfinished = unfinished_from(rollback, resume, abandon)
-    if not isinstance(days, int) or not 1 <= days <= MAX_CRL_DAYS:
-        raise InputError(f"--days {days!r}: give whole days from 1 to {MAX_CRL_DAYS}")
+    days = whole_number(days, "--days", f"whole days from 1 to {MAX_CRL_DAYS}", low=1, high=MAX_CRL_DAYS,
+                        default=DEFAULT_CRL_DAYS)
     _ca_job(c, "refresh-crl", host, inventory, key_file, known_hosts, accept_new_host_key, verbose, yes,
             lambda remote, console, folder: refresh(remote, console, days=days, dry_run=dry_run, backup_dir=folder,
                                                     flavor=flavor, unfinished_run=unfinished), backup_dir)
@@ -267,7 +284,7 @@ def refresh_crl(c, host=None, inventory=None, key_file=None, known_hosts=None, a
 })
 @exits_cleanly
 def extend_ca(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
-              years=DEFAULT_CA_YEARS, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False,
+              years=None, yes=False, dry_run=False, backup_dir=None, flavor=None, verbose=False,
               rollback=False, resume=None, abandon=None, agents=None):
     """Renew the CA cert before it ends: same key, serial, subject and extensions (backup first).
 
@@ -283,8 +300,15 @@ def extend_ca(c, host=None, inventory=None, key_file=None, known_hosts=None, acc
     pushed = AgentsToPush(tuple(agent_targets(agents, lambda name: named_target(c, name, inventory, key_file,
                                                                                  known_hosts))),
                           accept_new_host_key) if agents is not None else None
-    if not isinstance(years, int) or not 1 <= years <= MAX_CA_YEARS:
-        raise InputError(f"--years {years!r}: give whole years from 1 to {MAX_CA_YEARS}")
+    years = whole_number(years, "--years", f"whole years from 1 to {MAX_CA_YEARS}", low=1, high=MAX_CA_YEARS,
+                         default=DEFAULT_CA_YEARS)
+    for agent in pushed.targets if pushed else ():
+        # What the push would refuse per agent (not root, a key file missing), refused now: before the
+        # master's CA is renewed, not after it (exit 10).
+        try:
+            check_login(agent)
+        except InputError as exc:
+            raise InputError(f"--agents {agent.label}: {exc}") from None
     _ca_job(c, "extend-ca", host, inventory, key_file, known_hosts, accept_new_host_key, verbose, yes,
             lambda remote, console, folder: extend(remote, console, years=years, dry_run=dry_run, backup_dir=folder,
                                                    flavor=flavor, unfinished_run=unfinished, agents=pushed),

@@ -53,3 +53,33 @@ def test_the_installed_program_works_outside_a_checkout(tmp_path):
                    str(tmp_path / "known_hosts"), cwd=tmp_path)
     assert proc.returncode == 3, describe(proc)  # it ran the task: the connection was refused
     assert proc.stderr.startswith("pe-remote: cannot connect to 127.0.0.1:1")
+
+
+BAD_VALUES = [  # (task and flags, words of the one-line error)
+    (["regen", "--server-timeout", "5m"], "--server-timeout 5m: give whole seconds from 10 to 3600"),
+    (["regen", "--wave", "two"], "--wave two: give a whole number of hosts, 1 or more"),
+    (["discover", "--parallel", "x"], "--parallel x: give a whole number of hosts, 1 or more"),
+    (["verify", "--warn-days", "soon"], "--warn-days soon: give a whole number of days, 0 or more"),
+    (["refresh-crl", "--days", "1.5"], "--days 1.5: give whole days from 1 to"),
+    (["extend-ca", "--years", "ten"], "--years ten: give whole years from 1 to"),
+    (["regen", "--resume", ""], "--resume needs the run id"),
+]
+
+
+@pytest.mark.parametrize("program", ["fab", "invoke"])
+@pytest.mark.parametrize("args, words", BAD_VALUES, ids=[" ".join(args[:2]) for args, _ in BAD_VALUES])
+def test_a_value_the_parser_cannot_convert_is_a_one_line_error_and_exit_2(tmp_path, program, args, words):
+    # Nothing listens on port 1: had the flag passed, the run would end in exit 3, not 2.
+    target = (["-H", "root@127.0.0.1:1"], []) if program == "fab" else ([], ["--host", "root@127.0.0.1:1"])
+    proc = run_cli(program, *target[0], *args, *target[1], env={"PE_REMOTE_INVENTORY": str(tmp_path / "none.toml")})
+    assert proc.returncode == 2, describe(proc)
+    assert proc.stderr.startswith("pe-remote: ") and proc.stderr.count("\n") == 1, describe(proc)
+    assert words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_fab_with_several_hosts_names_each_report_after_its_host(tmp_path):
+    proc = run_cli("fab", "-H", "root@127.0.0.1:1,root@127.0.0.1:2", "regen", "--yes", "--report",
+                   str(tmp_path / "r.json"), "--known-hosts", str(tmp_path / "known_hosts"),
+                   env={"PE_REMOTE_INVENTORY": str(tmp_path / "none.toml")})
+    assert proc.returncode == 3, describe(proc)  # the first host's connection is refused; fab stops there
+    assert [p.name for p in tmp_path.glob("r*.json")] == ["r-127.0.0.1_1.json"], describe(proc)

@@ -8,6 +8,7 @@ with matching sha256 on both ends, and the exit code and message of the run.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import signal
 import subprocess
@@ -233,6 +234,28 @@ def test_restore_refuses_a_damaged_tarball(staging_master, tmp_path):
                    "--known-hosts", str(master.known_hosts_path))
     assert proc.returncode == 2, describe(proc)
     assert "does not match its sha256" in proc.stderr
+
+
+@pytest.mark.parametrize("staging_master", ["oss7"], indirect=True)  # its CA folder lies outside the ssldir
+def test_restore_refuses_a_tarball_without_the_ca_folder(staging_master, tmp_path):
+    """A backup of the ssldir alone would move the live CA aside and put nothing back: refused, exit 2,
+    before anything is stopped (the fixture checks the SSL files are unchanged)."""
+    master = staging_master
+    hostcert = master.flavor.hostcert(master.certname)
+    tarball = tmp_path / "ssl-only.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        data = master.check(f"cat {hostcert}").encode()
+        info = tarfile.TarInfo(hostcert.lstrip("/"))
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    (tmp_path / "ssl-only.tar.gz.sha256").write_text(f"{digest}  ssl-only.tar.gz\n")
+    proc = run_cli("fab", *fab_target_args(master), "restore", str(tarball), "--yes",
+                   "--known-hosts", str(master.known_hosts_path))
+    assert proc.returncode == 2, describe(proc)
+    assert f"holds nothing of {master.flavor.cadir}" in proc.stderr and "layout" in proc.stderr
+    assert master.check("systemctl is-active " + " ".join(master.flavor.services)).split() == \
+        ["active"] * len(master.flavor.services)
 
 
 def test_monolithic_looking_pe37_is_refused(staging_master, tmp_path):

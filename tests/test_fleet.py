@@ -45,4 +45,4 @@ def test_a_failing_host_is_reported_in_the_table_and_the_exit_code(master_pool, 
     assert proc.returncode == 3, describe(proc)
     assert "2 hosts: 1 ok, 1 failed" in proc.stdout
     assert "stranger  FAILED(3)" in proc.stdout
-    assert "1 of 2 hosts did not succeed; first: stranger" in proc.stderr
+    assert "1 of 2 hosts did not succeed; most severe: stranger (exit 3)" in proc.stderr

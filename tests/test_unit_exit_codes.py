@@ -63,3 +63,16 @@ def test_every_error_class_code_is_in_the_table():
     codes = {cls.exit_code for cls in subclasses(errors.PeRemoteError) if cls is not errors.FleetFailed}
     assert codes <= set(readme_codes()), codes - set(readme_codes())
     assert set(readme_codes()) == codes | {0, 130}
+
+
+def test_several_hosts_exit_with_the_most_severe_code_in_the_readmes_order():
+    said = re.search(r"in this order\s+\(`pe_remote/errors.py`, `EXIT_SEVERITY`\): ([\d >]+)", README)
+    assert said, "the README states the order of severity"
+    assert tuple(int(code) for code in said[1].split(">")) == errors.EXIT_SEVERITY
+    assert set(readme_codes()) - {0} <= set(errors.EXIT_SEVERITY)  # every failure the table lists is ranked
+    assert errors.most_severe([4, 8]) == errors.most_severe([8, 4]) == 8  # not the first in list order
+    assert errors.most_severe([2, 5, 3, 6]) == 6
+    assert errors.most_severe([10, 7]) == 7 and errors.most_severe([9, 10]) == 10
+    assert errors.most_severe([130, 5]) == 130 and errors.most_severe([2, 130, 4]) == 4
+    assert errors.most_severe([None, 7]) == errors.most_severe([42, 7]) == 1  # no code / unknown: a bug
+    assert errors.most_severe([]) == errors.most_severe([0, 0]) == 0

@@ -196,6 +196,54 @@ def test_waves_of_two_run_in_parallel_and_finish_the_failing_wave():
     assert results[4].error == "not started: master2.example.com failed"
 
 
+def test_ctrl_c_during_a_wave_reaches_every_host_of_it_and_starts_no_further_wave():
+    """The worker threads' latches read the main thread's: a host part-way through its steps sees the
+    Ctrl-C (its executor then rolls back), a host that gets to its steps after it stops before them."""
+    import os
+    import signal
+
+    from pe_remote.executor import InterruptLatch
+
+    class Quiet:
+        def warn(self, message):
+            pass
+
+    stray = []  # a Ctrl-C the wave did not catch lands here (not as a KeyboardInterrupt ending the test run)
+
+    def recorder(signum, frame):
+        stray.append(signum)
+
+    handler = signal.signal(signal.SIGINT, recorder)
+    pressed = threading.Event()
+    saw: dict[str, bool] = {}
+
+    def job(remote):
+        name = remote.target.address
+        if name == "master1.example.com":
+            assert pressed.wait(5)  # gets to its steps after Ctrl-C: stops before its first change
+        with InterruptLatch(Quiet()) as latch:
+            os.kill(os.getpid(), signal.SIGINT)  # as a terminal sends it: to the process, its main thread
+            deadline = time.monotonic() + 5
+            while not latch.interrupted and time.monotonic() < deadline:
+                time.sleep(0.01)
+            saw[name] = latch.interrupted
+            pressed.set()
+            raise Refused(f"{name} rolled back")  # what run_steps does once its step is finished
+
+    try:
+        results = run_in_waves(targets(4), job, wave_size=2, connect=FakeConnect())
+        ours = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert stray == [] and saw == {"master0.example.com": True}
+    assert [r.status for r in results] == [FAILED, FAILED, SKIPPED, SKIPPED]
+    assert results[1].exit_code == 130 and results[1].error == "interrupted (Ctrl-C) before any change"
+    assert results[2].exit_code == results[3].exit_code == 130
+    assert results[2].error == "not started: interrupted (Ctrl-C)"
+    assert ours is recorder  # the handler from before the wave is back
+    assert InterruptLatch.workers is None
+
+
 def test_waves_bad_size():
     with pytest.raises(ValueError, match="wave_size"):
         run_in_waves(targets(2), ConcurrencyMeter(), wave_size=0, connect=FakeConnect())

@@ -171,10 +171,11 @@ def job(monkeypatch, tmp_path):
     return Job(monkeypatch, tmp_path)
 
 
-def journal_text(run_id: str, *done: str, facts=RECORDED, alt_names=("puppet", "puppet.pe-remote.test")):
-    """(path, text) of an unfinished run's journal as discovery reads it."""
+def journal_text(run_id: str, *done: str, facts=RECORDED, alt_names=("puppet", "puppet.pe-remote.test"),
+                 job=None):
+    """(path, text) of an unfinished run's journal as discovery reads it (`job`: what regen recorded)."""
     backup = dataclasses.replace(BACKUP, path=f"{REMOTE_BACKUP_DIR}/{run_id[:16]}-{facts.certname}-ssl.tar.gz")
-    lines = [Journal(run_id, facts, alt_names, backup, "/local/b.tar.gz").header(),
+    lines = [Journal(run_id, facts, alt_names, backup, "/local/b.tar.gz", job=dict(job or {})).header(),
              *(event("end", step=key) for key in done)]
     return f"{REMOTE_BACKUP_DIR}/{run_id}.journal", "\n".join(lines) + "\n"
 
@@ -254,6 +255,39 @@ def test_a_dry_run_shows_the_plan_and_changes_nothing(job):
     assert "Dry run: nothing was changed" in job.console.text("notice")
     assert C in job.console.text("notice")  # the plan itself is shown, not only logged
     assert job.report.old_cert["serial"] == OLD.serial and job.report.new_cert is None
+
+
+_STOPPED_SERVER = tuple(dataclasses.replace(s, active=False, state="inactive") if s.name == "puppetserver" else s
+                        for s in RECORDED.services)
+
+
+@pytest.mark.parametrize("changes", [
+    {"ca_key_present": False},  # a compile master: not the CA
+    {"monolithic_markers": ("pe-puppetdb",)},
+    {"backup_free_kb": 100, "ssl_kb": 60},  # no room for the backup on the master
+    {"services": _STOPPED_SERVER},  # Puppet 6+ cleans through its running CA
+], ids=["not-the-ca", "monolithic", "no-room", "server-stopped"])
+def test_a_dry_run_is_refused_by_preflight_as_the_real_run_is(job, monkeypatch, changes):
+    job.facts = dataclasses.replace(RECORDED, **changes)
+    real = job.fails(PeRemoteError)
+    real_code = job.report.exit_code
+    assert real_code == real.exit_code == 4 and job.backups == []
+
+    job.remote, job.console, job.report = FakeRemote(job.master), QuietConsole(), RunReport("m")
+    monkeypatch.setattr(regen, "prepare_local_dir", lambda folder: pytest.fail("a dry run creates no folder"))
+    dry = job.fails(PeRemoteError, dry_run=True)
+    assert type(dry) is type(real) and str(dry) == str(real)  # the same refusal, word for word
+    assert (job.report.exit_code, job.report.outcome) == (real_code, "failed")
+    assert job.remote.commands_run == 0 and job.execute.calls == [] and job.backups == []
+    assert job.locks.taken == ["regen"]  # the real run's only: a dry run takes no lock either
+    assert C in job.console.text("notice")  # the plan is still shown before the refusal
+    assert "Dry run: nothing was changed" not in job.console.text("notice")
+
+
+def test_a_dry_run_of_a_monolithic_install_passes_with_force(job):
+    job.facts = dataclasses.replace(RECORDED, monolithic_markers=("pe-puppetdb",))
+    assert job.run(dry_run=True, force=True).outcome == "dry-run"
+    assert job.report.exit_code == 0 and job.remote.commands_run == 0
 
 
 # --- preflight: refusals before anything is changed ------------------------------------------------
@@ -710,6 +744,85 @@ def test_a_resume_with_a_done_step_gone_is_refused_before_any_change(job):
     error = job.fails(Refused)
     assert "was done, but the master does not show it" in str(error) and job.report.exit_code == 4
     assert job.execute.calls == [] and job.console.asked == []
+
+
+# --- a resume finishes the run as recorded: flags asking for something else are refused -------------
+
+def _refused_resume(job, **options):
+    error = job.fails(InputError, **options)
+    assert (job.report.exit_code, error.exit_code) == (2, 2) and "\n" not in str(error)
+    assert job.remote.commands_run == 0 and job.execute.calls == [] and job.console.asked == []
+    assert job.backups == []
+    return str(error)
+
+
+@pytest.mark.parametrize("options, says", [
+    ({"alt_names": ("puppet", "puppet.pe-remote.test", "new.pe-remote.test")},
+     "uses alt names puppet, puppet.pe-remote.test, not puppet, puppet.pe-remote.test, new.pe-remote.test"),
+    ({"alt_names": ("puppet", "puppet.pe-remote.test", "new.pe-remote.test"), "dry_run": True},
+     "not puppet, puppet.pe-remote.test, new.pe-remote.test"),
+    ({"drop_alt_names": ("puppet.pe-remote.test",)}, "not puppet: finish it"),
+    # names the run's own cert carries, left out without --drop-alt-names: not what that run did either
+    ({"alt_names": ("puppet",)},
+     "not what the flags given ask for, which does not fit that run (the current cert also carries puppet.pe-remote.test"),
+])
+def test_a_resume_asking_for_other_alt_names_is_refused_before_any_change(job, options, says):
+    run_id = new_run_id(C)
+    job.facts = with_unfinished(journal_text(run_id, *plan_keys()[:2]))
+    message = _refused_resume(job, **options)
+    assert message.startswith(f"the unfinished run {run_id} uses alt names puppet, puppet.pe-remote.test")
+    assert says in message
+    assert f"`regen --rollback` / `regen --abandon {run_id}` first" in message
+    flag = "--drop-alt-names" if "drop_alt_names" in options else "--dns-alt-names"
+    assert f"run regen again without {flag})" in message
+
+
+@pytest.mark.parametrize("options", [
+    {"alt_names": ("puppet.pe-remote.test", C, "puppet")},  # the same names, in another order
+    {"alt_names": ("other.pe-remote.test",), "alt_names_from_inventory": True},  # not given: the journal's
+    {"restart": True},  # the run takes the stop/start path anyway (this master cannot reload)
+])
+def test_a_resume_asking_for_what_the_run_recorded_goes_on(job, options):
+    job.facts = with_unfinished(journal_text(run_id := new_run_id(C)))
+    result = job.run(**options)
+    assert result.outcome == "ok" and job.report.run_id == run_id and job.execute.calls[0]["resume"] is True
+    assert job.plans[-1].alt_names == ("puppet", "puppet.pe-remote.test")  # the journal's
+
+
+def test_a_resume_with_the_names_it_dropped_dropped_again_goes_on(job):
+    job.facts = with_unfinished(journal_text(run_id := new_run_id(C), alt_names=("puppet",)))
+    result = job.run(drop_alt_names=("puppet.pe-remote.test",))
+    assert result.outcome == "ok" and job.report.run_id == run_id and job.plans[-1].alt_names == ("puppet",)
+
+
+def test_a_resume_of_a_reload_path_run_refuses_restart(job):
+    run_id = new_run_id(C)
+    reloads = dataclasses.replace(RECORDED, reloadable=("puppetserver",))
+    job.facts = with_unfinished(journal_text(run_id, facts=reloads, job={"restart": False}))
+    message = _refused_resume(job, restart=True)
+    assert message.startswith(f"the unfinished run {run_id} uses the reload path, not the stop/start procedure")
+    assert "run regen again without --restart)" in message
+
+
+def test_a_resume_of_a_run_started_with_restart_accepts_it_again(job):
+    reloads = dataclasses.replace(RECORDED, reloadable=("puppetserver",))
+    job.facts = with_unfinished(journal_text(run_id := new_run_id(C), facts=reloads, job={"restart": True}))
+    assert job.run(restart=True).outcome == "ok" and job.report.run_id == run_id
+    assert job.plans[-1].path == "restart"
+
+
+def test_names_and_restart_both_differing_are_said_in_one_line(job):
+    reloads = dataclasses.replace(RECORDED, reloadable=("puppetserver",))
+    job.facts = with_unfinished(journal_text(new_run_id(C), facts=reloads))
+    message = _refused_resume(job, restart=True, alt_names=("puppet", "puppet.pe-remote.test", "x.pe-remote.test"))
+    assert "; the reload path" in message and "without --dns-alt-names and --restart)" in message
+
+
+def test_other_names_do_not_stop_a_rollback_or_an_abandon(job):
+    run_id = new_run_id(C)
+    job.facts = with_unfinished(journal_text(run_id))
+    result = job.run(abandon=True, run_id=run_id, alt_names=("x.pe-remote.test",), restart=True)
+    assert result.outcome == "abandoned"
 
 
 # --- re-checking the steps a journal marks done -----------------------------------------------------

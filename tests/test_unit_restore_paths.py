@@ -21,7 +21,9 @@ from pe_remote import discovery, restore
 from pe_remote.backup import REMOTE_BACKUP_DIR, backup_paths
 from pe_remote.commands.certs import fingerprint
 from pe_remote.commands.sections import marker
-from pe_remote.errors import BackupError, InputError, RemoteCommandFailed
+from pe_remote.commands import backup as commands
+from pe_remote.errors import (BackupError, ConnectionFailed, Incomplete, InputError, RemoteCommandFailed,
+                              RolledBack)
 from pe_remote.restore import RestoreOutcome
 from test_unit_trust import RECORDED
 
@@ -34,39 +36,105 @@ CERT_SHA = fingerprint(CERT)
 
 # --- put_back: stop, put the folders back, start, read what is served --------------------------------
 
-def test_a_put_back_that_fails_starts_the_services_again():
-    def put_back_fails(command, index, kwargs):
-        if index == 1:  # stop (0), put back (1), start (2)
-            raise RemoteCommandFailed("put back", 2, "tar: short read")
+def _fails_at(index_failing: int, status: int, output: str):
+    def respond(command, index, kwargs):
+        if index == index_failing:
+            raise RemoteCommandFailed("put back", status, output)
+    return respond
 
-    remote, console = FakeRemote(put_back_fails), QuietConsole()
-    with pytest.raises(RemoteCommandFailed, match="short read"):
+
+def test_a_put_back_the_shell_undid_starts_the_services_again_and_is_rolled_back():
+    output = "tar: short read\npe-remote: putting back /root/x.tar.gz failed; the folders it replaced are back\n"
+    remote, console = FakeRemote(_fails_at(1, commands.PUT_BACK_UNDONE, output)), QuietConsole()
+    with pytest.raises(RolledBack) as info:  # stop (0), put back (1), start (2)
         restore.put_back(remote, RECORDED, "/root/x.tar.gz", "0" * 64, ["puppetserver", "puppet"], console)
     assert remote.commands_run == 3
-    start, kwargs = remote.calls[2]
-    assert "puppetserver" in start and "puppet" in start and kwargs["check"] is False  # never hides the error
-    assert "putting back /root/x.tar.gz failed; starting puppetserver, puppet again" in console.text("warn")
+    assert remote.calls[2] == (restore.start_services_command(RECORDED, ["puppetserver", "puppet"]),
+                               {"check": True, "timeout": None})
+    message = str(info.value)
+    assert "(tar: short read)" in message and "moved back in place" in message and "the master is as it was" in message
+    assert "\n" not in message and info.value.exit_code == 7
+    assert "starting puppetserver, puppet again" in console.text("warn")
 
 
-def test_a_put_back_that_fails_with_nothing_to_start_says_so():
-    def put_back_fails(command, index, kwargs):
+def test_a_put_back_of_a_tarball_that_does_not_match_moves_nothing_and_starts_again():
+    remote, console = FakeRemote(_fails_at(1, commands.PUT_BACK_MISMATCH, "")), QuietConsole()
+    with pytest.raises(RolledBack, match="does not match sha256 0+; nothing was moved; nothing started again"):
+        restore.put_back(remote, RECORDED, "/root/x.tar.gz", "0" * 64, [], console)
+    assert remote.commands_run == 3 and "starting nothing again" in console.text("warn")
+
+
+def test_a_put_back_undone_whose_start_fails_is_incomplete():
+    def respond(command, index, kwargs):
         if index == 1:
-            raise RemoteCommandFailed("put back", 2, "")
+            raise RemoteCommandFailed("put back", commands.PUT_BACK_UNDONE, "tar: short read")
+        if index == 2:
+            raise RemoteCommandFailed("start", 1, "Job for puppetserver.service failed")
 
-    console = QuietConsole()
-    with pytest.raises(RemoteCommandFailed):
-        restore.put_back(FakeRemote(put_back_fails), RECORDED, "/root/x.tar.gz", "0" * 64, [], console)
-    assert "starting nothing again" in console.text("warn")
+    with pytest.raises(Incomplete) as info:
+        restore.put_back(FakeRemote(respond), RECORDED, "/root/x.tar.gz", "0" * 64, ["puppetserver"], QuietConsole())
+    assert "starting puppetserver again failed (Job for puppetserver.service failed)" in str(info.value)
+    assert "the SSL folders are as they were" in str(info.value) and info.value.exit_code == 8
 
 
-def test_a_failed_stop_puts_nothing_back():
-    def stop_fails(command, index, kwargs):
-        raise RemoteCommandFailed("stop", 1, "unit failed")
+def test_a_put_back_not_undone_leaves_the_services_stopped_and_names_the_kept_folders():
+    kept = f"{RECORDED.cadir}.pe-remote-failed-X"
+    output = (f"tar: short read\nrm: cannot remove '{RECORDED.cadir}/x': Device or resource busy\n"
+              f"{commands.KEPT_ASIDE}{kept}\npe-remote: putting back /root/x.tar.gz failed and ...\n")
+    remote = FakeRemote(_fails_at(1, commands.PUT_BACK_NOT_UNDONE, output))
+    with pytest.raises(Incomplete) as info:
+        restore.put_back(remote, RECORDED, "/root/x.tar.gz", "0" * 64, ["puppetserver"], QuietConsole(),
+                         suffix=".pe-remote-failed-X")
+    assert remote.commands_run == 2  # never started on SSL folders that may be half put back
+    message = str(info.value)
+    assert f"kept as {kept};" in message and "the services are stopped" in message and "\n" not in message
+    assert "mv DIR.pe-remote-failed-X DIR" in message and "then start puppetserver" in message
 
-    remote = FakeRemote(stop_fails)
-    with pytest.raises(RemoteCommandFailed):
+
+@pytest.mark.parametrize("status", [1, 2, 127, -1], ids=["1", "2", "127", "timed-out"])
+def test_a_put_back_with_an_unknown_outcome_is_incomplete_and_starts_nothing(status):
+    remote = FakeRemote(_fails_at(1, status, "tar: short read"))
+    with pytest.raises(Incomplete) as info:
+        restore.put_back(remote, RECORDED, "/root/x.tar.gz", "0" * 64, ["puppetserver"], QuietConsole(),
+                         suffix=".pe-remote-failed-X")
+    assert remote.commands_run == 2
+    assert all(f"{p}.pe-remote-failed-X" in str(info.value) for p in backup_paths(RECORDED))
+    assert "unknown outcome (tar: short read)" in str(info.value) and info.value.exit_code == 8
+
+
+def test_a_failed_stop_puts_nothing_back_and_starts_the_services_again():
+    remote = FakeRemote(_fails_at(0, 1, "unit failed"))
+    with pytest.raises(RolledBack, match=r"stopping the services failed \(unit failed\); nothing was put back"):
         restore.put_back(remote, RECORDED, "/root/x.tar.gz", "0" * 64, ["puppet"], QuietConsole())
-    assert remote.commands_run == 1
+    assert remote.commands == [restore.stop_services_command(RECORDED),
+                               restore.start_services_command(RECORDED, ["puppet"])]
+
+
+def test_a_failed_stop_whose_start_fails_too_is_incomplete():
+    def everything_fails(command, index, kwargs):
+        raise RemoteCommandFailed("x", 1, "unit failed")
+
+    remote = FakeRemote(everything_fails)
+    with pytest.raises(Incomplete):
+        restore.put_back(remote, RECORDED, "/root/x.tar.gz", "0" * 64, ["puppet"], QuietConsole())
+    assert remote.commands_run == 2
+
+
+def test_a_start_that_fails_after_the_put_back_is_incomplete():
+    remote = FakeRemote(_fails_at(2, 1, "Job for puppetserver.service failed"))
+    with pytest.raises(Incomplete) as info:
+        restore.put_back(remote, RECORDED, "/root/x.tar.gz", "0" * 64, ["puppetserver"], QuietConsole(),
+                         suffix=".pe-remote-failed-X")
+    assert f"was put back (the replaced folders are kept as {RECORDED.ssldir}.pe-remote-failed-X" in str(info.value)
+
+
+def test_a_connection_lost_during_the_put_back_is_passed_on():
+    def lost(command, index, kwargs):
+        if index == 1:
+            raise ConnectionFailed("lost the SSH connection to m")
+
+    with pytest.raises(ConnectionFailed):
+        restore.put_back(FakeRemote(lost), RECORDED, "/root/x.tar.gz", "0" * 64, ["puppet"], QuietConsole())
 
 
 def _facts_on_disk(tmp_path: Path, cert_pem: bytes | None = CERT_PEM):
@@ -155,9 +223,30 @@ def test_a_given_sha256_is_used_normalised(tmp_path):
 
 
 def test_the_sidecar_sha256_is_used_when_none_is_given(tmp_path):
-    (tmp_path / "b.tar.gz.sha256").write_text("ABCDEF  b.tar.gz\n")
-    assert restore.expected_sha256(tmp_path / "b.tar.gz", None) == "abcdef"
+    (tmp_path / "b.tar.gz.sha256").write_text("ABCDEF" * 10 + "ABCD  b.tar.gz\n")
+    assert restore.expected_sha256(tmp_path / "b.tar.gz", None) == "abcdef" * 10 + "abcd"
     assert restore.expected_sha256(tmp_path / "b.tar.gz", "0123") == "0123"  # given wins
+
+
+@pytest.mark.parametrize("sidecar, says", [("", "is empty"), ("  \n\n", "is empty"), ("abc  b.tar.gz\n", "is garbled"),
+                                           (b"\xff\xfe\x00junk", "is garbled")])
+def test_an_empty_or_garbled_sidecar_is_bad_input_not_a_traceback(tmp_path, sidecar, says):
+    path = tmp_path / "b.tar.gz.sha256"
+    path.write_bytes(sidecar if isinstance(sidecar, bytes) else sidecar.encode())
+    with pytest.raises(InputError) as info:
+        restore.expected_sha256(tmp_path / "b.tar.gz", None)
+    assert f"b.tar.gz.sha256 {says}" in str(info.value) and "--sha256" in str(info.value)
+    assert info.value.exit_code == 2
+    assert restore.expected_sha256(tmp_path / "b.tar.gz", "ab" * 32) == "ab" * 32  # a given one still wins
+
+
+def test_check_local_backup_names_a_missing_tarball_before_its_sidecar(tmp_path):
+    with pytest.raises(InputError, match="does not exist or is not a file"):
+        restore.check_local_backup(tmp_path / "absent.tar.gz", None)
+    (tmp_path / "b.tar.gz").write_bytes(b"backup bytes")
+    good = hashlib.sha256(b"backup bytes").hexdigest()
+    (tmp_path / "b.tar.gz.sha256").write_text(f"{good}  b.tar.gz\n")
+    assert restore.check_local_backup(tmp_path / "b.tar.gz", None) == good
 
 
 def test_no_sha256_at_all_is_bad_input(tmp_path):
@@ -280,6 +369,29 @@ def test_hostile_members_are_refused(tmp_path, member, says):
     assert says in str(info.value) and "refusing to restore it" in str(info.value)
 
 
+@pytest.mark.parametrize("missing", ["ssldir", "cadir", "copy"])
+def test_a_backup_missing_a_folder_the_put_back_moves_aside_is_refused(tmp_path, missing):
+    """Every folder the put-back moves aside must come back: else the live CA (say) is moved away for nothing."""
+    copy = "/etc/puppetlabs/orchestration-services/ssl"
+    facts = dataclasses.replace(RECORDED, copy_dirs=(copy,))
+    members = {"ssldir": [_folder(SSL), (f"{SSL}/certs/{C}.pem", b"x")],
+               "cadir": [_folder(CA), (f"{CA}/ca_crt.pem", b"x")],
+               "copy": [(f"{copy.lstrip('/')}/{C}.cert.pem", b"x")]}  # a file alone, no folder entry, is enough
+    restore.check_members(_tar(tmp_path / "all.tar.gz", *sum(members.values(), [])), facts)
+    path = _tar(tmp_path / "b.tar.gz", *sum((m for k, m in members.items() if k != missing), []))
+    gone = {"ssldir": RECORDED.ssldir, "cadir": RECORDED.cadir, "copy": copy}[missing]
+    with pytest.raises(InputError) as info:
+        restore.check_members(path, facts)
+    message = str(info.value)
+    assert f"holds nothing of {gone}, which the restore would move aside" in message
+    assert "not a backup of this master's layout" in message and info.value.exit_code == 2
+
+
+def test_a_cadir_inside_the_ssldir_needs_no_member_of_its_own(tmp_path):
+    facts = dataclasses.replace(RECORDED, cadir=f"{RECORDED.ssldir}/ca")
+    restore.check_members(_tar(tmp_path / "b.tar.gz", (f"{SSL}/certs/{C}.pem", b"x")), facts)
+
+
 def test_a_member_beneath_a_link_is_refused(tmp_path):
     path = _tar(tmp_path / "b.tar.gz", _info(f"{SSL}/certs", tarfile.SYMTYPE, "private_keys"),
                 (f"{SSL}/certs/{C}.pem", b"x"))
@@ -333,9 +445,11 @@ class RestoreJob:
         self.uploads.append((tarball, sha256, list(self.locks.taken), self.locks.released))
         return f"{REMOTE_BACKUP_DIR}/restore-{tarball.name}"
 
-    def _put_back(self, remote, facts, tarball, sha256, start, console):
+    def _put_back(self, remote, facts, tarball, sha256, start, console, suffix=None):
         self.put_backs.append({"tarball": tarball, "sha256": sha256, "start": list(start),
-                               "locked": self.locks.released < len(self.locks.taken)})
+                               "locked": self.locks.released < len(self.locks.taken), "suffix": suffix})
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
         return self.outcome
 
     def run(self, **kwargs):
@@ -356,8 +470,10 @@ def test_a_restore_puts_the_backup_back_under_the_lock(rjob):
     outcome = rjob.run()
     assert outcome is rjob.outcome
     assert rjob.uploads == [(rjob.tarball, rjob.sha, ["restore"], 0)]
-    assert rjob.put_backs == [{"tarball": f"{REMOTE_BACKUP_DIR}/restore-b.tar.gz", "sha256": rjob.sha,
-                               "start": ["puppet", "puppetserver"], "locked": True}]
+    [put_back] = rjob.put_backs
+    assert re.fullmatch(r"\.pe-remote-failed-\d{8}T\d{6}Z", put_back.pop("suffix"))
+    assert put_back == {"tarball": f"{REMOTE_BACKUP_DIR}/restore-b.tar.gz", "sha256": rjob.sha,
+                        "start": ["puppet", "puppetserver"], "locked": True}
     assert rjob.locks.released == 1
     assert rjob.console.asked == ["Stop the Puppet services on m and put this backup back?"]
     assert CERT_SHA in rjob.console.text("notice") and "moved-aside" in rjob.console.text("notice")
@@ -382,19 +498,48 @@ def test_a_hostile_tarball_is_refused_before_the_question(rjob, tmp_path):
     assert rjob.console.asked == [] and rjob.uploads == []
 
 
-def test_a_restore_whose_disk_cert_is_not_the_backups_fails(rjob):
-    rjob.outcome = RestoreOutcome(("x",), CERT_SHA, "AB:CD:EF")
-    with pytest.raises(BackupError, match="the cert on disk is AB:CD:EF..., not the backup's"):
+def test_a_restore_whose_disk_cert_is_not_the_backups_is_incomplete(rjob):
+    rjob.outcome = RestoreOutcome(("/var/lib/puppet/ssl.pe-remote-failed-X",), CERT_SHA, "AB:CD:EF")
+    with pytest.raises(Incomplete) as info:  # the master was changed: never exit 6 ("nothing changed")
         rjob.run()
+    assert "the cert on disk is AB:CD:EF..., not the backup's" in str(info.value)
+    assert "kept as /var/lib/puppet/ssl.pe-remote-failed-X" in str(info.value) and info.value.exit_code == 8
     assert rjob.locks.released == 1
 
 
 @pytest.mark.parametrize("served, says", [("AB:CD", "port 8140 serves AB:CD, not"), ("", "serves nothing")])
 def test_a_restore_whose_served_cert_is_not_the_backups_fails(rjob, served, says):
     rjob.outcome = RestoreOutcome(("x",), served, CERT_SHA)
-    with pytest.raises(BackupError) as info:
+    with pytest.raises(Incomplete) as info:
         rjob.run()
-    assert says in str(info.value) and info.value.exit_code == 6
+    assert says in str(info.value) and info.value.exit_code == 8
+
+
+@pytest.mark.parametrize("cut", [ConnectionFailed("lost the SSH connection to m"), KeyboardInterrupt()],
+                         ids=["connection-lost", "ctrl-c"])
+def test_a_restore_cut_off_after_the_stop_is_incomplete_naming_the_folders_aside(rjob, cut):
+    rjob.outcome = cut
+    with pytest.raises(Incomplete) as info:
+        rjob.run()
+    suffix = rjob.put_backs[0]["suffix"]
+    assert all(f"{p}{suffix}" in str(info.value) for p in backup_paths(RECORDED))
+    assert "state is unknown" in str(info.value) and info.value.exit_code == 8
+    assert rjob.locks.released == 1
+
+
+@pytest.mark.parametrize("failure", [RolledBack("put back undone"), Incomplete("half put back")])
+def test_a_failed_put_back_keeps_its_own_code(rjob, failure):
+    rjob.outcome = failure
+    with pytest.raises(type(failure)):
+        rjob.run()
+
+
+def test_a_tarball_without_the_ca_folder_is_refused_before_anything_is_stopped(rjob, tmp_path):
+    rjob.tarball = _tar(tmp_path / "ssl-only.tar.gz", _folder(SSL), (RECORDED.hostcert.lstrip("/"), CERT_PEM))
+    with pytest.raises(InputError) as info:
+        rjob.run(sha256=hashlib.sha256(rjob.tarball.read_bytes()).hexdigest())
+    assert f"holds nothing of /{CA}" in str(info.value) and info.value.exit_code == 2
+    assert rjob.console.asked == [] and rjob.uploads == [] and rjob.put_backs == []
 
 
 def test_without_a_server_service_what_is_served_does_not_matter(rjob):

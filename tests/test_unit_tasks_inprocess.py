@@ -117,6 +117,8 @@ def library(monkeypatch) -> Library:
     monkeypatch.setattr("pe_remote.tasks.run_regen", fake.regen)
     monkeypatch.setattr("pe_remote.tasks.backup_only", fake.backup_only)
     monkeypatch.setattr("pe_remote.tasks.restore_backup", fake.restore_backup)
+    # restore's local checks (a tarball on this machine) pass: the tests below name no real file
+    monkeypatch.setattr("pe_remote.restore.check_local_backup", lambda tarball, sha256: sha256 or "0" * 64)
     monkeypatch.setattr("pe_remote.tasks.discover_master", fake.discover)
     monkeypatch.setattr("pe_remote.tasks.verify_master", fake.verify_master)
     return fake
@@ -221,7 +223,7 @@ def test_discover_one_failing_host_of_several_exits_with_its_code(capsys, invent
     assert ran.code == 6, ran
     assert "FAILED(6)" in ran.out and "no puppet on it" in ran.out
     err = one_line_error(ran)
-    assert "1 of 2 hosts did not succeed; first: b: no puppet on it" in err
+    assert "1 of 2 hosts did not succeed; most severe: b (exit 6): no puppet on it" in err
     assert all(remote.closed for remote in connect.remotes)
 
 
@@ -314,7 +316,7 @@ def test_regen_defaults_come_from_the_inventory(capsys, inventory, tmp_path, con
     ran = run_program(capsys, "regen", "--inventory", inventory)  # the inventory's default host: a
     assert ran.code == 0, ran
     call = regen_call(library)
-    assert call.options == RegenOptions(alt_names=("puppet", "puppet.example.com"),
+    assert call.options == RegenOptions(alt_names=("puppet", "puppet.example.com"), alt_names_from_inventory=True,
                                         backup_dir=f"{tmp_path}/backups-a", server_timeout=300)
     assert call.console.assume_yes is False and call.console.verbose is False
     assert call.remote.on_command is None
@@ -335,6 +337,17 @@ def test_regen_flags_reach_the_library(capsys, inventory, connect, library):
     assert call.console.assume_yes is True and call.console.verbose is True
     assert call.remote.on_command == call.console.command  # --verbose shows every remote command
     assert "regenerated b" in ran.out
+
+
+def test_dns_alt_names_given_are_not_the_inventorys_and_restart_reaches_the_library(capsys, inventory, connect,
+                                                                                    library):
+    # Host a has dns_alt_names in the inventory: given on the command line, a resume compares them.
+    ran = run_program(capsys, "regen", "--host", "a", "--inventory", inventory, "--dns-alt-names", "puppet",
+                      "--restart", "--yes")
+    assert ran.code == 0, ran
+    options = regen_call(library).options
+    assert options.alt_names == ("puppet",) and options.alt_names_from_inventory is False
+    assert options.restart is True
 
 
 def test_an_empty_dns_alt_names_means_none(capsys, inventory, connect, library):
@@ -367,6 +380,10 @@ def test_unfinished_run_flags(capsys, inventory, connect, library, flags, rollba
     (["--drop-alt-names", "bad name!"], "--drop-alt-names"),
     (["--dns-alt-names", "puppet,$(reboot)"], "--dns-alt-names"),
     (["--wave", "0"], "--wave 0"),
+    (["--wave", "two", "--host", "a,b"], "--wave two: give a whole number of hosts"),
+    (["--server-timeout", "5m"], "--server-timeout 5m: give whole seconds from 10 to 3600"),
+    (["--resume", ""], "--resume needs the run id of the run to resume"),
+    (["--rollback="], "--rollback needs the run id"),
     (["--report", "{tmp}/no/such/folder/r.json"], "--report"),
     (["--report", "{tmp}"], "cannot write there"),
     (["--host", " , "], "names no master"),
@@ -507,7 +524,7 @@ def test_regen_stops_at_the_first_failing_host(capsys, inventory, tmp_path, conn
     assert connect.labels == ["a", "b"]  # c never started
     assert "skipped" in ran.out and "not started: b failed" in ran.out
     assert "1 of 3 hosts did not succeed" not in ran.err  # c was skipped, not failed
-    assert "2 of 3 hosts did not succeed; first: b: rolled back on b" in one_line_error(ran)
+    assert "2 of 3 hosts did not succeed; most severe: b (exit 7): rolled back on b" in one_line_error(ran)
     assert (tmp_path / "r-a.json").exists() and (tmp_path / "r-b.json").exists()
     assert not (tmp_path / "r-c.json").exists() and not report.exists()
     assert json.loads((tmp_path / "r-b.json").read_text())["exit_code"] == 7
@@ -518,6 +535,86 @@ def test_regen_in_waves_of_two(capsys, inventory, connect, library):
     ran = run_program(capsys, "regen", "--host", "a,b,c", "--inventory", inventory, "--yes", "--wave", "2")
     assert ran.code == 4
     assert sorted(connect.labels) == ["a", "b"]  # a's wave ran to its end; c was not started
+
+
+def test_several_hosts_exit_with_the_most_severe_code_not_the_first(capsys, inventory, connect, library):
+    library.fail["a.example.com"] = errors.Refused("not the CA")  # 4: nothing changed
+    library.fail["b.example.com"] = errors.Incomplete("connection lost part-way")  # 8: needs a hand now
+    ran = run_program(capsys, "regen", "--host", "a,b", "--inventory", inventory, "--yes", "--wave", "2")
+    assert ran.code == 8, ran
+    assert "2 of 2 hosts did not succeed; most severe: b (exit 8): connection lost part-way" in one_line_error(ran)
+
+
+def test_several_read_only_hosts_exit_with_the_most_severe_code(capsys, inventory, connect, library):
+    connect.refuse["a.example.com"] = errors.ConnectionFailed("cannot connect to a: refused")  # 3
+    library.fail["b.example.com"] = errors.DiscoveryError("no puppet on it")  # 6
+    library.fail["c.example.com"] = errors.Refused("not the CA")  # 4
+    ran = run_program(capsys, "discover", "--host", "a,b,c", "--inventory", inventory)
+    assert ran.code == 6, ran
+    assert "most severe: b (exit 6)" in one_line_error(ran)
+
+
+def test_regen_of_several_masters_at_once_needs_yes(capsys, inventory, connect, library):
+    ran = run_program(capsys, "regen", "--host", "a,b", "--inventory", inventory, "--wave", "2")
+    assert ran.code == 2, ran
+    assert "--wave 2 regenerates 2 masters at once: add --yes" in one_line_error(ran)
+    assert connect.targets == [] and library.called() == 0
+    # A dry run asks nothing; one host (or fab -H a,b: one call per host) runs one at a time anyway.
+    assert run_program(capsys, "regen", "--host", "a,b", "--inventory", inventory, "--wave", "2",
+                       "--dry-run").code == 0
+    assert run_program(capsys, "regen", "--host", "a", "--inventory", inventory, "--wave", "2").code == 0
+
+
+@pytest.mark.parametrize("task, flags, words", [
+    ("discover", ["--parallel", "x"], "--parallel x: give a whole number of hosts, 1 or more"),
+    ("backup", ["--parallel", "1.5"], "--parallel 1.5: give a whole number of hosts"),
+    ("verify", ["--warn-days", "soon"], "--warn-days soon: give a whole number of days, 0 or more"),
+    ("refresh-crl", ["--days", "1y"], "--days 1y: give whole days from 1 to"),
+    ("extend-ca", ["--years", "ten"], "--years ten: give whole years from 1 to"),
+    ("extend-ca", ["--years", ""], "--years '': give whole years from 1 to"),
+])
+def test_a_value_invoke_cannot_convert_is_a_one_line_input_error(capsys, inventory, connect, library, task, flags,
+                                                                 words):
+    ran = run_program(capsys, task, "--host", "a", "--inventory", inventory, *flags)
+    assert ran.code == 2, ran
+    assert words in one_line_error(ran)
+    assert connect.targets == [] and library.called() == 0
+
+
+@pytest.mark.parametrize("task", ["regen", "verify"])
+def test_fab_with_several_hosts_writes_one_report_per_host(capsys, inventory, tmp_path, connect, library, task):
+    report = tmp_path / "r.json"
+    ran = run_program(capsys, "-H", "a,b", task, "--inventory", inventory, *(["--yes"] if task == "regen" else []),
+                      "--report", str(report))
+    assert ran.code == 0, ran
+    assert connect.labels == ["a", "b"]  # fab calls the task once per host
+    assert sorted(p.name for p in tmp_path.glob("r*.json")) == ["r-a.json", "r-b.json"]
+    assert json.loads((tmp_path / "r-b.json").read_text())["host"] == "b"
+    # One host keeps FILE exactly.
+    ran = run_program(capsys, "-H", "a", task, "--inventory", inventory, *(["--yes"] if task == "regen" else []),
+                      "--report", str(report))
+    assert ran.code == 0, ran
+    assert json.loads(report.read_text())["host"] == "a"
+
+
+def test_fab_with_several_hosts_names_the_report_of_a_host_refused_before_connecting(capsys, inventory, tmp_path,
+                                                                                    connect, library):
+    connect.refuse["b.example.com"] = errors.HostKeyRejected("host key of b is unknown")
+    ran = run_program(capsys, "-H", "a,b", "regen", "--inventory", inventory, "--yes",
+                      "--report", str(tmp_path / "r.json"))
+    assert ran.code == 3, ran
+    assert json.loads((tmp_path / "r-b.json").read_text())["exit_code"] == 3
+    assert json.loads((tmp_path / "r-a.json").read_text())["exit_code"] == 0
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("task", ["regen", "verify"])
+def test_a_report_under_the_home_folder_goes_there(capsys, inventory, tmp_path, connect, library, task):
+    ran = run_program(capsys, task, "--host", "a", "--inventory", inventory, *(["--yes"] if task == "regen" else []),
+                      "--report=~/r.json")
+    assert ran.code == 0, ran
+    assert json.loads((tmp_path / "home" / "r.json").read_text())["host"] == "a"
+    assert not (tmp_path / "~").exists()
 
 
 # --- restore -------------------------------------------------------------------------------------
@@ -554,6 +651,39 @@ def test_restore_error_keeps_its_code(capsys, inventory, connect, library):
 def test_restore_bad_flavor(capsys, inventory, connect, library):
     ran = run_program(capsys, "restore", "x.tar.gz", "--host", "a", "--inventory", inventory, "--flavor", "x")
     assert ran.code == 2 and connect.targets == []
+
+
+@pytest.mark.parametrize("sidecar, given, says", [
+    (None, None, "does not exist or is not a file"),  # no tarball at all (made below only when sidecar is set)
+    ("", None, "b.tar.gz.sha256 is empty"),
+    ("not-a-checksum  b.tar.gz\n", None, "b.tar.gz.sha256 is garbled"),
+    ("0" * 64 + "  b.tar.gz\n", None, "does not match its sha256"),
+    ("", "0" * 64, "does not match its sha256"),
+], ids=["no-tarball", "empty-sidecar", "garbled-sidecar", "wrong-sidecar", "wrong-given"])
+def test_restore_checks_the_local_tarball_before_connecting(capsys, inventory, tmp_path, connect, monkeypatch,
+                                                            sidecar, given, says):
+    """The real local checks (not the `library` stub): exit 2, one line, no connection, no traceback."""
+    called = []
+    monkeypatch.setattr("pe_remote.tasks.restore_backup", lambda *args, **kwargs: called.append(args))
+    if sidecar is not None:
+        (tmp_path / "b.tar.gz").write_bytes(b"backup bytes")
+        (tmp_path / "b.tar.gz.sha256").write_text(sidecar)
+    ran = run_program(capsys, "restore", str(tmp_path / "b.tar.gz"), "--host", "a", "--inventory", inventory,
+                      "--yes", *(("--sha256", given) if given else ()))
+    assert ran.code == 2 and says in one_line_error(ran), ran
+    assert connect.targets == [] and called == []
+
+
+def test_restore_with_a_good_local_tarball_connects(capsys, inventory, tmp_path, connect, monkeypatch):
+    import hashlib
+
+    called = []
+    monkeypatch.setattr("pe_remote.tasks.restore_backup", lambda *args, **kwargs: called.append(kwargs))
+    (tmp_path / "b.tar.gz").write_bytes(b"backup bytes")
+    (tmp_path / "b.tar.gz.sha256").write_text(hashlib.sha256(b"backup bytes").hexdigest() + "  b.tar.gz\n")
+    ran = run_program(capsys, "restore", str(tmp_path / "b.tar.gz"), "--host", "a", "--inventory", inventory, "--yes")
+    assert ran.code == 0, ran
+    assert connect.labels == ["a"] and len(called) == 1
 
 
 # --- verify --------------------------------------------------------------------------------------
@@ -610,6 +740,7 @@ def test_verify_several_hosts_one_report_each(capsys, inventory, tmp_path, conne
 
 @pytest.mark.parametrize("flags, words", [
     (["--warn-days=-1"], "--warn-days -1"),
+    (["--dns-alt-names", "bad name"], "--dns-alt-names"),
     (["--parallel", "0", "--host", "a,b"], "--parallel 0"),
     (["--report", "{tmp}/missing/v.json"], "--report"),
 ])
@@ -618,3 +749,20 @@ def test_verify_bad_input(capsys, inventory, tmp_path, connect, library, flags, 
     assert ran.code == 2
     assert words in one_line_error(ran)
     assert connect.targets == [] and library.called() == 0
+
+
+# --- extend-ca --agents --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("agents, words", [
+    ("web1.example.com,bob@web2.example.com", "--agents web2.example.com: pe-remote logs in as root"),
+    ("web1.example.com,web", "--agents web: key file "),
+])
+def test_extend_ca_checks_every_agents_login_before_the_job_starts(capsys, tmp_path, connect, library, agents,
+                                                                   words):
+    inventory = tmp_path / "agents.toml"
+    inventory.write_text(f'[hosts.m]\naddress = "m.example.com"\n\n[hosts.web]\naddress = "web.example.com"\n'
+                         f'key_file = "{tmp_path}/no_such_key"\n')
+    ran = run_program(capsys, "extend-ca", "--host", "m", "--inventory", str(inventory), "--yes", "--agents", agents)
+    assert ran.code == 2, ran
+    assert words in one_line_error(ran)
+    assert connect.targets == []  # refused before the master's CA is touched, not in the push after it (10)

@@ -91,12 +91,44 @@ def sha256_matches(path: str, sha256: str) -> str:
     return f"echo {q(sha256 + '  ' + path)} | sha256sum -c --status"
 
 
+# put_back's exit statuses besides 0; any other status: it ended without a known outcome.
+PUT_BACK_MISMATCH = 3  # the tarball does not match its sha256: nothing was moved
+PUT_BACK_UNDONE = 4  # moving aside or extracting failed, and every folder is back as it was
+PUT_BACK_NOT_UNDONE = 5  # ... and not every folder could be put back: a KEPT_ASIDE line names each kept aside
+KEPT_ASIDE = "pe-remote: kept aside: "
+
+
 def put_back(paths: list[str], tarball: str, sha256: str, suffix: str) -> str:
-    """Verify the tarball, move the current folders aside (`path + suffix`), extract the backup in place."""
-    moves = " && ".join(f"{{ [ ! -e {q(p)} ] || mv {q(p)} {q(p + suffix)}; }}" for p in paths)
-    return (f"{sha256_matches(tarball, sha256)} "
-            f"|| {{ echo {q(f'backup {tarball} does not match its sha256')}; exit 3; }}; "
-            f"{moves} && tar -xzpf {q(tarball)} -C /")
+    """Verify the tarball, move the current folders aside (`path + suffix`), extract the backup in place.
+
+    When moving aside or extracting fails (a truncated tarball, a full disk), the shell undoes it
+    itself, last folder first: what the extraction wrote is removed and the folder moved aside is
+    moved back (a folder that was not there before is removed). It never moves a folder onto an
+    existing `path + suffix`. Exit status 0, PUT_BACK_MISMATCH, PUT_BACK_UNDONE or
+    PUT_BACK_NOT_UNDONE (then a KEPT_ASIDE line on stderr for each folder still aside); its last
+    line (stderr, after tar's or mv's own error) says which."""
+    indexed = [(i, q(p), q(p + suffix), p + suffix) for i, p in enumerate(paths)]
+    moves = " && ".join(
+        f"{{ if [ -e {p} ] || [ -L {p} ]; then "
+        f"{{ [ ! -e {aside} ] && [ ! -L {aside} ] || {{ echo {aside}' is already there' >&2; false; }}; }} && "
+        f"mv {p} {aside} && m{i}=1; else a{i}=1; fi; }}" for i, p, aside, _ in indexed) or "true"
+    undo = " ".join(f"if [ -n \"$m{i}\" ]; then rm -rf {p} && mv {aside} {p}; "
+                    f"elif [ -n \"$a{i}\" ]; then rm -rf {p}; fi || u=1;" for i, p, aside, _ in reversed(indexed))
+    kept = " ".join(f"[ -z \"$m{i}\" ] || [ ! -e {aside} ] || echo {q(KEPT_ASIDE + raw)} >&2;"
+                    for i, _, aside, raw in indexed)
+    variables = " ".join(f"m{i}= a{i}=" for i, *_ in indexed)
+    failed = f"pe-remote: putting back {tarball} failed"
+    return (f"{sha256_matches(tarball, sha256)} || "
+            f"{{ echo {q(f'pe-remote: backup {tarball} does not match its sha256; nothing was moved')} >&2; "
+            f"exit {PUT_BACK_MISMATCH}; }}\n"
+            f"{variables} u=\n"
+            f"if {moves} && tar -xzpf {q(tarball)} -C /; then :; else\n"
+            f"{undo}\n"
+            f"if [ -z \"$u\" ]; then echo {q(failed + '; the folders it replaced are back as they were')} >&2; "
+            f"exit {PUT_BACK_UNDONE}; fi\n"
+            f"{kept}\n"
+            f"echo {q(failed + ' and the folders it replaced could not all be put back')} >&2; "
+            f"exit {PUT_BACK_NOT_UNDONE}\nfi")
 
 
 def ca_changes(cadir: str, tarball: str, scratch: str) -> str:
