@@ -3,8 +3,11 @@ the `pe_remote.testing` pytest plugin, opted in here."""
 
 from __future__ import annotations
 
-import os
 import contextlib
+import hashlib
+import io
+import os
+import tarfile
 import subprocess
 import sys
 import time
@@ -30,6 +33,19 @@ def run_cli(program: str, *args: str, cwd: Path = ROOT, timeout: float = 600,
 
 def fab_target_args(master) -> list[str]:
     return ["-H", master.target, "-i", str(master.key_path)]
+
+
+def write_backup(tarball: Path, members: dict[str, bytes]) -> Path:
+    """A tarball of `members` (path inside it -> bytes) with its `.sha256` beside it, as `backup` writes
+    them: what `restore` takes."""
+    with tarfile.open(tarball, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    tarball.with_name(tarball.name + ".sha256").write_text(f"{digest}  {tarball.name}\n")
+    return tarball
 
 
 def fab_on(master, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -8,7 +8,6 @@ with matching sha256 on both ends, and the exit code and message of the run.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cut_connections, describe, fab_target_args, fab_until, finish, run_cli
+from conftest import cut_connections, describe, fab_target_args, fab_until, finish, run_cli, write_backup
 from test_regen_pe37 import _cert_facts, _served_fingerprint
 
 pytestmark = pytest.mark.container
@@ -242,14 +241,7 @@ def test_restore_refuses_a_tarball_without_the_ca_folder(staging_master, tmp_pat
     before anything is stopped (the fixture checks the SSL files are unchanged)."""
     master = staging_master
     hostcert = master.flavor.hostcert(master.certname)
-    tarball = tmp_path / "ssl-only.tar.gz"
-    with tarfile.open(tarball, "w:gz") as tar:
-        data = master.check(f"cat {hostcert}").encode()
-        info = tarfile.TarInfo(hostcert.lstrip("/"))
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
-    (tmp_path / "ssl-only.tar.gz.sha256").write_text(f"{digest}  ssl-only.tar.gz\n")
+    tarball = write_backup(tmp_path / "ssl-only.tar.gz", {hostcert.lstrip("/"): master.check(f"cat {hostcert}").encode()})
     proc = run_cli("fab", *fab_target_args(master), "restore", str(tarball), "--yes",
                    "--known-hosts", str(master.known_hosts_path))
     assert proc.returncode == 2, describe(proc)

@@ -3,14 +3,11 @@ restored. On the PE 3.7-layout master (Puppet 5.5's own `puppet cert`)."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import re
-import tarfile
 
 import pytest
 
-from conftest import cut_connections, describe, fab_target_args, run_cli
+from conftest import cut_connections, describe, fab_target_args, run_cli, write_backup
 from conftest import finish as _finish
 from test_faults import _fab_until, _regen_args
 from test_regen_pe37 import _cert_facts
@@ -80,15 +77,9 @@ def test_a_second_run_on_the_same_master_is_refused_at_once(fresh_master, tmp_pa
 
 def test_restore_refuses_a_tarball_reaching_outside_the_ssl_folders(staging_master, tmp_path):
     master = staging_master
-    tarball = tmp_path / "evil-ssl.tar.gz"
-    with tarfile.open(tarball, "w:gz") as tar:
-        for name, data in ((f"{master.flavor.ssldir.lstrip('/')}/certs/x.pem", b"x"),
-                           ("etc/cron.d/pe-remote-evil", b"* * * * * root touch /tmp/pwned\n")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
-    (tmp_path / "evil-ssl.tar.gz.sha256").write_text(f"{digest}  evil-ssl.tar.gz\n")
+    tarball = write_backup(tmp_path / "evil-ssl.tar.gz", {
+        f"{master.flavor.ssldir.lstrip('/')}/certs/x.pem": b"x",
+        "etc/cron.d/pe-remote-evil": b"* * * * * root touch /tmp/pwned\n"})
     proc = run_cli("fab", *fab_target_args(master), "restore", str(tarball), "--yes",
                    "--known-hosts", str(master.known_hosts_path))
     assert proc.returncode == 2, describe(proc)

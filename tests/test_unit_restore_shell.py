@@ -138,15 +138,20 @@ def test_a_move_aside_that_fails_part_way_moves_the_first_folders_back(master):
     assert "is already there" in proc.stderr
 
 
-def test_an_undo_that_fails_says_which_folders_are_kept_aside(master):
-    """`rm` fails (a busy mount, say): exit PUT_BACK_NOT_UNDONE and a KEPT_ASIDE line per folder still aside."""
-    tmp_path, paths, backup = master
-    sha = _backup(tmp_path / "b.tar.gz", backup, cut_at=0.6)
+def _failing_rm(tmp_path) -> str:
+    """A PATH whose `rm` always fails (a busy mount, say)."""
     fakebin = tmp_path / "bin"
     fakebin.mkdir()
     (fakebin / "rm").write_text("#!/bin/sh\necho \"rm: cannot remove: Device or resource busy\" >&2\nexit 1\n")
     (fakebin / "rm").chmod(0o755)
-    proc = _put_back(paths, tmp_path / "b.tar.gz", sha, env={**os.environ, "PATH": f"{fakebin}:{os.environ['PATH']}"})
+    return f"{fakebin}:{os.environ['PATH']}"
+
+
+def test_an_undo_that_fails_says_which_folders_are_kept_aside(master):
+    """`rm` fails (a busy mount, say): exit PUT_BACK_NOT_UNDONE and a KEPT_ASIDE line per folder still aside."""
+    tmp_path, paths, backup = master
+    sha = _backup(tmp_path / "b.tar.gz", backup, cut_at=0.6)
+    proc = _put_back(paths, tmp_path / "b.tar.gz", sha, env={**os.environ, "PATH": _failing_rm(tmp_path)})
     assert proc.returncode == commands.PUT_BACK_NOT_UNDONE, proc
     kept = [line[len(commands.KEPT_ASIDE):] for line in proc.stderr.splitlines()
             if line.startswith(commands.KEPT_ASIDE)]
@@ -194,11 +199,7 @@ def test_put_back_of_a_truncated_tarball_is_rolled_back_with_the_folders_in_plac
 def test_put_back_whose_undo_fails_is_incomplete_and_does_not_start_the_services(master, monkeypatch):
     tmp_path, paths, backup = master
     sha = _backup(tmp_path / "b.tar.gz", backup, cut_at=0.6)
-    fakebin = tmp_path / "bin"
-    fakebin.mkdir()
-    (fakebin / "rm").write_text("#!/bin/sh\nexit 1\n")
-    (fakebin / "rm").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fakebin}:{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", _failing_rm(tmp_path))
     remote = FakeRemote(_master_shell)
     with pytest.raises(Incomplete) as info:
         restore.put_back(remote, _facts(paths), str(tmp_path / "b.tar.gz"), sha, ["puppetserver"], QuietConsole(),
