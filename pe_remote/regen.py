@@ -119,12 +119,11 @@ def _regen(remote, options: RegenOptions, console: Console, events: Events) -> R
     events.emit("discovery-finished", facts=facts)
     label = remote.target.label
     job = RegenJob(remote, events, options.server_timeout)
-    if facts.unfinished_journals and not (options.rollback or options.abandon):
-        # A resume finishes the run as its journal recorded it: flags asking for something else are refused.
-        refuse_another_request(runs.chosen_journal(facts, options.run_id, label, job.task), job, options)
+    # A resume finishes the run as its journal recorded it: flags asking for something else are refused.
     continued = runs.unfinished(remote, facts, job, console, events,
                                 runs.Unfinished(options.rollback, options.abandon, options.run_id),
-                                dry_run=options.dry_run)
+                                dry_run=options.dry_run,
+                                vet_resume=lambda journal: refuse_another_request(journal, job, options))
     if continued:
         if continued.outcome != "ok":
             return RegenResult(continued.journal.facts, continued.plan, continued.outcome,

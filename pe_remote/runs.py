@@ -230,15 +230,18 @@ def refuse_options_without_run(label: str, *, rollback: bool, abandon: bool, run
 
 
 def unfinished(remote, facts: MasterFacts, job: Job, console, events: Events, options: Unfinished,
-               *, dry_run: bool) -> Continued | None:
+               *, dry_run: bool, vet_resume: Callable[[Journal], None] | None = None) -> Continued | None:
     """An unfinished run on the master: this job's is resumed, rolled back or closed (`options`); another
-    job's is refused (finish it first). None when there is none (and then `options` must be empty)."""
+    job's is refused (finish it first). None when there is none (and then `options` must be empty).
+    `vet_resume(journal)`, before a resume, may refuse it (the command asks for what the run did not)."""
     label = remote.target.label
     if not facts.unfinished_journals:
         refuse_options_without_run(label, rollback=options.rollback, abandon=options.abandon,
                                    run_id=options.run_id)
         return None
     journal = chosen_journal(facts, options.run_id, label, job.task)
+    if vet_resume is not None and not (options.rollback or options.abandon):
+        vet_resume(journal)
     return continue_unfinished(remote, journal, job, console, events, rollback=options.rollback,
                                abandon=options.abandon, dry_run=dry_run)
 
