@@ -203,12 +203,12 @@ def check_flavor(flavor: str | None) -> None:
 
 def run_id_from(rollback, resume, abandon) -> str | None:
     """The unfinished run named by --rollback RUN_ID, --resume RUN_ID or --abandon RUN_ID (one at most)."""
-    for flag, value, what in (("--rollback", rollback, "roll back (or --rollback alone: the recent one)"),
-                              ("--resume", resume, "resume"), ("--abandon", abandon, "close")):
+    given = (("--rollback", rollback, "roll back (or --rollback alone: the recent one)"),
+             ("--resume", resume, "resume"), ("--abandon", abandon, "close"))
+    for flag, value, what in given:
         if isinstance(value, str) and not value.strip():  # `--resume ''` is not "no run id": it is a mistake
             raise InputError(f"{flag} needs the run id of the run to {what}")
-    named = {flag: value for flag, value in (("--rollback", rollback), ("--resume", resume), ("--abandon", abandon))
-             if isinstance(value, str) and value}
+    named = {flag: value for flag, value, _ in given if isinstance(value, str) and value}
     if len([v for v in (rollback, resume, abandon) if v]) > 1:
         raise InputError("give one of --rollback, --resume and --abandon")
     for flag, value in named.items():

@@ -269,9 +269,13 @@ def upload_backup(remote, tarball: Path, sha256: str) -> str:
     return target
 
 
-def verify_local(tarball: Path, sha256: str) -> None:
+def _must_be_a_file(tarball: Path) -> None:
     if not tarball.is_file():
         raise InputError(f"backup {tarball} does not exist or is not a file")
+
+
+def verify_local(tarball: Path, sha256: str) -> None:
+    _must_be_a_file(tarball)
     try:
         actual = sha256_file(tarball)
     except OSError as exc:
@@ -284,8 +288,7 @@ def verify_local(tarball: Path, sha256: str) -> None:
 def check_local_backup(tarball: Path, sha256: str | None) -> str:
     """The checks of the local tarball, before any connection: it is a readable file and matches the
     sha256 given or written beside it. Returns that sha256."""
-    if not tarball.is_file():  # before its sidecar: a wrong path is the likelier mistake
-        raise InputError(f"backup {tarball} does not exist or is not a file")
+    _must_be_a_file(tarball)  # before its sidecar: a wrong path is the likelier mistake
     expected = expected_sha256(tarball, sha256)
     verify_local(tarball, expected)
     return expected
