@@ -23,7 +23,7 @@ from pe_remote.errors import InputError, Refused
 from pe_remote.events import Events, Listener
 from pe_remote.events import run_job
 from pe_remote.inplace import (change_and_prove, decode_record, encode_record, recorded_number, refuse_unless_ca,
-                               show_plan)
+                               same_number_as_run, show_plan)
 from pe_remote.journal import Journal
 from pe_remote.runs import Proof, Unfinished, resume_advice, unfinished
 from pe_remote.plan import Plan, Step
@@ -181,11 +181,12 @@ class RefreshResult:
     backup: Backup | None = None
 
 
-def refresh_crl(remote, console, *, days: int = DEFAULT_DAYS, dry_run: bool = False, backup_dir: str = "backups",
+def refresh_crl(remote, console, *, days: int | None = None, dry_run: bool = False, backup_dir: str = "backups",
                 flavor: str | None = None, report: RunReport | None = None,
                 listeners: tuple[Listener, ...] = (), unfinished_run: Unfinished = Unfinished()) -> RefreshResult:
-    """The `refresh-crl` job (see the module docstring); raises RolledBack (7) or Incomplete (8) on failure."""
-    if not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
+    """The `refresh-crl` job (see the module docstring); raises RolledBack (7) or Incomplete (8) on failure.
+    `days` None: DEFAULT_DAYS, or what an unfinished run being resumed recorded (another value is refused)."""
+    if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_DAYS):
         raise InputError(f"--days {days!r}: give whole days from 1 to {MAX_DAYS}")
     return run_job(remote, console, "refresh-crl",
                    lambda events: _refresh(remote, console, events, days, dry_run, backup_dir, flavor, unfinished_run),
@@ -249,18 +250,20 @@ class RefreshJob:
         return Proof("CRL", "the CRL is not right", check, not_back, "The old CRL is in place again and checked")
 
 
-def _refresh(remote, console, events: Events, days: int, dry_run: bool, backup_dir: str,
+def _refresh(remote, console, events: Events, days: int | None, dry_run: bool, backup_dir: str,
              flavor: str | None, options: Unfinished) -> RefreshResult:
     label = remote.target.label
     facts = discover(remote, flavor_override=flavor)
     job = RefreshJob(remote)
-    continued = unfinished(remote, facts, job, console, events, options, dry_run=dry_run)
+    continued = unfinished(remote, facts, job, console, events, options, dry_run=dry_run,
+                           vet_resume=same_number_as_run("--days", "days", days, 1, MAX_DAYS))
     if continued:
         _, before = job.recorded(continued.journal)
         if continued.outcome == "ok":
             _said_refreshed(console, label, before, job.after, continued.journal.local_backup)
         return RefreshResult(continued.journal.facts, continued.plan, continued.outcome, before, job.after)
     refuse_unless_ca(facts, label, "refresh-crl")
+    days = DEFAULT_DAYS if days is None else days
     raw = read_raw(remote, facts)
     before = crl_state(raw)
     refuse_unsigned_crl(facts, before)

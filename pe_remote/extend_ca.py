@@ -35,7 +35,7 @@ from pe_remote.inventory import Target
 from pe_remote.events import Events, Listener
 from pe_remote.events import run_job
 from pe_remote.inplace import (change_and_prove, decode_record, encode_record, recorded_number, refuse_unless_ca,
-                               show_plan)
+                               same_number_as_run, show_plan)
 from pe_remote.journal import Journal
 from pe_remote.runs import Proof, Unfinished, resume_advice, unfinished
 from pe_remote.names import printable
@@ -134,12 +134,13 @@ class ExtendResult:
     agents: tuple[AgentPush, ...] = ()  # one row per agent the new bundle was pushed to
 
 
-def extend_ca(remote, console, *, years: int = DEFAULT_YEARS, dry_run: bool = False, backup_dir: str = "backups",
+def extend_ca(remote, console, *, years: int | None = None, dry_run: bool = False, backup_dir: str = "backups",
               flavor: str | None = None, report: RunReport | None = None, listeners: tuple[Listener, ...] = (),
               unfinished_run: Unfinished = Unfinished(), agents: AgentsToPush | None = None) -> ExtendResult:
     """The `extend-ca` job (see the module docstring); raises RolledBack (7) or Incomplete (8) on failure.
-    With `agents`, the new bundle is then pushed to them (AgentsNotUpdated, 10, if it did not reach all)."""
-    if not isinstance(years, int) or not 1 <= years <= MAX_YEARS:
+    With `agents`, the new bundle is then pushed to them (AgentsNotUpdated, 10, if it did not reach all).
+    `years` None: DEFAULT_YEARS, or what an unfinished run being resumed recorded (another value is refused)."""
+    if years is not None and (not isinstance(years, int) or isinstance(years, bool) or not 1 <= years <= MAX_YEARS):
         raise InputError(f"--years {years!r}: give whole years from 1 to {MAX_YEARS}")
     return run_job(remote, console, "extend-ca",
                    lambda events: _extend(remote, console, events, years, dry_run, backup_dir, flavor, unfinished_run,
@@ -195,12 +196,13 @@ class ExtendJob:
                      "The old CA cert is in place again and checked")
 
 
-def _extend(remote, console, events: Events, years: int, dry_run: bool, backup_dir: str,
+def _extend(remote, console, events: Events, years: int | None, dry_run: bool, backup_dir: str,
             flavor: str | None, options: Unfinished, agents: "AgentsToPush") -> ExtendResult:
     label = remote.target.label
     facts = discover(remote, flavor_override=flavor)
     job = ExtendJob(remote)
-    continued = unfinished(remote, facts, job, console, events, options, dry_run=dry_run)
+    continued = unfinished(remote, facts, job, console, events, options, dry_run=dry_run,
+                           vet_resume=same_number_as_run("--years", "years", years, 1, MAX_YEARS))
     if continued:
         _, before, _ = job.recorded(continued.journal)
         result = ExtendResult(continued.journal.facts, continued.plan, continued.outcome, before, job.after,
@@ -210,6 +212,7 @@ def _extend(remote, console, events: Events, years: int, dry_run: bool, backup_d
             result.agents = _push(console, label, before, job.after, agents, events)
         return result
     refuse_unless_ca(facts, label, "extend-ca")
+    years = DEFAULT_YEARS if years is None else years
     raw, crl_raw = read_raw(remote, facts), read_crl_raw(remote, facts)
     before, crl_before = ca_state(raw), crl_state(crl_raw)
     _refuse_unusable(facts, before)

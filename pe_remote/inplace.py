@@ -7,11 +7,12 @@ bytes, and any failure rolled back from the backup."""
 from __future__ import annotations
 
 import base64
+from typing import Callable
 
 from pe_remote import runs
 from pe_remote.backup import Backup, local_backup_dir, remote_backup_path, stream_command, take_backup
 from pe_remote.discovery import MasterFacts
-from pe_remote.errors import JournalDamaged, Refused
+from pe_remote.errors import InputError, JournalDamaged, Refused
 from pe_remote.events import Events
 from pe_remote.journal import Journal
 from pe_remote.plan import Plan
@@ -84,3 +85,20 @@ def recorded_number(journal: Journal, key: str, low: int, high: int) -> int:
         raise JournalDamaged(f"run journal {journal.remote_path} has a {key} pe-remote did not write ({value!r}); "
                              f"move it aside on the master (mv {journal.remote_path} {journal.remote_path}.damaged)")
     return value
+
+
+def same_number_as_run(flag: str, key: str, given: int | None, low: int, high: int) -> Callable[[Journal], None] | None:
+    """The `vet_resume` of a CA job whose `flag` (its journal's `key`) the command line may give: a resume
+    asked with another value than the unfinished run recorded is refused (InputError, nothing touched),
+    as it would otherwise finish with the recorded one and report success. Not given: nothing to vet."""
+    if given is None:
+        return None
+
+    def vet(journal: Journal) -> None:
+        recorded = recorded_number(journal, key, low, high)
+        if recorded != given:
+            raise InputError(f"the unfinished run {journal.run_id} of `{journal.task}` uses {flag} {recorded}, not "
+                             f"{given}: finish it as recorded (run {journal.task} again without {flag}), or "
+                             f"`{journal.task} --rollback` / `{journal.task} --abandon {journal.run_id}` first; "
+                             "nothing was changed")
+    return vet

@@ -251,7 +251,8 @@ CA_JOB_HELP = {
 
 @task(name="refresh-crl", auto_shortflags=False, optional=["rollback"], help={
     **CA_JOB_HELP,
-    "days": f"how long the re-signed CRL is valid, in days (default {DEFAULT_CRL_DAYS}, Puppet's own)",
+    "days": f"how long the re-signed CRL is valid, in days (default {DEFAULT_CRL_DAYS}, Puppet's own; "
+            "a resumed run keeps its own)",
     "yes": "do not ask before changing the CRL",
 })
 @exits_cleanly
@@ -267,8 +268,9 @@ def refresh_crl(c, host=None, inventory=None, key_file=None, known_hosts=None, a
     """
     check_flavor(flavor)
     unfinished = unfinished_from(rollback, resume, abandon)
-    days = whole_number(days, "--days", f"whole days from 1 to {MAX_CRL_DAYS}", low=1, high=MAX_CRL_DAYS,
-                        default=DEFAULT_CRL_DAYS)
+    # Not given: the default, or a resumed run's own (a resume asked with another is refused).
+    days = None if days is None else whole_number(days, "--days", f"whole days from 1 to {MAX_CRL_DAYS}", low=1,
+                                                  high=MAX_CRL_DAYS)
     _ca_job(c, "refresh-crl", host, inventory, key_file, known_hosts, accept_new_host_key, verbose, yes,
             lambda remote, console, folder: refresh(remote, console, days=days, dry_run=dry_run, backup_dir=folder,
                                                     flavor=flavor, unfinished_run=unfinished), backup_dir)
@@ -279,7 +281,8 @@ def refresh_crl(c, host=None, inventory=None, key_file=None, known_hosts=None, a
     "agents": "once the master is proven, push the new CA bundle to these agents' <ssldir>/certs/ca.pem over SSH "
               "as root (aliases or [root@]host[:port], comma-separated; same key and known_hosts as the master; "
               "each old file kept aside; a table of results; exit 10 if one did not get it)",
-    "years": f"the renewed CA cert's lifetime in years (default {DEFAULT_CA_YEARS})",
+    "years": f"the renewed CA cert's lifetime in years (default {DEFAULT_CA_YEARS}; a resumed run keeps "
+             "its own)",
     "yes": "do not ask before changing the CA cert",
 })
 @exits_cleanly
@@ -300,8 +303,8 @@ def extend_ca(c, host=None, inventory=None, key_file=None, known_hosts=None, acc
     pushed = AgentsToPush(tuple(agent_targets(agents, lambda name: named_target(c, name, inventory, key_file,
                                                                                  known_hosts))),
                           accept_new_host_key) if agents is not None else None
-    years = whole_number(years, "--years", f"whole years from 1 to {MAX_CA_YEARS}", low=1, high=MAX_CA_YEARS,
-                         default=DEFAULT_CA_YEARS)
+    years = None if years is None else whole_number(years, "--years", f"whole years from 1 to {MAX_CA_YEARS}", low=1,
+                                                    high=MAX_CA_YEARS)
     for agent in pushed.targets if pushed else ():
         # What the push would refuse per agent (not root, a key file missing), refused now: before the
         # master's CA is renewed, not after it (exit 10).

@@ -162,3 +162,44 @@ def test_an_older_journal_without_a_task_is_regens():
 def test_rollback_resume_or_abandon_without_an_unfinished_run_is_an_input_error(master):
     error, report, _ = _refresh(master, rollback=True)
     assert isinstance(error, InputError) and "no unfinished run" in str(error) and report.exit_code == 2
+
+
+# --- a resume asked with another --days / --years than its run recorded ------------------------------
+
+def test_a_resume_asked_with_other_days_is_refused_touching_nothing(master):
+    # Without the check it would finish with the recorded 1825 days and report success.
+    master.journals = (_journal_text("refresh-crl", refresh_job.RefreshJob.record(1825, raw(OLD)), ["resign-crl"]),)
+    console = Console(out=io.StringIO(), assume_yes=True)
+    with pytest.raises(InputError, match=r"uses --days 1825, not 30: finish it as recorded \(run refresh-crl "
+                                         r"again without --days\).*nothing was changed"):
+        refresh_job.refresh_crl(master.remote, console, days=30)
+    assert master.executed == [] and master.put_back == [] and master.remote.commands == []
+
+
+def test_a_resume_asked_with_the_days_it_recorded_goes_on(master):
+    master.journals = (_journal_text("refresh-crl", refresh_job.RefreshJob.record(1825, raw(OLD)), ["resign-crl"]),)
+    result = refresh_job.refresh_crl(master.remote, Console(out=io.StringIO(), assume_yes=True), days=1825)
+    assert result.outcome == "ok" and master.executed[0][2]  # resumed
+
+
+def test_a_rollback_is_not_refused_for_other_days(master):
+    master.journals = (_journal_text("refresh-crl", refresh_job.RefreshJob.record(1825, raw(OLD))),)
+    master.states = [raw(OLD)]
+    with pytest.raises(RolledBack):
+        refresh_job.refresh_crl(master.remote, Console(out=io.StringIO(), assume_yes=True), days=30,
+                                unfinished_run=runs.Unfinished(rollback=True))
+    assert master.put_back == [(BACKUP.path, BACKUP.sha256)]
+
+
+def test_an_extend_resume_asked_with_other_years_is_refused_touching_nothing(master):
+    master.journals = (_journal_text("extend-ca", extend_job.ExtendJob.record(15, ca_raw(OLD_BUNDLE), raw(OLD))),)
+    console = Console(out=io.StringIO(), assume_yes=True)
+    with pytest.raises(InputError, match=r"run .* of `extend-ca` uses --years 15, not 5: .*`extend-ca --abandon "):
+        extend_job.extend_ca(master.remote, console, years=5)
+    assert master.executed == [] and master.put_back == [] and master.remote.commands == []
+
+
+@pytest.mark.parametrize("given", [0, True, "30", 10 ** 6])
+def test_days_out_of_range_or_not_a_number_is_an_input_error(master, given):
+    with pytest.raises(InputError, match="--days"):
+        refresh_job.refresh_crl(master.remote, Console(out=io.StringIO(), assume_yes=True), days=given)

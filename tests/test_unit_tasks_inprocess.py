@@ -766,3 +766,20 @@ def test_extend_ca_checks_every_agents_login_before_the_job_starts(capsys, tmp_p
     assert ran.code == 2, ran
     assert words in one_line_error(ran)
     assert connect.targets == []  # refused before the master's CA is touched, not in the push after it (10)
+
+
+# --- refresh-crl --days, extend-ca --years: not given is None (the default, or a resumed run's own) ---------
+
+@pytest.mark.parametrize("task, entry, flag, given, passed", [
+    ("refresh-crl", "refresh", "days", [], None),
+    ("refresh-crl", "refresh", "days", ["--days", "30"], 30),
+    ("extend-ca", "extend", "years", [], None),
+    ("extend-ca", "extend", "years", ["--years", "5"], 5),
+])
+def test_a_ca_jobs_number_reaches_the_library_only_when_given(capsys, monkeypatch, inventory, connect, task, entry,
+                                                              flag, given, passed):
+    calls = []
+    monkeypatch.setattr(f"pe_remote.tasks.{entry}", lambda remote, console, **kwargs: calls.append(kwargs))
+    ran = run_program(capsys, task, "--host", "a", "--inventory", inventory, "--yes", *given)
+    assert ran.code == 0, ran
+    assert [call[flag] for call in calls] == [passed]
