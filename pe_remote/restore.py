@@ -171,7 +171,11 @@ def ca_changes(output: str, certname: str) -> list[str]:
 
 def expected_sha256(tarball: Path, given: str | None) -> str:
     """The sha256 given, else the one in the `.sha256` file beside the tarball (as `sha256sum` writes it)."""
-    if given:
+    if given is not None:
+        if not re.fullmatch(r"\s*[0-9A-Fa-f]{64}\s*", given):
+            shown = given.strip() if re.fullmatch(r"\S{1,80}", given.strip()) else repr(given[:80])
+            raise InputError(f"--sha256 {shown}: give the backup's sha256, 64 hex digits, as pe-remote printed it "
+                             f"when it took the backup (or leave it out to use {tarball.name}.sha256)")
         return given.strip().lower()
     sidecar = tarball.with_name(tarball.name + ".sha256")
     if sidecar.exists():
@@ -285,21 +289,28 @@ def verify_local(tarball: Path, sha256: str) -> None:
                          "it is damaged or not the backup you meant")
 
 
-def check_local_backup(tarball: Path, sha256: str | None) -> str:
+@dataclass(frozen=True)
+class LocalBackup:
+    """A backup on this machine that matched its sha256 (made by check_local_backup, before connecting)."""
+
+    path: Path
+    sha256: str
+
+
+def check_local_backup(tarball: Path, sha256: str | None) -> LocalBackup:
     """The checks of the local tarball, before any connection: it is a readable file and matches the
-    sha256 given or written beside it. Returns that sha256."""
+    sha256 given or written beside it."""
     _must_be_a_file(tarball)  # before its sidecar: a wrong path is the likelier mistake
     expected = expected_sha256(tarball, sha256)
     verify_local(tarball, expected)
-    return expected
+    return LocalBackup(tarball, expected)
 
 
-def restore_backup(remote, tarball: Path, console, *, sha256: str | None = None,
-                   flavor: str | None = None) -> RestoreOutcome:
-    """The `restore` task: verify a local backup, upload it, put it back, prove its cert is served."""
+def restore_backup(remote, backup: LocalBackup, console, *, flavor: str | None = None) -> RestoreOutcome:
+    """The `restore` task: put a checked local backup back (upload, put back), prove its cert is served."""
     from pe_remote.discovery import discover
 
-    expected = check_local_backup(tarball, sha256)
+    tarball, expected = backup.path, backup.sha256
     facts = discover(remote, flavor_override=flavor)
     check_members(tarball, facts)
     cert_sha = cert_sha256_in_tarball(tarball, facts.hostcert)

@@ -183,9 +183,9 @@ def restore(c, tarball, host=None, inventory=None, key_file=None, known_hosts=No
 
     target = target_from(c, host, inventory, key_file, known_hosts)
     # The local tarball and its sha256 are checked before any connection (exit 2, nothing touched).
-    restoring.check_local_backup(Path(tarball).expanduser(), sha256)
+    backup = restoring.check_local_backup(Path(tarball).expanduser(), sha256)
     with connected(target, accept_new_host_key) as remote:
-        restore_backup(remote, Path(tarball).expanduser(), Console(assume_yes=yes), sha256=sha256, flavor=flavor)
+        restore_backup(remote, backup, Console(assume_yes=yes), flavor=flavor)
 
 
 @task(auto_shortflags=False, help={

@@ -219,13 +219,25 @@ def test_parsing_ca_changes_without_sections_is_no_change():
 # --- the checksum a restore verifies against -----------------------------------------------------------
 
 def test_a_given_sha256_is_used_normalised(tmp_path):
-    assert restore.expected_sha256(tmp_path / "b.tar.gz", "  ABCDEF\n") == "abcdef"
+    assert restore.expected_sha256(tmp_path / "b.tar.gz", "  " + "ABCDEF" * 10 + "ABCD\n") == "abcdef" * 10 + "abcd"
 
 
 def test_the_sidecar_sha256_is_used_when_none_is_given(tmp_path):
     (tmp_path / "b.tar.gz.sha256").write_text("ABCDEF" * 10 + "ABCD  b.tar.gz\n")
     assert restore.expected_sha256(tmp_path / "b.tar.gz", None) == "abcdef" * 10 + "abcd"
-    assert restore.expected_sha256(tmp_path / "b.tar.gz", "0123") == "0123"  # given wins
+    assert restore.expected_sha256(tmp_path / "b.tar.gz", "01" * 32) == "01" * 32  # given wins
+
+
+@pytest.mark.parametrize("given, shown", [("", "--sha256 '':"), ("0123", "--sha256 0123:"), ("ab" * 33, "--sha256 " + "ab" * 33),
+                                          ("g" * 64, "--sha256 " + "g" * 64), ("ab" * 31 + "; rm -rf /", "--sha256 'abab"),
+                                          ("sha256:" + "ab" * 32, "--sha256 sha256:")])
+def test_a_given_sha256_that_is_not_64_hex_digits_is_bad_input(tmp_path, given, shown):
+    # It reaches the master's shell (the upload's and put-back's checks): refused before anything is read.
+    (tmp_path / "b.tar.gz.sha256").write_text("ab" * 32 + "  b.tar.gz\n")
+    with pytest.raises(InputError) as info:
+        restore.expected_sha256(tmp_path / "b.tar.gz", given)
+    assert str(info.value).startswith(shown) and "64 hex digits" in str(info.value)
+    assert "\n" not in str(info.value) and info.value.exit_code == 2
 
 
 @pytest.mark.parametrize("sidecar, says", [("", "is empty"), ("  \n\n", "is empty"), ("abc  b.tar.gz\n", "is garbled"),
@@ -246,7 +258,7 @@ def test_check_local_backup_names_a_missing_tarball_before_its_sidecar(tmp_path)
     (tmp_path / "b.tar.gz").write_bytes(b"backup bytes")
     good = hashlib.sha256(b"backup bytes").hexdigest()
     (tmp_path / "b.tar.gz.sha256").write_text(f"{good}  b.tar.gz\n")
-    assert restore.check_local_backup(tmp_path / "b.tar.gz", None) == good
+    assert restore.check_local_backup(tmp_path / "b.tar.gz", None) == restore.LocalBackup(tmp_path / "b.tar.gz", good)
 
 
 def test_no_sha256_at_all_is_bad_input(tmp_path):
@@ -452,8 +464,10 @@ class RestoreJob:
             raise self.outcome
         return self.outcome
 
-    def run(self, **kwargs):
-        return restore.restore_backup(self.remote, self.tarball, self.console, **kwargs)
+    def run(self, sha256=None, **kwargs):
+        # As the task does: the local checks first, then the job with what they checked.
+        return restore.restore_backup(self.remote, restore.check_local_backup(self.tarball, sha256), self.console,
+                                      **kwargs)
 
 
 @pytest.fixture
@@ -549,3 +563,12 @@ def test_without_a_server_service_what_is_served_does_not_matter(rjob):
     rjob.outcome = RestoreOutcome(("x",), "", CERT_SHA)
     assert rjob.run() is rjob.outcome
     assert rjob.put_backs[0]["start"] == ["puppet"]
+
+
+def test_a_restore_hashes_the_local_tarball_once(rjob, monkeypatch):
+    # The task checks it before connecting; the job takes that check's result rather than hashing again.
+    hashed = []
+    real = restore.sha256_file
+    monkeypatch.setattr(restore, "sha256_file", lambda path: hashed.append(path) or real(path))
+    rjob.run()
+    assert hashed == [rjob.tarball] and len(rjob.put_backs) == 1

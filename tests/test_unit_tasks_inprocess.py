@@ -21,6 +21,7 @@ from pe_remote import errors
 from pe_remote.console import Console
 from pe_remote.expiry import Dated
 from pe_remote.regen import RegenOptions
+from pe_remote.restore import LocalBackup
 from pe_remote.tasks import ns
 from pe_remote.verify import Verification
 
@@ -94,8 +95,8 @@ class Library:
         self._record("backup", remote, backup_dir=backup_dir, console=console, flavor=flavor)
         return SimpleNamespace(local_path=Path(backup_dir) / "x-ssl.tar.gz", sha256="0123456789abcdef" * 4)
 
-    def restore_backup(self, remote, tarball, console, *, sha256=None, flavor=None):
-        self._record("restore", remote, tarball=tarball, console=console, sha256=sha256, flavor=flavor)
+    def restore_backup(self, remote, backup, console, *, flavor=None):
+        self._record("restore", remote, tarball=backup.path, console=console, sha256=backup.sha256, flavor=flavor)
 
     def discover(self, remote, flavor_override=None):
         self._record("discover", remote, flavor=flavor_override)
@@ -118,7 +119,8 @@ def library(monkeypatch) -> Library:
     monkeypatch.setattr("pe_remote.tasks.backup_only", fake.backup_only)
     monkeypatch.setattr("pe_remote.tasks.restore_backup", fake.restore_backup)
     # restore's local checks (a tarball on this machine) pass: the tests below name no real file
-    monkeypatch.setattr("pe_remote.restore.check_local_backup", lambda tarball, sha256: sha256 or "0" * 64)
+    monkeypatch.setattr("pe_remote.restore.check_local_backup",
+                        lambda tarball, sha256: LocalBackup(tarball, sha256 or "0" * 64))
     monkeypatch.setattr("pe_remote.tasks.discover_master", fake.discover)
     monkeypatch.setattr("pe_remote.tasks.verify_master", fake.verify_master)
     return fake
@@ -633,7 +635,8 @@ def test_restore_without_yes_asks(capsys, inventory, connect, library):
     ran = run_program(capsys, "restore", "x.tar.gz", "--host", "a", "--inventory", inventory)
     assert ran.code == 0, ran
     [call] = library.calls["restore"]
-    assert call.console.assume_yes is False and call.sha256 is None and call.flavor is None
+    # No --sha256: the library gets the one the local check found (the fixture's stand-in for the sidecar's).
+    assert call.console.assume_yes is False and call.sha256 == "0" * 64 and call.flavor is None
 
 
 def test_restore_needs_a_tarball(capsys, inventory, connect, library):
