@@ -255,21 +255,21 @@ def continue_unfinished(remote, journal: Journal, job: Job, console, events: Eve
     done = ", ".join(journal.done) or "none"
     console.notice(f"Found an unfinished run {journal.run_id} of `{journal.task}` on {remote.target.label} (journal "
                    f"{journal.remote_path}); completed steps: {done}. Its backup: {journal.backup.path}.")
+    if dry_run:
+        action = (f"close run {journal.run_id} as abandoned" if abandon else "roll it back" if rollback
+                  else "resume it from the first step not completed")
+        console.notice(f"Dry run: would {action}; nothing was changed on the master.")
+        return Continued("dry-run", journal, plan)
+    # Abandoning too waits: a step still running would write its end after `finished`, and the closed
+    # run would look unfinished again (the next run resuming it, with no new backup).
+    if wait_for_steps_still_running(remote, journal, console):
+        # Steps that were still running have ended since discovery read the journal: read it again.
+        journal = parse_journal(journal.remote_path, remote.run(journal.read_command()).stdout)
     if abandon:
-        if dry_run:
-            console.notice(f"Dry run: would close run {journal.run_id} as abandoned; nothing was changed.")
-            return Continued("dry-run", journal, plan)
         console.confirm(f"Close run {journal.run_id} as abandoned? Nothing else on the master is touched.")
         finish(remote, journal, "abandoned")
         console.notice(f"Run {journal.run_id} closed as abandoned; its backup {journal.backup.path} is kept.")
         return Continued("abandoned", journal, plan)
-    if dry_run:
-        action = "roll it back" if rollback else "resume it from the first step not completed"
-        console.notice(f"Dry run: would {action}; nothing was changed on the master.")
-        return Continued("dry-run", journal, plan)
-    if wait_for_steps_still_running(remote, journal, console):
-        # Steps that were still running have ended since discovery read the journal: read it again.
-        journal = parse_journal(journal.remote_path, remote.run(journal.read_command()).stdout)
     proof = job.proof(journal, plan)
     if rollback:
         console.confirm(f"Roll back run {journal.run_id}: put the backup back and start the services?")

@@ -695,10 +695,23 @@ def test_abandoning_an_unfinished_run_closes_its_journal_only(job):
     job.facts = with_unfinished(journal_text(run_id, "stop:puppet"))
     result = job.run(abandon=True, run_id=run_id)
     assert result.outcome == "abandoned" and job.report.outcome == "abandoned" and job.report.exit_code == 0
-    # the journal's closing line, nothing else
-    assert job.remote.commands == [f"{APPEND} {event('finished', outcome='abandoned')}"]
+    # "steps still running?", then the journal's closing line, nothing else
+    assert job.remote.commands == [f"{STEPS_RUNNING} wait=0", f"{APPEND} {event('finished', outcome='abandoned')}"]
     assert job.execute.calls == [] and job.backups == []
     assert any(q.startswith(f"Close run {run_id} as abandoned") for q in job.console.asked)
+
+
+def test_abandoning_waits_for_steps_still_running_before_closing_the_journal(job):
+    # Closed first, a step still running would write its end after `finished`: the run would look
+    # unfinished again and the next regen would resume it, with no new backup.
+    run_id = new_run_id(C)
+    job.facts = with_unfinished(journal_text(run_id, "stop:puppet"))
+    job.master.running, job.master.journal_text = True, journal_text(run_id, "stop:puppet", "stop:puppetserver")[1]
+    result = job.run(abandon=True, run_id=run_id)
+    assert result.outcome == "abandoned" and job.report.exit_code == 0
+    assert job.remote.commands == [f"{STEPS_RUNNING} wait=0", f"{STEPS_RUNNING} wait={runs.STEPS_STILL_RUNNING_WAIT}",
+                                   READ_JOURNAL, f"{APPEND} {event('finished', outcome='abandoned')}"]
+    assert "still running on the master" in job.console.text("notice")
 
 
 def test_a_dry_run_abandon_touches_nothing(job):
