@@ -200,11 +200,16 @@ def crl_plan_lines(before: CrlState, days: int) -> list[str]:
     for index, crl in enumerate(before.ca_crl):
         kept = index >= renewed(before)
         lines += [f"  CRL of {crl.issuer} now: number {crl.number}, {len(crl.entries)} revoked certs, nextUpdate "
-                  f"{crl.next_update:%Y-%m-%d %H:%M} UTC",
+                  f"{_when(crl.next_update, '%Y-%m-%d %H:%M UTC')}",
                   "    after: kept as it is (its issuer's key is not on this master)" if kept else
                   f"    after: number {(crl.number or 0) + 1}, the same {len(crl.entries)} entries, nextUpdate "
                   f"{ends:%Y-%m-%d} ({days} days)"]
     return lines
+
+
+def _when(moment: datetime | None, form: str) -> str:
+    """A CRL's nextUpdate as shown; X.509 lets a CRL leave it out (Puppet's never do)."""
+    return "none" if moment is None else moment.strftime(form)
 
 
 def refuse_unsigned_crl(facts: MasterFacts, before: CrlState) -> None:
@@ -282,4 +287,4 @@ def _said_refreshed(console, label: str, before: CrlState, after: CrlState, back
     current, new = before.ca_crl[0], after.ca_crl[0]
     console.notice(f"Refreshed the CRL on {label}: number {current.number} -> {new.number}, "
                    f"{len(new.entries)} entries kept, next update {new.next_update:%Y-%m-%d %H:%M} UTC "
-                   f"(was {current.next_update:%Y-%m-%d}); backup {backup}")
+                   f"(was {_when(current.next_update, '%Y-%m-%d')}); backup {backup}")

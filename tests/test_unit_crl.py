@@ -293,3 +293,12 @@ def test_a_crl_the_ca_did_not_sign_is_refused(fakes):
 def test_days_out_of_range_is_an_input_error(fakes, days):
     error, _, _ = _run(days=days)
     assert isinstance(error, InputError) and "--days" in str(error)
+
+
+def test_a_crl_without_next_update_is_shown_as_none_not_a_traceback():
+    # X.509 lets a CRL leave nextUpdate out (Puppet's never do); the plan and the result still print.
+    before = job.crl_state(raw(OLD))
+    without = dataclasses.replace(before, ca_crl=(dataclasses.replace(before.ca_crl[0], next_update=None),
+                                                  *before.ca_crl[1:]))
+    lines = job.crl_plan_lines(without, 30)
+    assert "revoked certs, nextUpdate none" in lines[0] and "(30 days)" in lines[1]
