@@ -65,6 +65,9 @@ class MasterFacts:
     reloadable: tuple[str, ...] = ()  # server services whose unit can reload in place (CanReload=yes)
     # The CA's files (CA_WRITABLE) writable by their group or by anyone: the reload path cannot freeze them.
     ca_unfreezable: tuple[str, ...] = ()
+    # A regen's freeze of those files was cut off before its thaw: they are still root's (live state,
+    # like unfinished_journals: not recorded in a journal).
+    ca_freeze_left: bool = False
 
     @property
     def catalog_path(self) -> str:
@@ -201,6 +204,7 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
                          if name in SERVER_SERVICES),
         ca_unfreezable=tuple(name for name in (line.strip() for line in sections.get("unfreezable", []))
                              if name in CA_WRITABLE),
+        ca_freeze_left="left" in (line.strip() for line in sections.get("ca_freeze", [])),
     )
 
 

@@ -37,10 +37,15 @@ from pe_remote.commands.steps import CA_WRITABLE
 log = logging.getLogger(__name__)
 
 
+# What discovery reads of the master's state now, not of the master: never recorded in a journal.
+LIVE_STATE = ("unfinished_journals", "ca_freeze_left")
+
+
 def facts_to_dict(facts: MasterFacts) -> dict:
     data = dataclasses.asdict(facts)
     data["flavor"] = facts.flavor.name
-    data.pop("unfinished_journals", None)
+    for live in LIVE_STATE:
+        data.pop(live, None)
     if facts.cert:
         data["cert"]["sans"] = sorted(facts.cert.sans)
     return data
@@ -48,7 +53,7 @@ def facts_to_dict(facts: MasterFacts) -> dict:
 
 def facts_from_dict(data: dict) -> MasterFacts:
     """The facts a journal recorded, with unknown fields ignored (a newer pe-remote may add some)."""
-    known = {f.name for f in dataclasses.fields(MasterFacts)} - {"unfinished_journals"}
+    known = {f.name for f in dataclasses.fields(MasterFacts)} - set(LIVE_STATE)
     data = {key: value for key, value in data.items() if key in known}
     data["flavor"] = FLAVORS[data["flavor"]]
     data["services"] = tuple(ServiceState(**{k: s[k] for k in ("name", "exists", "active", "state")})
@@ -83,6 +88,7 @@ class Journal:
     backup: RemoteBackup
     local_backup: str
     done: list[str] = dataclasses.field(default_factory=list)
+    begun: list[str] = dataclasses.field(default_factory=list)  # steps that began (done or not)
     local_path: Path | None = None
     warn: object = dataclasses.field(default=None, repr=False, compare=False)  # callback(message) for the console
     task: str = "regen"  # the job that runs (TASKS)
@@ -180,10 +186,10 @@ def parse_journal(path: str, text: str) -> Journal:
         raise JournalDamaged(f"run journal {path} names run {journal.run_id!r}, not its own; {aside}")
     for entry in lines[1:]:
         step = entry.get("step")
-        if entry.get("event") == "end":
+        if entry.get("event") in ("begin", "end"):
             if not isinstance(step, str) or not STEP_KEY.match(step):
                 raise JournalDamaged(f"run journal {path} records an unknown step {step!r}; {aside}")
-            journal.done.append(step)
+            (journal.done if entry["event"] == "end" else journal.begun).append(step)
     return journal
 
 

@@ -14,13 +14,14 @@ from datetime import datetime, timezone
 from typing import Callable, Protocol
 
 from pe_remote.backup import REMOTE_BACKUP_DIR, Backup
-from pe_remote.commands.steps import failing_checks
+from pe_remote.commands.steps import CA_FREEZE_STATE, failing_checks, thaw_saved_freeze
 from pe_remote.discovery import MasterFacts
 from pe_remote.errors import (ConnectionFailed, Incomplete, InputError, PeRemoteError, Refused, RolledBack,
                               StepFailed, VerificationFailed)
 from pe_remote.events import Events, JournalCopy, Phase
 from pe_remote.executor import Execution, InterruptLatch, execute
 from pe_remote.journal import Journal, event, new_run_id, parse_journal
+from pe_remote.names import printable
 from pe_remote.plan import Plan
 from pe_remote.restore import RestoreOutcome, ca_changes, ca_changes_command, put_back, start_services_command
 
@@ -158,6 +159,7 @@ def _roll_back(remote, journal: Journal, proof: Proof, console, reason: str, eve
     # A step given up as hung may still run on the master (steps outlive their channel): let it end.
     if not steps_ended:
         wait_for_steps_still_running(remote, journal, console)
+    thaw_cut_off_freeze(remote, console)
     # Never put a backup back over a CA that has moved on since (certs signed, a hand restore): that
     # would lose every cert the CA signed since and its serial counter.
     moved_on = ca_changes(remote.run(ca_changes_command(facts, journal.backup.path), check=False).stdout,
@@ -243,12 +245,14 @@ def unfinished(remote, facts: MasterFacts, job: Job, console, events: Events, op
     if vet_resume is not None and not (options.rollback or options.abandon):
         vet_resume(journal)
     return continue_unfinished(remote, journal, job, console, events, rollback=options.rollback,
-                               abandon=options.abandon, dry_run=dry_run)
+                               abandon=options.abandon, dry_run=dry_run, freeze_left=facts.ca_freeze_left)
 
 
 def continue_unfinished(remote, journal: Journal, job: Job, console, events: Events, *, rollback: bool = False,
-                        abandon: bool = False, dry_run: bool = False) -> Continued:
-    """Resume `journal`'s run from its first step not done, or roll it back, or close it as abandoned."""
+                        abandon: bool = False, dry_run: bool = False, freeze_left: bool = False) -> Continued:
+    """Resume `journal`'s run from its first step not done, or roll it back, or close it as abandoned.
+    `freeze_left`: discovery found the CA files still frozen by a cut-off generate; whichever of the
+    three is done, their owners are given back first."""
     plan = job.plan(journal)
     events.emit("planned", facts=journal.facts, alt_names=journal.alt_names, plan=plan)
     events.emit("journal-started", journal=journal)
@@ -258,6 +262,9 @@ def continue_unfinished(remote, journal: Journal, job: Job, console, events: Eve
     if dry_run:
         action = (f"close run {journal.run_id} as abandoned" if abandon else "roll it back" if rollback
                   else "resume it from the first step not completed")
+        if freeze_left:
+            action += (f", after giving the CA files back the owners a cut-off freeze saved in {CA_FREEZE_STATE} "
+                       "(until then the CA cannot sign or revoke)")
         console.notice(f"Dry run: would {action}; nothing was changed on the master.")
         return Continued("dry-run", journal, plan)
     # Abandoning too waits: a step still running would write its end after `finished`, and the closed
@@ -265,8 +272,15 @@ def continue_unfinished(remote, journal: Journal, job: Job, console, events: Eve
     if wait_for_steps_still_running(remote, journal, console):
         # Steps that were still running have ended since discovery read the journal: read it again.
         journal = parse_journal(journal.remote_path, remote.run(journal.read_command()).stdout)
+    if freeze_left:
+        console.warn(f"The CA files still belong to root: run {journal.run_id}'s generate was cut off while they "
+                     f"were frozen (their owners are saved in {CA_FREEZE_STATE}); the CA cannot sign or revoke "
+                     "until they are given back, which is done first.")
     if abandon:
-        console.confirm(f"Close run {journal.run_id} as abandoned? Nothing else on the master is touched.")
+        console.confirm(f"Close run {journal.run_id} as abandoned? Nothing else on the master is touched"
+                        + (" (but the CA files get their owners back)." if freeze_left else "."))
+        if freeze_left:
+            thaw_cut_off_freeze(remote, console)
         finish(remote, journal, "abandoned")
         console.notice(f"Run {journal.run_id} closed as abandoned; its backup {journal.backup.path} is kept.")
         return Continued("abandoned", journal, plan)
@@ -276,19 +290,47 @@ def continue_unfinished(remote, journal: Journal, job: Job, console, events: Eve
         with InterruptLatch(console):
             roll_back(remote, journal, proof, console, reason=f"run {journal.run_id} rolled back on request",
                       events=events, steps_ended=True)
-    recheck_done_steps(remote, plan, journal)
+    redo = recheck_done_steps(remote, plan, journal)
     console.confirm(f"Resume run {journal.run_id} (no new backup is taken)?")
     console.notice("Resuming: steps whose effect is already there are not run again.")
+    if redo:
+        titles = "; ".join(step.title for step in plan.steps if step.key in redo)
+        console.notice(f"Run again, their effect is gone since (the master restarted?): {titles}.")
+        journal.done = [key for key in journal.done if key not in redo]
+    if freeze_left:
+        thaw_cut_off_freeze(remote, console)
     execution = run_steps(remote, plan, journal, proof, console, events, resume=True)
     return Continued("ok", journal, plan, execution)
 
 
-def recheck_done_steps(remote, plan: Plan, journal: Journal) -> None:
+def thaw_cut_off_freeze(remote, console) -> None:
+    """The reload path's generate runs with the CA files frozen to root; a shell cut off before its thaw
+    (a reboot, a kill) leaves them root's, and the CA service can then never sign or revoke again. Give
+    them back the owners the freeze saved on the master (a no-op when none are saved)."""
+    result = remote.run(thaw_saved_freeze(), check=False)
+    said = printable(result.stdout.strip())
+    if not result.ok:
+        raise Incomplete(f"could not give the CA files back the owners saved in {CA_FREEZE_STATE} by a freeze that "
+                         f"was cut off ({said or 'no output'}); give them back by hand from that file (each line is "
+                         "`OWNER PATH`, the first `mode=MODE CADIR`), then run this again")
+    if said:
+        console.notice(said[0].upper() + said[1:] + ".")
+
+
+# Steps whose effect does not outlive a reboot of the master (its services come back at boot): one
+# found undone on a resume is run again (stopping or starting a service twice is harmless).
+NOT_DURABLE = ("stop:", "start:")
+
+
+def recheck_done_steps(remote, plan: Plan, journal: Journal) -> tuple[str, ...]:
     """A step the journal marks done is skipped only if its effect is still there (one remote command).
+    Returns the service steps to run again: their effect is gone (the master restarted, say).
 
     A journal can be stale or foreign: a master restored by hand since, say. Checks proving a step
     of THIS run (generate: a serial other than the run's old one) make such a journal fail here,
     before anything is changed, instead of being trusted into a rollback over a CA that has moved on.
+    A step whose check a later step makes meaningless is not checked once that later step is done or
+    began (it may have run to its end without its end being journalled: the run was cut off in it).
     """
     done = set(journal.done)
     known = {step.key for step in plan.steps}
@@ -296,17 +338,21 @@ def recheck_done_steps(remote, plan: Plan, journal: Journal) -> None:
     if unknown:
         raise Refused(f"run {journal.run_id}'s journal marks steps this plan does not have ({', '.join(unknown)}); "
                       f"nothing was changed. Close it with --abandon {journal.run_id}")
+    reached = done | set(journal.begun)
     to_check = [step for step in plan.steps
-                if step.key in done and step.check and not done & set(step.superseded_by)]
+                if step.key in done and step.check and not reached & set(step.superseded_by)]
     if not to_check:
-        return
+        return ()
     script = failing_checks([(step.key, step.check) for step in to_check])
     missing = set(remote.run(script, check=False).stdout.split())
-    gone = [step.title for step in to_check if step.key in missing]
+    redo = tuple(step.key for step in to_check if step.key in missing and step.key.startswith(NOT_DURABLE))
+    gone = [step.title for step in to_check if step.key in missing and step.key not in redo]
     if gone:
         raise Refused(f"run {journal.run_id}'s journal says '{'; '.join(gone)}' was done, but the master does not "
                       "show it: it has changed since that run (put back by hand?). Nothing was changed. If the "
-                      f"master is as it should be, close that run with --abandon {journal.run_id}")
+                      f"master is as it should be, close that run with --abandon {journal.run_id}, or put its "
+                      f"backup back with --rollback {journal.run_id}")
+    return redo
 
 
 def wait_for_steps_still_running(remote, journal: Journal, console) -> bool:

@@ -11,8 +11,9 @@ from datetime import datetime, timezone
 
 from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import CertInfo
-from pe_remote.commands.facts import (cert_with_key, crl_file, read_cert_with_key, read_crl_serials, read_inactive,
-                                      read_served_cert, served_cert, service_states)
+from pe_remote.commands.facts import (cert_with_key, crl_file, freeze_left, read_cert_with_key, read_crl_serials,
+                                      read_freeze_left, read_inactive, read_served_cert, served_cert, service_states)
+from pe_remote.commands.steps import CA_FREEZE_STATE
 from pe_remote.commands.run import exit_status_of
 from pe_remote.errors import VerificationFailed
 from pe_remote.expiry import DEFAULT_WARN_DAYS, Dated, dated_files_command, expiry_problems, read_dates
@@ -28,13 +29,15 @@ class Verification:
     inactive_services: tuple[str, ...]
     revoked_serials: frozenset[str] = frozenset()
     agent_exit: int | None = None  # None: no agent run asked for
+    freeze_left: bool = False  # a freeze of the CA files was cut off before its thaw (they are root's)
 
 
 def verification_script(facts, services: list[str], *, agent: bool = False) -> str:
     """The master's cert and key, the cert served on 8140, the services, the CA's CRL, and with
     `agent` the exit status of an agent run (--noop) on the master against itself."""
     parts = [cert_with_key("cert", facts.hostcert, facts.hostprivkey), served_cert("served", facts.certname),
-             service_states("services", facts.init_system, services), crl_file("crl", f"{facts.cadir}/ca_crl.pem")]
+             service_states("services", facts.init_system, services), crl_file("crl", f"{facts.cadir}/ca_crl.pem"),
+             freeze_left("freeze", CA_FREEZE_STATE)]
     if agent:
         parts.append(exit_status_of("agent", [facts.puppet, "agent", "-t", "--noop", *facts.flavor.agent_lock_flags]))
     return "\n".join(parts) + "\n"
@@ -51,7 +54,7 @@ def read_verification(remote, facts, services: list[str], *, agent: bool = False
         status = protocol.number(sections.get("agent", []))
         agent_exit = -1 if status is None else status
     return Verification(cert, served.sha256 if served else "", key_matches, read_inactive(sections, "services"),
-                        read_crl_serials(sections, "crl"), agent_exit)
+                        read_crl_serials(sections, "crl"), agent_exit, read_freeze_left(sections, "freeze"))
 
 
 def _serial_value(serial: str) -> int:
@@ -93,6 +96,9 @@ def check_regen(plan: Plan, result: Verification) -> list[str]:
         problems.append("the private key does not match the new cert")
     if result.inactive_services:
         problems.append(f"not running: {', '.join(result.inactive_services)}")
+    if result.freeze_left:
+        problems.append(f"the CA files still belong to root (their owners are saved in {CA_FREEZE_STATE}): the CA "
+                        "could not sign or revoke")
     server = plan.facts.server_service
     if server not in plan.skipped_services and server not in plan.stopped_services:
         problems += served_problems(result, "the new cert")
@@ -118,6 +124,10 @@ def check_master(facts, result: Verification, alt_names: tuple[str, ...], *, exa
         problems.append(f"the private key {facts.hostprivkey} does not match the cert")
     if result.inactive_services:
         problems.append(f"not running: {', '.join(result.inactive_services)}")
+    if result.freeze_left:
+        problems.append(f"a regen's freeze of the CA files was cut off: they belong to root, so the CA cannot sign or "
+                        f"revoke (their owners are saved in {CA_FREEZE_STATE}); run `regen` on it to resume its run, "
+                        "or `regen --abandon`, and they are given back")
     server = facts.service(facts.server_service)
     if server and server.exists:
         problems += served_problems(result, "the cert on disk")

@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from conftest import describe, fab_target_args, run_cli
+from conftest import describe, fab_target_args, fab_until, finish, run_cli
 from pe_remote.commands.shell import join
 from pe_remote.commands.steps import CA_WRITABLE, with_ca_frozen
 from test_faults import _regen_args, assert_serves
@@ -103,3 +103,49 @@ def test_a_server_that_cannot_reload_takes_the_restart_path_and_restart_forces_i
     new = _cert_facts(master)
     assert new["serial"] != old["serial"]
     assert_serves(master, new["sha256"])
+
+
+@pytest.mark.parametrize("fresh_master", ["oss7"], indirect=True)
+def test_a_generate_killed_while_the_ca_is_frozen_gets_its_owners_back_on_resume(fresh_master, tmp_path):
+    # A reboot or a kill -9 between the freeze and the thaw: the CA files stay root's. Before, the
+    # resumed run froze them again, recorded root as their owner, and the CA could never sign again.
+    master = fresh_master
+    cadir = master.flavor.cadir
+    owners = _owners(master)
+    old = _cert_facts(master)
+    proc, seen = fab_until(_regen_args(master, tmp_path), f"Generate a new cert for {master.certname} ...")
+    # Once frozen: the connection cut, then the step's shell killed ([x]: not this shell itself); the
+    # CA CLI it started runs on to its end, as on a master whose shell died.
+    state = "/root/pe-remote-backups/ca-freeze.owners"
+    # The path is put together in the shell: this command's own line must not match the pkill pattern.
+    master.check(f"S={state.removesuffix('.owners')}; S=$S.owners; for i in $(seq 1 400); do [ -f \"$S\" ] && "
+                 f"[ \"$(stat -c %u {cadir}/serial)\" = 0 ] && break; sleep 0.05; done; [ -f \"$S\" ] && "
+                 "pkill -KILL -f '[s]shd(-session)?: root' && pkill -KILL -f '[c]a-freeze.owners'")
+    out = finish(proc, seen)
+    assert proc.returncode == 8, out
+    master.check("for i in $(seq 1 600); do pgrep -f '[c]a generate' >/dev/null || exit 0; sleep 0.1; done; exit 1")
+    frozen = _owners(master)
+    assert "root:" in frozen and frozen != owners, frozen  # the scenario: left frozen, the owners saved
+    assert master.exec(f"test -f {state}")[0] == 0
+
+    # `verify` names it; the dry run says it would give the owners back, and changes nothing.
+    check = run_cli("fab", *fab_target_args(master), "verify", "--known-hosts", str(master.known_hosts_path))
+    assert check.returncode != 0 and "freeze of the CA files was cut off" in check.stdout + check.stderr, describe(check)
+    dry = run_cli("fab", *fab_target_args(master), "regen", "--dry-run", "--known-hosts", str(master.known_hosts_path))
+    assert "after giving the CA files back the owners" in dry.stdout, describe(dry)
+    assert _owners(master) == frozen
+
+    resumed = run_cli("fab", *_regen_args(master, tmp_path))
+    assert resumed.returncode == 0, describe(resumed)
+    assert "Gave the CA files back the owners saved" in resumed.stdout, describe(resumed)
+    # Every owner back, and the CA folder's mode (the CA CLI itself may rewrite a file with its own mode).
+    after = _owners(master).splitlines()
+    assert after[0] == owners.splitlines()[0] and [line.split(" ", 1)[1] for line in after] == \
+        [line.split(" ", 1)[1] for line in owners.splitlines()], (after, owners)
+    assert master.exec(f"test -e {state}")[0] != 0
+    new = _cert_facts(master)
+    assert new["serial"] != old["serial"]
+    assert_serves(master, new["sha256"])
+    # The CA writes again: an agent's CSR is taken.
+    code, out = master.exec(_submit_csr())
+    assert "csr 200" in out, out

@@ -392,6 +392,22 @@ def test_inactive_service():
     assert "not running" in problem and "puppet" in problem
 
 
+def test_ca_files_left_frozen_fail_the_proof():
+    result = dataclasses.replace(good_result(), freeze_left=True)
+    (problem,) = check_regen(PLAN, result)
+    assert "the CA files still belong to root" in problem and "ca-freeze.owners" in problem
+
+
+def test_the_verification_script_reads_whether_a_freeze_was_left():
+    from pe_remote.commands import sections
+    from pe_remote.commands.facts import freeze_left, read_freeze_left
+    script = verification_script(RECORDED, ["puppet"])
+    assert freeze_left("freeze", "/root/pe-remote-backups/ca-freeze.owners") in script
+    assert read_freeze_left(sections.split(f"{sections.marker('freeze')}\nleft\n"), "freeze")
+    assert not read_freeze_left(sections.split(f"{sections.marker('freeze')}\n"), "freeze")
+    assert not read_freeze_left({}, "freeze")
+
+
 def test_8140_serves_another_fingerprint():
     result = dataclasses.replace(good_result(), served_sha256=RECORDED.cert.sha256)
     (problem,) = check_regen(PLAN, result)

@@ -42,6 +42,14 @@ def test_a_good_journal_round_trips():
     assert journal.backup == BACKUP
 
 
+def test_steps_that_began_are_kept_apart_from_those_done():
+    journal = parse_journal(PATH, text(header(), event("begin", step="clean"), event("end", step="clean"),
+                                       event("begin", step="generate")))
+    assert journal.done == ["clean"] and journal.begun == ["clean", "generate"]
+    with pytest.raises(JournalDamaged, match="unknown step"):
+        parse_journal(PATH, text(header(), event("begin", step="$(reboot)")))
+
+
 def test_a_last_line_cut_off_mid_write_is_ignored():
     cut = text(header(), event("end", step="stop:puppet"), event("end", step="clean")[:9])
     assert parse_journal(PATH, cut).done == ["stop:puppet"]

@@ -17,6 +17,7 @@ import pytest
 from fakes import FakeLocks, FakeRemote, QuietConsole, Result
 from pe_remote import lock as master_lock
 from pe_remote import regen, runs
+from pe_remote.commands import steps as sh
 from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, RemoteBackup
 from pe_remote.errors import (Aborted, BackupError, ConnectionFailed, Incomplete, InputError, PeRemoteError,
                               Refused, RolledBack, StepFailed)
@@ -55,8 +56,11 @@ class Master:
                  stdout: str = ""):
         self.running, self.never_end = running, never_end
         self.journal_text, self.stdout = journal_text, stdout
+        self.answers: dict[str, Result] = {}  # exact commands answered otherwise
 
     def __call__(self, command, index, kwargs):
+        if command in self.answers:
+            return self.answers[command]
         if command.startswith(STEPS_RUNNING):
             waited = not command.endswith("wait=0")
             return Result(ok=not self.running or (waited and not self.never_end))
@@ -723,6 +727,63 @@ def test_a_dry_run_abandon_touches_nothing(job):
     assert f"would close run {run_id} as abandoned" in job.console.text("notice")
 
 
+# --- a freeze of the CA files cut off with its run (the reload path's generate) ---------------------
+
+THAW = sh.thaw_saved_freeze()
+THAWED = "gave the CA files back the owners saved in /root/pe-remote-backups/ca-freeze.owners by a freeze that was cut off"
+
+
+def frozen_unfinished(run_id: str, *done: str):
+    return dataclasses.replace(with_unfinished(journal_text(run_id, *done)), ca_freeze_left=True)
+
+
+def test_abandoning_gives_back_the_owners_of_a_cut_off_freeze_and_says_so(job):
+    run_id = new_run_id(C)
+    job.facts = frozen_unfinished(run_id, "stop:puppet")
+    job.master.answers[THAW] = Result(THAWED + "\n")
+    assert job.run(abandon=True, run_id=run_id).outcome == "abandoned"
+    assert job.remote.commands == [f"{STEPS_RUNNING} wait=0", THAW, f"{APPEND} {event('finished', outcome='abandoned')}"]
+    assert "The CA files still belong to root" in job.console.text("warn")
+    assert any("the CA files get their owners back" in q for q in job.console.asked)
+    assert "Gave the CA files back the owners saved" in job.console.text("notice")
+
+
+def test_a_resume_gives_back_the_owners_of_a_cut_off_freeze_before_its_steps(job):
+    run_id = new_run_id(C)
+    job.facts = frozen_unfinished(run_id, *plan_keys()[:3])
+    assert job.run().outcome == "ok"
+    assert job.remote.commands.count(THAW) == 1 and job.execute.calls[0]["resume"] is True
+
+
+def test_a_rollback_gives_back_the_owners_of_a_cut_off_freeze(job, monkeypatch):
+    _rollback_fakes(monkeypatch)
+    job.facts = frozen_unfinished(new_run_id(C), *plan_keys()[:3])
+    job.fails(RolledBack, rollback=True)
+    assert THAW in job.remote.commands
+
+
+def test_owners_that_cannot_be_given_back_stop_the_resume_before_any_step(job):
+    job.facts = frozen_unfinished(new_run_id(C), *plan_keys()[:3])
+    job.master.answers[THAW] = Result("/root/pe-remote-backups/ca-freeze.owners is damaged (x)\n", ok=False)
+    error = job.fails(Incomplete)
+    assert "could not give the CA files back the owners" in str(error) and "is damaged (x)" in str(error)
+    assert job.execute.calls == []
+
+
+def test_without_a_cut_off_freeze_nothing_is_given_back(job):
+    run_id = new_run_id(C)
+    job.facts = with_unfinished(journal_text(run_id, *plan_keys()[:3]))
+    job.run()
+    assert THAW not in job.remote.commands and "belong to root" not in job.console.text("warn")
+
+
+def test_a_dry_run_says_it_would_give_back_the_owners_and_touches_nothing(job):
+    job.facts = frozen_unfinished(new_run_id(C))
+    assert job.run(abandon=True, dry_run=True).outcome == "dry-run"
+    assert job.remote.commands_run == 0
+    assert "after giving the CA files back the owners a cut-off freeze saved" in job.console.text("notice")
+
+
 @pytest.mark.parametrize("rollback, says", [(False, "would resume it"), (True, "would roll it back")])
 def test_a_dry_run_on_an_unfinished_run_says_what_it_would_do(job, rollback, says):
     job.facts = with_unfinished(journal_text(new_run_id(C), "stop:puppet"))
@@ -752,11 +813,23 @@ def test_a_stale_unfinished_run_is_refused_unless_named(job):
 def test_a_resume_with_a_done_step_gone_is_refused_before_any_change(job):
     run_id = new_run_id(C)
     keys = plan_keys()
-    job.facts = with_unfinished(journal_text(run_id, *keys[:2]))
-    job.master.stdout = keys[1] + "\n"  # its check fails on the master now
+    job.facts = with_unfinished(journal_text(run_id, *keys[:4]))
+    job.master.stdout = keys[3] + "\n"  # its check fails on the master now
     error = job.fails(Refused)
     assert "was done, but the master does not show it" in str(error) and job.report.exit_code == 4
+    assert f"--rollback {run_id}" in str(error)
     assert job.execute.calls == [] and job.console.asked == []
+
+
+def test_a_resume_after_the_master_restarted_stops_its_services_again(job):
+    # At boot the stopped services came back: the done stops are run again, not refused.
+    run_id = new_run_id(C)
+    keys = plan_keys()
+    job.facts = with_unfinished(journal_text(run_id, *keys[:4]))
+    job.master.stdout = "stop:puppet\nstop:puppetserver\n"
+    assert job.run().outcome == "ok"
+    assert job.execute.calls[0]["done"] == ("clean", "delete-leftovers")
+    assert "Run again, their effect is gone since (the master restarted?): Stop puppet" in job.console.text("notice")
 
 
 # --- a resume finishes the run as recorded: flags asking for something else are refused -------------
@@ -856,13 +929,32 @@ def test_unknown_steps_in_a_journal_are_refused():
 
 
 def test_a_done_step_whose_check_fails_now_is_refused():
-    plan, journal = _plan_and_journal("stop:puppet", "stop:puppetserver")
-    title = next(s.title for s in plan.steps if s.key == "stop:puppetserver")
-    remote = FakeRemote(lambda command, index, kwargs: Result("stop:puppetserver\n", ok=False))
+    plan, journal = _plan_and_journal("clean", "stop:puppet", "stop:puppetserver")
+    title = next(s.title for s in plan.steps if s.key == "clean")
+    remote = FakeRemote(lambda command, index, kwargs: Result("clean\nstop:puppetserver\n", ok=False))
     with pytest.raises(Refused) as info:
         runs.recheck_done_steps(remote, plan, journal)
-    assert f"'{title}' was done" in str(info.value) and "Stop puppet'" not in str(info.value)
+    assert f"'{title}' was done" in str(info.value) and "Stop puppet" not in str(info.value)
     assert remote.commands_run == 1 and remote.calls[0][1]["check"] is False
+
+
+def test_a_done_service_step_whose_effect_is_gone_is_run_again_not_refused():
+    plan, journal = _plan_and_journal("clean", "stop:puppet", "stop:puppetserver")
+    remote = FakeRemote(lambda command, index, kwargs: Result("stop:puppetserver\n", ok=False))
+    assert runs.recheck_done_steps(remote, plan, journal) == ("stop:puppetserver",)
+
+
+def test_a_step_superseded_by_one_cut_off_while_running_is_not_checked():
+    # Killed during generate: its end was never journalled, but it may have run (new key, new cert):
+    # what delete-leftovers deleted is there again, and that is no sign of a changed master.
+    plan, journal = _plan_and_journal("clean", "delete-leftovers")
+    journal.begun = ["clean", "delete-leftovers", "generate"]
+    remote = FakeRemote(lambda command, index, kwargs: Result("delete-leftovers\n", ok=False))
+    assert runs.recheck_done_steps(remote, plan, journal) == ()
+    assert "delete-leftovers" not in "".join(call[0] for call in remote.calls)
+    journal.begun = ["clean", "delete-leftovers"]  # generate never began: checked, and refused
+    with pytest.raises(Refused):
+        runs.recheck_done_steps(remote, plan, journal)
 
 
 def test_done_steps_whose_checks_pass_are_trusted_in_one_command():

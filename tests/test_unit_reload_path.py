@@ -72,7 +72,7 @@ def test_generate_runs_beside_the_running_ca_frozen_and_forced():
     offline = step(reload_plan(restart=True), "generate").command
     assert "--force" not in shlex.split(offline) and "chown" not in offline
     # The CA's folder itself is among what is frozen.
-    assert shlex.quote(RELOADABLE.cadir) in generate.split("\n", 1)[0]
+    assert f"CAD={shlex.quote(RELOADABLE.cadir)};" in generate
 
 
 def test_the_clean_goes_through_the_running_ca_and_its_crl_decides():
@@ -266,6 +266,14 @@ def test_discovery_names_the_ca_files_that_cannot_be_frozen_and_drops_anything_e
     assert parse_discovery(_with_reloadable(SERVER)).ca_unfreezable == ()
 
 
+def test_discovery_says_when_a_freeze_of_the_ca_files_was_cut_off_and_no_journal_records_it():
+    facts = parse_discovery(_with_reloadable(SERVER) + "==> ca_freeze <==\nleft\n")
+    assert facts.ca_freeze_left and not parse_discovery(_with_reloadable(SERVER)).ca_freeze_left
+    assert not parse_discovery(_with_reloadable(SERVER) + "==> ca_freeze <==\nleft over\n").ca_freeze_left
+    journal, _ = _rebuilt(_journal_text(facts, {"restart": False}))
+    assert "ca_freeze_left" not in journal.header() and not journal.facts.ca_freeze_left
+
+
 # --- 5. the executor opens the window at the reload, not at the agent's stop --------------------
 
 DONE = "==> rc <==\n0\n==> check <==\n0\n"  # what a step that ran and passed its check prints
@@ -337,6 +345,11 @@ def _frozen_paths(ca: Path) -> list[Path]:
     return [ca, ca / "signed", ca / "requests", ca / "serial", ca / "inventory.txt", ca / "ca_crl.pem"]
 
 
+def _state(tmp_path: Path) -> str:
+    """Where a freeze saves the owners it gives back (the master's is under /root/pe-remote-backups)."""
+    return str(tmp_path / "ca-freeze.owners")
+
+
 def _run(script: str) -> subprocess.CompletedProcess:
     return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30,
                           stdin=subprocess.DEVNULL)
@@ -352,7 +365,7 @@ def _recorder(ca: Path, out: Path, status: int) -> str:
 def test_a_failing_command_runs_frozen_and_every_owner_comes_back(tmp_path):
     ca = _ca(tmp_path)
     out = tmp_path / "seen"
-    proc = _run(sh.with_ca_frozen(str(ca), _recorder(ca, out, 3)))
+    proc = _run(sh.with_ca_frozen(str(ca), _recorder(ca, out, 3), state=_state(tmp_path)))
     assert proc.returncode == 3, proc.stdout + proc.stderr
     # While the command ran, all of it belonged to root, its group kept (the CA service still reads it).
     assert out.read_text().split() == ["0:65534"] * 4
@@ -364,7 +377,7 @@ def test_a_failing_command_runs_frozen_and_every_owner_comes_back(tmp_path):
 def test_a_succeeding_command_exits_0_and_every_owner_comes_back(tmp_path):
     ca = _ca(tmp_path)
     out = tmp_path / "seen"
-    proc = _run(sh.with_ca_frozen(str(ca), _recorder(ca, out, 0)))
+    proc = _run(sh.with_ca_frozen(str(ca), _recorder(ca, out, 0), state=_state(tmp_path)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert out.read_text().split() == ["0:65534"] * 4
     assert all(_owner(p) == NOBODY for p in _frozen_paths(ca))
@@ -375,7 +388,7 @@ def test_a_group_writable_path_is_not_frozen_and_the_command_never_runs(tmp_path
     ca = _ca(tmp_path)
     os.chmod(ca / "serial", 0o664)  # the CA's group could still write it: a freeze would prove nothing
     marker = tmp_path / "ran"
-    proc = _run(sh.with_ca_frozen(str(ca), f"touch {shlex.quote(str(marker))}"))
+    proc = _run(sh.with_ca_frozen(str(ca), f"touch {shlex.quote(str(marker))}", state=_state(tmp_path)))
     assert proc.returncode == 1 and "writable by its group or by anyone" in proc.stdout, proc.stdout
     assert not marker.exists()
     assert all(_owner(p) == NOBODY for p in _frozen_paths(ca))
@@ -388,7 +401,7 @@ def test_each_path_gets_its_own_owner_back(tmp_path):
               ca / "inventory.txt": "401:402", ca / "ca_crl.pem": NOBODY}
     for path, owner in owners.items():
         os.chown(path, *map(int, owner.split(":")))
-    proc = _run(sh.with_ca_frozen(str(ca), "true"))
+    proc = _run(sh.with_ca_frozen(str(ca), "true", state=_state(tmp_path)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert {str(p): _owner(p) for p in owners} == {str(p): o for p, o in owners.items()}
 
@@ -396,7 +409,7 @@ def test_each_path_gets_its_own_owner_back(tmp_path):
 @root_only
 def test_files_the_ca_does_not_have_are_skipped(tmp_path):
     ca = _ca(tmp_path)  # no infra_crl.pem, infra_inventory.txt, infra_serials
-    proc = _run(sh.with_ca_frozen(str(ca), _recorder(ca, tmp_path / "seen", 0)))
+    proc = _run(sh.with_ca_frozen(str(ca), _recorder(ca, tmp_path / "seen", 0), state=_state(tmp_path)))
     assert proc.returncode == 0 and proc.stderr == "", proc.stdout + proc.stderr
     for name in ("infra_crl.pem", "infra_inventory.txt", "infra_serials"):
         assert not os.path.lexists(ca / name)
@@ -405,7 +418,8 @@ def test_files_the_ca_does_not_have_are_skipped(tmp_path):
 
 def test_no_ca_folder_means_the_command_never_runs(tmp_path):
     marker = tmp_path / "ran"
-    proc = _run(sh.with_ca_frozen(str(tmp_path / "missing"), f"touch {shlex.quote(str(marker))}"))
+    missing = str(tmp_path / "missing")
+    proc = _run(sh.with_ca_frozen(missing, f"touch {shlex.quote(str(marker))}", state=_state(tmp_path)))
     assert proc.returncode == 1 and "no CA folder to freeze" in proc.stdout
     assert not marker.exists()
 
@@ -413,9 +427,75 @@ def test_no_ca_folder_means_the_command_never_runs(tmp_path):
 @root_only
 def test_a_command_that_exits_the_shell_still_thaws(tmp_path):
     ca = _ca(tmp_path)
-    proc = _run(sh.with_ca_frozen(str(ca), "false; exit 3"))
+    proc = _run(sh.with_ca_frozen(str(ca), "false; exit 3", state=_state(tmp_path)))
     assert proc.returncode == 3
     assert all(_owner(p) == NOBODY for p in _frozen_paths(ca))
+
+
+@root_only
+def test_a_finished_freeze_leaves_no_saved_owners(tmp_path):
+    ca = _ca(tmp_path)
+    for command in ("true", "false; exit 3"):
+        _run(sh.with_ca_frozen(str(ca), command, state=_state(tmp_path)))
+        assert not os.path.lexists(_state(tmp_path)) and not os.path.lexists(_state(tmp_path) + ".new")
+
+
+def _cut_off_freeze(tmp_path: Path, ca: Path) -> None:
+    """A freeze whose shell is killed while `generate` runs (a reboot, a kill -9): no thaw."""
+    proc = _run(sh.with_ca_frozen(str(ca), 'kill -9 $$; sleep 5', state=_state(tmp_path)))
+    assert proc.returncode == -9, proc.stdout + proc.stderr
+    assert all(_owner(p).startswith("0:") for p in _frozen_paths(ca))  # left frozen
+    assert os.stat(ca).st_mode & 0o1000  # sticky: frozen
+
+
+@root_only
+def test_a_cut_off_freeze_is_given_back_from_its_saved_owners(tmp_path):
+    ca = _ca(tmp_path)
+    os.chmod(ca, 0o750)
+    _cut_off_freeze(tmp_path, ca)
+    assert _run(sh.saved_freeze_exists(_state(tmp_path))).returncode == 0
+    proc = _run(sh.thaw_saved_freeze(_state(tmp_path)))
+    assert proc.returncode == 0 and "gave the CA files back the owners" in proc.stdout, proc.stdout + proc.stderr
+    assert all(_owner(p) == NOBODY for p in _frozen_paths(ca))
+    assert oct(os.stat(ca).st_mode & 0o7777) == "0o750"
+    assert _run(sh.saved_freeze_exists(_state(tmp_path))).returncode == 1
+    again = _run(sh.thaw_saved_freeze(_state(tmp_path)))  # nothing saved: nothing done, nothing said
+    assert again.returncode == 0 and again.stdout == "" and all(_owner(p) == NOBODY for p in _frozen_paths(ca))
+
+
+@root_only
+def test_the_next_freeze_after_a_cut_off_one_gives_back_the_first_owners_not_roots(tmp_path):
+    # Before: the resumed generate's freeze read root as the owner to give back, and the CA could
+    # never write its serial, inventory, CRL or signed/ again.
+    ca = _ca(tmp_path)
+    _cut_off_freeze(tmp_path, ca)
+    out = tmp_path / "seen"
+    proc = _run(sh.with_ca_frozen(str(ca), _recorder(ca, out, 0), state=_state(tmp_path)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "gave the CA files back the owners saved" in proc.stdout
+    assert out.read_text().split() == ["0:65534"] * 4  # frozen again while it ran
+    assert all(_owner(p) == NOBODY for p in _frozen_paths(ca))
+    assert not os.path.lexists(_state(tmp_path))
+
+
+@pytest.mark.parametrize("line", ["mode=7x5 /x", "mode= /x", "root /x", "1:1;rm /x", ""])
+def test_damaged_saved_owners_are_refused_and_kept(tmp_path, line):
+    state = tmp_path / "ca-freeze.owners"
+    state.write_text(line + "\n")
+    marker = tmp_path / "ran"
+    proc = _run(sh.thaw_saved_freeze(str(state)))
+    assert proc.returncode == 1 and "is damaged" in proc.stdout, proc.stdout + proc.stderr
+    assert state.exists()
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    frozen = _run(sh.with_ca_frozen(str(ca), f"touch {shlex.quote(str(marker))}", state=str(state)))
+    assert frozen.returncode == 1 and "could not give back the owners of a freeze that was cut off" in frozen.stdout
+    assert not marker.exists() and state.read_text() == line + "\n"
+
+
+def test_the_saved_owners_live_in_the_root_only_state_folder():
+    assert sh.CA_FREEZE_STATE.startswith(sh.REMOTE_STATE_DIR + "/")
+    assert sh.CA_FREEZE_STATE in sh.with_ca_frozen("/x/ca", "true")
 
 
 @pytest.mark.parametrize("mode, link, writable", [
@@ -532,7 +612,7 @@ def test_the_ca_folder_stays_writable_for_the_services_own_files_but_sticky_and_
     os.chmod(ca, 0o750)
     out = tmp_path / "seen"
     inner = 'stat -c "%a %u:%g" "$1" > "$2"'
-    proc = _run(sh.with_ca_frozen(str(ca), shlex.join(["sh", "-c", inner, "sh", str(ca), str(out)])))
+    proc = _run(sh.with_ca_frozen(str(ca), shlex.join(["sh", "-c", inner, "sh", str(ca), str(out)]), state=_state(tmp_path)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # Root's, sticky, group-writable: the service (the group) can make and replace its own files there,
     # never replace or remove a frozen one (Puppet Server 8 rewrites its infra_* files when the folder changes).

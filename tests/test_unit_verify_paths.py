@@ -104,6 +104,11 @@ def test_a_healthy_master_has_no_problem():
     assert check_master(RECORDED, _current(), ALT) == []
 
 
+def test_verify_names_ca_files_left_frozen_and_how_to_give_them_back():
+    (problem,) = check_master(RECORDED, dataclasses.replace(_current(), freeze_left=True), ALT)
+    assert "freeze of the CA files was cut off" in problem and "`regen --abandon`" in problem
+
+
 @pytest.mark.parametrize("result, says", [
     (_current(issuer="CN=Rogue CA"), "issuer is 'CN=Rogue CA', not the CA 'CN=Puppet CA: master.pe-remote.test'"),
     (_current(sans=frozenset({f"DNS:{C}", "DNS:puppet"})), "SANs differ from the certname + alt names: missing "

@@ -6,12 +6,10 @@ from __future__ import annotations
 from pe_remote.commands.facts import cert_with_key_from
 from pe_remote.commands.sections import marker
 from pe_remote.commands.shell import q
-from pe_remote.commands.steps import CA_WRITABLE, writable_by_others
+from pe_remote.commands.steps import CA_WRITABLE, REMOTE_STATE_DIR, saved_freeze_exists, writable_by_others
 from pe_remote.flavors import ALL_SERVICES, COPY_DIRS, MONOLITHIC_DIRS, PE_VERSION_FILES, PUPPET_PATHS, \
     PUPPET_VERSION_RB, PUPPETSERVER_PATHS, SERVER_SERVICES
 
-# Where backups and run journals live on the master (root-only).
-REMOTE_STATE_DIR = "/root/pe-remote-backups"
 SETTINGS = ("cadir", "certname", "client_datadir", "dns_alt_names", "hostcert", "hostprivkey", "ssldir")
 
 
@@ -80,6 +78,8 @@ sec reloadable; [ ! -d /run/systemd/system ] || for s in {_words(SERVER_SERVICES
   [ "$(systemctl show -p CanReload "$s.service" 2>/dev/null)" = CanReload=yes ] && echo "$s"; done
 # The CA's files the reload path freezes to root: one writable by its group or by anyone cannot be frozen.
 sec unfreezable; for n in {_words(CA_WRITABLE)}; do if {unfreezable}; then echo "$n"; fi; done
+# A regen's freeze of those files cut off before its thaw (they are still root's).
+sec ca_freeze; if {saved_freeze_exists()}; then echo left; fi
 sec dirs; for d in {_words((*MONOLITHIC_DIRS, *COPY_DIRS))}; do [ -d "$d" ] && echo "$d"; done
 # Which service's process listens on 8140 (cross-checks the detected generation).
 sec listener; if command -v ss >/dev/null 2>&1; then

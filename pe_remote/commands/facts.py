@@ -50,6 +50,15 @@ def read_crl_serials(sections: dict[str, list[str]], name: str) -> frozenset[str
     return crl_serials(decoded(sections.get(name, []))) or frozenset()
 
 
+def freeze_left(name: str, state: str) -> str:
+    """Whether a freeze of the CA files was cut off before its thaw: its saved owners are still there."""
+    return "\n".join([mark(name), f"[ ! -f {q(state)} ] || echo left"])
+
+
+def read_freeze_left(sections: dict[str, list[str]], name: str) -> bool:
+    return "left" in sections.get(name, [])
+
+
 def service_is_active(init_system: str, name: str) -> str:
     """Shell that exits 0 only while service `name` runs."""
     if init_system == "systemd":

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from pe_remote.discovery import MasterFacts
 
 SERVER_READY_TIMEOUT = 300  # seconds puppetserver may take to answer after a start
+# Where backups, run journals and a CA freeze's saved owners live on the master (root-only).
+REMOTE_STATE_DIR = "/root/pe-remote-backups"
+CA_FREEZE_STATE = f"{REMOTE_STATE_DIR}/ca-freeze.owners"
 
 
 def fill(template: tuple[str, ...], facts: MasterFacts, alt_names: tuple[str, ...]) -> str:
@@ -202,7 +205,28 @@ def writable_by_others(path: str) -> str:
     return f'[ -n "$(find -L {path} -maxdepth 0 -perm /022 2>/dev/null)" ]'
 
 
-def with_ca_frozen(cadir: str, command: str) -> str:
+def thaw_saved_freeze(state: str = CA_FREEZE_STATE) -> str:
+    """Shell that gives the CA files back the owners (and the CA folder its mode) a freeze saved in
+    `state`, then removes it: a freeze whose shell was cut off (a reboot, a kill) before its thaw. Says
+    so on stdout when it does; exits non-zero (the file kept) when it cannot. Nothing saved: nothing done."""
+    return (f"S={q(state)}\n"
+            "if [ -f \"$S\" ]; then\n"
+            "  while read -r o p; do case \"$o\" in\n"
+            "    mode=*[!0-7]*|mode=) echo \"$S is damaged ($o)\"; exit 1;;\n"
+            "    mode=*) chmod \"${o#mode=}\" \"$p\" || exit 1;;\n"
+            "    *[!0-9:]*|'') echo \"$S is damaged ($o)\"; exit 1;;\n"
+            "    *) chown \"$o\" \"$p\" || exit 1;;\n"
+            "  esac; done < \"$S\"\n"
+            "  rm -f \"$S\" && echo \"gave the CA files back the owners saved in $S by a freeze that was cut off\"\n"
+            "fi")
+
+
+def saved_freeze_exists(state: str = CA_FREEZE_STATE) -> str:
+    """Shell test: a freeze of the CA files was cut off before its thaw (its saved owners are there)."""
+    return f"[ -f {q(state)} ]"
+
+
+def with_ca_frozen(cadir: str, command: str, state: str = CA_FREEZE_STATE) -> str:
     """Run `command` while the CA's files that it and a signing, revocation or request would write
     (CA_WRITABLE) belong to root, so the running CA service (its own user) cannot write any of them:
     `command` (as root) is their only writer. Their group is kept, so the service still reads them.
@@ -211,13 +235,22 @@ def with_ca_frozen(cadir: str, command: str) -> str:
     service may still create and replace ITS OWN files there (Puppet Server 8 rewrites its infra_*
     files whenever its CA folder changes, and shuts down when it cannot), never replace or remove a
     frozen one. The freeze refuses to start when a frozen path is group- or world-writable. Every owner,
-    and the folder's mode, are put back afterwards, whatever `command` did."""
+    and the folder's mode, are put back afterwards, whatever `command` did.
+
+    The owners are saved in `state` (root's) before the freeze and the file removed after the thaw: a
+    shell cut off in between (a reboot, a kill) leaves them there, and they are given back from it
+    (thaw_saved_freeze) before any new freeze reads the owners, which would otherwise be root's."""
     paths = " ".join(q(f"{cadir}/{name}") for name in CA_WRITABLE)
     # A symlinked path (a cadir elsewhere) is frozen and given back where it points (stat -L, chown).
-    return (f"CAD={q(cadir)}; [ -d \"$CAD\" ] || {{ echo 'no CA folder to freeze'; exit 1; }}\n"
+    return (f"( {thaw_saved_freeze(state)}\n) || {{ echo 'could not give back the owners of a freeze that was cut off: "
+            "not generating'; exit 1; }\n"
+            f"S={q(state)}; CAD={q(cadir)}; [ -d \"$CAD\" ] || {{ echo 'no CA folder to freeze'; exit 1; }}\n"
             "MODE=$(stat -L -c %a \"$CAD\"); set -- \"$(stat -L -c %u:%g \"$CAD\")\" \"$CAD\"\n"
             f"for p in {paths}; do [ -e \"$p\" ] && set -- \"$@\" \"$(stat -L -c %u:%g \"$p\")\" \"$p\"; done\n"
-            "thaw() { chmod \"$MODE\" \"$CAD\"; while [ $# -gt 1 ]; do chown \"$1\" \"$2\"; shift 2; done; }\n"
+            "{ echo \"mode=$MODE $CAD\"; printf '%s %s\\n' \"$@\"; } > \"$S.new\" && mv -f \"$S.new\" \"$S\" || "
+            "{ echo \"could not save the CA files' owners in $S: not generating\"; exit 1; }\n"
+            "thaw() { t=0; chmod \"$MODE\" \"$CAD\" || t=1; while [ $# -gt 1 ]; do chown \"$1\" \"$2\" || t=1; shift 2; done\n"
+            "  return $t; }\n"
             "freeze() { shift 2; while [ $# -gt 1 ]; do\n"
             "  if " + writable_by_others('"$2"') + "; then\n"
             "    echo \"$2 is writable by its group or by anyone: it cannot be frozen to its owner\"; return 1; fi\n"
@@ -228,7 +261,8 @@ def with_ca_frozen(cadir: str, command: str) -> str:
             f"  ( {command}\n  )\n"
             "  rc=$?\n"
             "else echo 'could not give the CA files to root: not generating'; rc=1; fi\n"
-            "thaw \"$@\"\n"
+            # Kept when a chown failed: the next freeze (or a resume) tries again from it.
+            "if thaw \"$@\"; then rm -f \"$S\"; else echo \"could not give every CA file its owner back (saved in $S)\"; rc=1; fi\n"
             "exit $rc")
 
 
