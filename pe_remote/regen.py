@@ -232,7 +232,8 @@ class RegenJob:
 
         return runs.Proof("cert", "the new cert or the services are not right", check, not_back,
                           f"The master serves its old cert (serial {facts.cert.serial if facts.cert else '?'}) again",
-                          proven=lambda: self.events.emit("verified", cert=self.verification.cert))
+                          proven=lambda: self.events.emit("verified", cert=self.verification.cert),
+                          server_timeout=self.server_timeout)
 
 
 def _done(remote, plan: Plan, journal: Journal, execution: Execution, job: RegenJob, console: Console,

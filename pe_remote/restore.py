@@ -22,6 +22,7 @@ from pe_remote.commands import backup as commands
 from pe_remote.commands import sections as protocol
 from pe_remote.commands import steps
 from pe_remote.commands.certs import fingerprint, load_cert
+from pe_remote.connection import COMMAND_TIMEOUT
 from pe_remote.commands.facts import cert_with_key, read_cert_with_key, read_served_cert, served_cert
 from pe_remote.discovery import MasterFacts
 from pe_remote.errors import (BackupError, ConnectionFailed, Incomplete, InputError, RemoteCommandFailed,
@@ -40,8 +41,16 @@ def stop_services_command(facts: MasterFacts) -> str:
     return steps.stop_all(facts, [n for n in facts.flavor.services if n in present])
 
 
-def start_services_command(facts: MasterFacts, names: list[str]) -> str:
-    return steps.start_all(facts, names)
+def start_services_command(facts: MasterFacts, names: list[str], timeout: int = steps.SERVER_READY_TIMEOUT) -> str:
+    return steps.start_all(facts, names, timeout=timeout)
+
+
+def start_services(remote, facts: MasterFacts, names: list[str], timeout: int = steps.SERVER_READY_TIMEOUT, *,
+                   check: bool = True):
+    """Start `names` (each start, and the server's first answer, bounded by `timeout`: --server-timeout)."""
+    # Bounded on the master; the command as a whole may take each bound in turn.
+    return remote.run(start_services_command(facts, names, timeout), check=check,
+                      timeout=max(COMMAND_TIMEOUT, (len(names) + 1) * timeout + 60))
 
 
 def put_back_command(facts: MasterFacts, tarball: str, sha256: str, suffix: str) -> str:
@@ -66,12 +75,12 @@ def _cause(exc: RemoteCommandFailed, *, first: bool = False) -> str:
     return (lines[0] if first else lines[-1]) if lines else f"exit {exc.exit_status}"
 
 
-def _start_again(remote, facts: MasterFacts, start: list[str], console, what: str):
+def _start_again(remote, facts: MasterFacts, start: list[str], console, what: str, timeout: int):
     """The SSL folders are as they were: start `start` again, then RolledBack (or Incomplete if that fails)."""
     services = ", ".join(start) or "nothing"
     console.warn(f"{what}; starting {services} again")
     try:
-        remote.run(start_services_command(facts, start))
+        start_services(remote, facts, start, timeout)
     except RemoteCommandFailed as exc:
         raise Incomplete(f"{what}, but starting {services} again failed ({_cause(exc)}): the SSL folders are as they "
                          "were and the services are stopped; start them by hand") from None
@@ -79,13 +88,14 @@ def _start_again(remote, facts: MasterFacts, start: list[str], console, what: st
 
 
 def put_back(remote, facts: MasterFacts, tarball: str, sha256: str, start: list[str], console, *,
-             suffix: str | None = None) -> RestoreOutcome:
+             suffix: str | None = None, server_timeout: int = steps.SERVER_READY_TIMEOUT) -> RestoreOutcome:
     """Stop, restore the SSL folders from `tarball` (on the master), start `start`, read what is served.
 
     A failure that leaves the SSL folders as they were (the stop, a tarball that does not match, a
     put-back the shell undid) starts `start` again and raises RolledBack. Any other failure once the
     services were stopped raises Incomplete naming the state and the folders kept aside; the services
     are then NOT started on SSL folders that may be half put back. A lost connection is passed on.
+    `server_timeout`: how long each start and the server's first answer may take (--server-timeout).
     """
     suffix = suffix or failed_suffix()
     paths = backup_paths(facts)
@@ -96,17 +106,17 @@ def put_back(remote, facts: MasterFacts, tarball: str, sha256: str, start: list[
         remote.run(stop_services_command(facts))
     except RemoteCommandFailed as exc:
         _start_again(remote, facts, start, console,
-                     f"stopping the services failed ({_cause(exc)}); nothing was put back")
+                     f"stopping the services failed ({_cause(exc)}); nothing was put back", server_timeout)
     console.notice(f"  putting back {', '.join(paths)} from {tarball} ...")
     try:
         remote.run(put_back_command(facts, tarball, sha256, suffix))
     except RemoteCommandFailed as exc:
         if exc.exit_status == commands.PUT_BACK_MISMATCH:
-            _start_again(remote, facts, start, console,
-                         f"the backup {tarball} on the master does not match sha256 {sha256}; nothing was moved")
+            _start_again(remote, facts, start, console, f"the backup {tarball} on the master does not match sha256 "
+                         f"{sha256}; nothing was moved", server_timeout)
         if exc.exit_status == commands.PUT_BACK_UNDONE:
             _start_again(remote, facts, start, console, f"putting back {tarball} failed "
-                         f"({_cause(exc, first=True)}); the folders it replaced were moved back in place")
+                         f"({_cause(exc, first=True)}); the folders it replaced were moved back in place", server_timeout)
         if exc.exit_status == commands.PUT_BACK_NOT_UNDONE:
             kept = [line[len(commands.KEPT_ASIDE):].strip() for line in exc.output.splitlines()
                     if line.startswith(commands.KEPT_ASIDE)]
@@ -121,7 +131,7 @@ def put_back(remote, facts: MasterFacts, tarball: str, sha256: str, start: list[
                          f"&& mv DIR{suffix} DIR`) or put the backup back again, then start {services}") from None
     console.notice(f"  starting {services} ...")
     try:
-        remote.run(start_services_command(facts, start))
+        start_services(remote, facts, start, server_timeout)
     except RemoteCommandFailed as exc:
         raise Incomplete(f"{tarball} was put back (the replaced folders are kept as {', '.join(aside)}), but "
                          f"starting {services} failed ({_cause(exc)}): see why on the master and start them, or "

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Callable, Protocol
 
 from pe_remote.backup import REMOTE_BACKUP_DIR, Backup
-from pe_remote.commands.steps import CA_FREEZE_STATE, failing_checks, thaw_saved_freeze
+from pe_remote.commands.steps import CA_FREEZE_STATE, SERVER_READY_TIMEOUT, failing_checks, thaw_saved_freeze
 from pe_remote.discovery import MasterFacts
 from pe_remote.errors import (ConnectionFailed, Incomplete, InputError, PeRemoteError, Refused, RolledBack,
                               StepFailed, VerificationFailed)
@@ -23,7 +23,7 @@ from pe_remote.executor import Execution, InterruptLatch, execute
 from pe_remote.journal import Journal, event, new_run_id, parse_journal
 from pe_remote.names import printable
 from pe_remote.plan import Plan
-from pe_remote.restore import RestoreOutcome, ca_changes, ca_changes_command, put_back, start_services_command
+from pe_remote.restore import RestoreOutcome, ca_changes, ca_changes_command, put_back, start_services
 
 # How long a resume or rollback waits for the interrupted run's steps that still run on the master
 # (a step goes on when its connection drops; puppetserver's start is the longest, bounded by systemd).
@@ -45,6 +45,8 @@ class Proof:
     # Called once the check passed, before the run is closed; what it raises is not rolled back (the
     # master is right) but ends the run incomplete (a report that could not take the result, say).
     proven: Callable[[], None] = lambda: None
+    # How long a rollback's service starts and the server's first answer may take (--server-timeout).
+    server_timeout: int = SERVER_READY_TIMEOUT
 
 
 class Job(Protocol):
@@ -165,7 +167,7 @@ def _roll_back(remote, journal: Journal, proof: Proof, console, reason: str, eve
     moved_on = ca_changes(remote.run(ca_changes_command(facts, journal.backup.path), check=False).stdout,
                           facts.certname)
     if moved_on:
-        remote.run(start_services_command(facts, facts.running_services), check=False)
+        start_services(remote, facts, facts.running_services, proof.server_timeout, check=False)
         raise Incomplete(f"{reason}; NOT rolled back: the CA has changed since the backup {journal.backup.path} "
                          f"was taken ({'; '.join(moved_on)}), so putting it back would lose that. The services "
                          "were started as they are; check the master by hand (README 'Restoring a backup by "
@@ -173,7 +175,7 @@ def _roll_back(remote, journal: Journal, proof: Proof, console, reason: str, eve
     console.notice(f"Rolling back: restoring the SSL backup {journal.backup.path} ...")
     try:
         outcome = put_back(remote, facts, journal.backup.path, journal.backup.sha256, facts.running_services,
-                           console)
+                           console, server_timeout=proof.server_timeout)
         not_back = proof.not_back(outcome)
     except ConnectionFailed as exc:
         raise Incomplete(f"{reason}; then {exc} before the rollback finished. Run `{task} --rollback` on it "

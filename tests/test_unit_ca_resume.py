@@ -43,7 +43,7 @@ def master(monkeypatch):
     def execute(remote, plan, console, **kwargs):
         found.executed.append((plan, kwargs["done"], kwargs["resume"]))
 
-    def put_back(remote, facts, tarball, sha256, start, console):
+    def put_back(remote, facts, tarball, sha256, start, console, **_):
         found.put_back.append((tarball, sha256))
         return types.SimpleNamespace(moved_aside=("/etc/puppetlabs/puppet/ssl.pe-remote-failed-x",))
 

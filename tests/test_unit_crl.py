@@ -220,7 +220,7 @@ def fakes(monkeypatch, tmp_path):
     monkeypatch.setattr(inplace, "take_backup", backup)
     monkeypatch.setattr(runs, "execute", lambda remote, plan, console, **kw: calls.executed.append(plan))
 
-    def put_back(remote, facts, tarball, sha256, start, console):
+    def put_back(remote, facts, tarball, sha256, start, console, **_):
         calls.put_back.append(tarball)
         return types.SimpleNamespace(moved_aside=("/var/lib/puppet/ssl.pe-remote-failed-x",))
 

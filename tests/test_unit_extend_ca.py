@@ -126,7 +126,7 @@ def fakes(monkeypatch, tmp_path):
         return types.SimpleNamespace(local_path=tmp_path / "b.tar.gz", sha256="a" * 64,
                                      remote=RemoteBackup("/root/pe-remote-backups/b.tar.gz", "a" * 64, 1))
 
-    def put_back(remote, facts, tarball, sha256, start, console):
+    def put_back(remote, facts, tarball, sha256, start, console, **_):
         calls.put_back.append(tarball)
         return types.SimpleNamespace(moved_aside=("/var/lib/puppet/ssl.pe-remote-failed-x",))
 

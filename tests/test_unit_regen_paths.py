@@ -416,8 +416,8 @@ def _rollback_fakes(monkeypatch, *, moved_on=(), outcome=None, put_back_error=No
     calls = []
     monkeypatch.setattr(runs, "ca_changes", lambda output, certname: list(moved_on))
 
-    def put_back(remote, facts, tarball, sha256, start, console):
-        calls.append({"tarball": tarball, "sha256": sha256, "start": list(start)})
+    def put_back(remote, facts, tarball, sha256, start, console, *, server_timeout):
+        calls.append({"tarball": tarball, "sha256": sha256, "start": list(start), "server_timeout": server_timeout})
         if put_back_error is not None:
             raise put_back_error
         return outcome or RestoreOutcome((f"{facts.ssldir}.pe-remote-failed-X",), OLD.sha256, OLD.sha256)
@@ -433,7 +433,7 @@ def test_a_failed_step_is_rolled_back_exit_7(job, monkeypatch):
     assert (job.report.exit_code, job.report.outcome) == (7, "rolled-back") == (error.exit_code, "rolled-back")
     assert "Generate a new cert" in job.report.error and "rolled back" in job.report.error
     assert calls == [{"tarball": job.backups[0].remote.path, "sha256": "b" * 64,
-                      "start": RECORDED.running_services}]
+                      "start": RECORDED.running_services, "server_timeout": 300}]
     assert job.report.steps[-1].key == "generate" and job.report.steps[-1].outcome == "failed"
     assert job.report.new_cert is None
     assert job.locks.released == 1  # held through the rollback, released after
@@ -539,7 +539,8 @@ def test_a_rollback_puts_the_backup_back_and_says_rolled_back(tmp_path, monkeypa
     remote = FakeRemote(Master())
     error, events, console = _rollback(tmp_path, remote)
     assert isinstance(error, RolledBack) and error.exit_code == 7 and events.phase is Phase.ROLLED_BACK
-    assert calls == [{"tarball": BACKUP.path, "sha256": BACKUP.sha256, "start": RECORDED.running_services}]
+    assert calls == [{"tarball": BACKUP.path, "sha256": BACKUP.sha256, "start": RECORDED.running_services,
+                      "server_timeout": 300}]
     assert "step 'x' failed: boom" in str(error) and f"serial {OLD.serial}" in str(error)
     assert f"{RECORDED.ssldir}.pe-remote-failed-X" in str(error)
     assert (tmp_path / "b.tar.gz.journal").read_text().splitlines()[-1] == event("finished", outcome="rolled-back")
@@ -692,6 +693,19 @@ def test_rollback_of_an_unfinished_run(job, monkeypatch):
     assert job.execute.calls == []  # no step run again
     assert any(q.startswith(f"Roll back run {run_id}") for q in job.console.asked)
     assert job.remote.commands.count(f"{STEPS_RUNNING} wait=0") == 1  # asked once, not again by the rollback
+
+
+def test_a_rollback_waits_for_the_server_as_long_as_the_run_was_told(job, monkeypatch):
+    # Before, the rollback's starts were bounded at 300 s whatever --server-timeout said: a master that
+    # needs longer failed every rollback (exit 8), and --rollback failed the same way again.
+    calls = _rollback_fakes(monkeypatch)
+    job.facts = with_unfinished(journal_text(new_run_id(C), *plan_keys()[:3]))
+    job.fails(RolledBack, rollback=True, server_timeout=900)
+    assert calls[0]["server_timeout"] == 900
+    job.execute.fail = StepFailed("Generate a new cert", "exit 1: boom")
+    job.facts = RECORDED
+    job.fails(RolledBack, server_timeout=1200)
+    assert calls[1]["server_timeout"] == 1200
 
 
 def test_abandoning_an_unfinished_run_closes_its_journal_only(job):

@@ -50,7 +50,16 @@ def test_a_put_back_the_shell_undid_starts_the_services_again_and_is_rolled_back
         restore.put_back(remote, RECORDED, "/root/x.tar.gz", "0" * 64, ["puppetserver", "puppet"], console)
     assert remote.commands_run == 3
     assert remote.calls[2] == (restore.start_services_command(RECORDED, ["puppetserver", "puppet"]),
-                               {"check": True, "timeout": None})
+                               {"check": True, "timeout": 1800})
+    # The starts wait as long as --server-timeout says, on the master and on the connection.
+    remote = FakeRemote(_fails_at(1, commands.PUT_BACK_UNDONE, output))
+    with pytest.raises(RolledBack):
+        restore.put_back(remote, RECORDED, "/root/x.tar.gz", "0" * 64, ["puppetserver", "puppet"], console,
+                         server_timeout=900)
+    assert remote.calls[2] == (restore.start_services_command(RECORDED, ["puppetserver", "puppet"], 900),
+                               {"check": True, "timeout": 3 * 900 + 60})
+    assert "900" in remote.calls[2][0] and restore.start_services_command(RECORDED, ["puppet"], 900) != \
+        restore.start_services_command(RECORDED, ["puppet"])
     message = str(info.value)
     assert "(tar: short read)" in message and "moved back in place" in message and "the master is as it was" in message
     assert "\n" not in message and info.value.exit_code == 7

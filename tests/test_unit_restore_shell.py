@@ -188,7 +188,7 @@ def test_put_back_of_a_truncated_tarball_is_rolled_back_with_the_folders_in_plac
                          suffix=SUFFIX)
     assert {p: _snapshot(Path(p)) for p in paths[:2]} == before and _left_aside(tmp_path) == []
     assert remote.calls[2] == (restore.start_services_command(_facts(paths), ["puppetserver", "puppet"]),
-                               {"check": True, "timeout": None})
+                               {"check": True, "timeout": 1800})
     message = str(info.value)
     assert message.startswith(f"putting back {tmp_path}/b.tar.gz failed (") and "moved back in place" in message
     assert message.endswith("puppetserver, puppet started again: the master is as it was before this put-back")
