@@ -7,7 +7,10 @@ before any plan is built from them.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import types
+import typing
 from dataclasses import dataclass
 
 from pe_remote.commands import sections as protocol
@@ -16,7 +19,8 @@ from pe_remote.commands.discovery import REMOTE_STATE_DIR, SETTINGS, discovery_s
 from pe_remote.commands.facts import read_cert_with_key
 from pe_remote.commands.steps import CA_WRITABLE
 from pe_remote.errors import DiscoveryError, InvalidName, Refused
-from pe_remote.flavors import FLAVORS, PUPPET_PATHS, SERVER_SERVICES, Flavor, UnknownFlavor, detect_flavor
+from pe_remote.flavors import FLAVORS, PUPPET_PATHS, PUPPETSERVER_PATHS, SERVER_SERVICES, Flavor, UnknownFlavor, \
+    detect_flavor
 from pe_remote.names import parse_alt_names, validate_certname
 
 __all__ = ["CertInfo", "MasterFacts", "ServiceState", "REMOTE_STATE_DIR", "discover", "discovery_script",
@@ -174,7 +178,7 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
     serving_unit = listener.get("unit")
     if serving_unit == "?" or (serving_unit and not re.fullmatch(r"[A-Za-z0-9@_.:-]{1,128}", serving_unit)):
         serving_unit = None
-    return MasterFacts(
+    facts = MasterFacts(
         uid=uid,
         hostname=(id_lines[1].strip() if len(id_lines) > 1 else ""),
         init_system=(sections.get("init") or ["sysv"])[0].strip(),
@@ -206,6 +210,63 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
                              if name in CA_WRITABLE),
         ca_freeze_left="left" in (line.strip() for line in sections.get("ca_freeze", [])),
     )
+    try:
+        check_facts(facts)
+    except (TypeError, ValueError) as exc:
+        raise Refused(f"the master's answer holds {exc}; refusing to use it") from None
+    return facts
+
+
+def _type_problem(value, hint) -> bool:
+    """True when `value` is not of `hint` (the simple types facts are made of)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return all(_type_problem(value, arg) for arg in args)
+    if origin in (tuple, frozenset):
+        inner = args[0] if args else object
+        return not isinstance(value, origin) or any(_type_problem(item, inner) for item in value)
+    if hint is type(None):
+        return value is not None
+    if hint in (int, str, bool):
+        # bool is an int to Python, not to a journal
+        return type(value) is not hint
+    if dataclasses.is_dataclass(hint):
+        return not isinstance(value, hint)
+    return False
+
+
+def _check_types(obj) -> None:
+    hints = typing.get_type_hints(type(obj))
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        if _type_problem(value, hints[field.name]):
+            raise TypeError(f"{field.name} {value!r:.80}")
+        if dataclasses.is_dataclass(value):
+            _check_types(value)
+        elif isinstance(value, tuple):
+            for item in value:
+                if dataclasses.is_dataclass(item):
+                    _check_types(item)
+
+
+def check_facts(facts: MasterFacts) -> None:
+    """What discovery and a journal read back must both hold before any of it reaches a command on the
+    master: every field of its type, the binaries where discovery looks for them, the paths plain and
+    the cert files inside the ssldir. Raises TypeError or ValueError naming the first field that does not."""
+    _check_types(facts)
+    if facts.init_system not in ("systemd", "sysv"):
+        raise ValueError(f"init system {facts.init_system!r}")
+    if facts.puppet not in PUPPET_PATHS:
+        raise ValueError(f"puppet binary {facts.puppet!r} (not one of {', '.join(PUPPET_PATHS)})")
+    if facts.puppetserver is not None and facts.puppetserver not in PUPPETSERVER_PATHS:
+        raise ValueError(f"puppetserver binary {facts.puppetserver!r} (not one of {', '.join(PUPPETSERVER_PATHS)})")
+    for setting in ("ssldir", "cadir", "client_datadir", "hostcert", "hostprivkey"):
+        problem = path_problem(getattr(facts, setting))
+        if problem:
+            raise ValueError(f"{setting} {getattr(facts, setting)!r} {problem}")
+    for inner in ("hostcert", "hostprivkey"):
+        if not getattr(facts, inner).startswith(facts.ssldir.rstrip("/") + "/"):
+            raise ValueError(f"{inner} {getattr(facts, inner)!r} outside the ssldir {facts.ssldir!r}")
 
 
 # Folders that are never a Puppet SSL, CA or cache folder themselves (a rollback moves the ssldir

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pe_remote.backup import RemoteBackup
-from pe_remote.discovery import REMOTE_STATE_DIR, CertInfo, MasterFacts, ServiceState, path_problem
+from pe_remote.discovery import REMOTE_STATE_DIR, CertInfo, MasterFacts, ServiceState, check_facts
 from pe_remote.errors import InvalidName, JournalDamaged
 from pe_remote.flavors import FLAVORS, SERVER_SERVICES
 from pe_remote.names import parse_alt_names, validate_certname
@@ -55,6 +55,9 @@ def facts_from_dict(data: dict) -> MasterFacts:
     """The facts a journal recorded, with unknown fields ignored (a newer pe-remote may add some)."""
     known = {f.name for f in dataclasses.fields(MasterFacts)} - set(LIVE_STATE)
     data = {key: value for key, value in data.items() if key in known}
+    for listed in ("services", "dns_alt_names", "monolithic_markers", "copy_dirs", "reloadable", "ca_unfreezable"):
+        if not isinstance(data.get(listed, []), list):
+            raise TypeError(f"{listed} {data[listed]!r:.80} is not a list")
     data["flavor"] = FLAVORS[data["flavor"]]
     data["services"] = tuple(ServiceState(**{k: s[k] for k in ("name", "exists", "active", "state")})
                              for s in data["services"])
@@ -162,14 +165,14 @@ def parse_journal(path: str, text: str) -> Journal:
     that does not parse, or holds a value pe-remote would not have written, is refused with how to
     move the journal aside.
     """
-    aside = f"move it aside on the master (mv {path} {path}.damaged) and run again"
+    aside = f"move it aside on the master ({run_commands.move_aside(path)}) and run again"
     lines: list[dict] = []
     raw = [line for line in text.splitlines() if line.strip()]
     for number, line in enumerate(raw, start=1):
         try:
             entry = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(raw) and number > 1:
+        except (ValueError, RecursionError) as exc:  # a number too long, nesting too deep: not ours either
+            if isinstance(exc, json.JSONDecodeError) and number == len(raw) and number > 1:
                 break  # the last write was cut off
             raise JournalDamaged(f"run journal {path} is damaged at line {number}; {aside}") from None
         if not isinstance(entry, dict):
@@ -179,7 +182,7 @@ def parse_journal(path: str, text: str) -> Journal:
         raise JournalDamaged(f"run journal {path} on the master is unreadable (no header); {aside}")
     try:
         journal = _journal_from_header(lines[0])
-    except (KeyError, TypeError, ValueError, InvalidName) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError, InvalidName) as exc:
         raise JournalDamaged(f"run journal {path} has a header pe-remote did not write ({_why(exc)}); {aside}") \
             from None
     if path != journal.remote_path:
@@ -212,10 +215,7 @@ def _journal_from_header(head: dict) -> Journal:
         raise ValueError(f"cert serial {facts.cert.serial!r}")
     names = parse_alt_names(list(head["alt_names"]), source="the journal's alt names")
     parse_alt_names(list(facts.dns_alt_names), source="the journal's dns_alt_names")
-    for setting in ("ssldir", "cadir", "client_datadir", "hostcert", "hostprivkey"):
-        problem = path_problem(getattr(facts, setting))
-        if problem:
-            raise ValueError(f"{setting} {getattr(facts, setting)!r} {problem}")
+    check_facts(facts)
     for folder in facts.copy_dirs:
         if folder not in {c.folder for c in facts.flavor.credential_copies}:
             raise ValueError(f"copy folder {folder!r}")

@@ -263,6 +263,23 @@ def test_no_puppet_binary_even_with_the_rest_present():
         parse_discovery(sub(OSS7, "puppet=/usr/bin/puppet\n", "puppet=\n"))
 
 
+@pytest.mark.parametrize("line, says", [
+    ("puppet=/tmp/x", "puppet binary '/tmp/x'"), ("puppet=rm", "puppet binary 'rm'"),
+    ("puppetserver=/tmp/puppetserver", "puppetserver binary '/tmp/puppetserver'")])
+def test_a_binary_where_discovery_never_looks_is_refused(line, says):
+    # The script only ever answers one of the paths it tried: anything else is not its answer.
+    key = line.split("=")[0]
+    original = next(x for x in OSS7.splitlines() if x.startswith(key + "="))
+    with pytest.raises(Refused, match="the master's answer holds") as info:
+        parse_discovery(sub(OSS7, original + "\n", line + "\n"))
+    assert says in str(info.value)
+
+
+def test_a_sysv_or_systemd_init_only():
+    with pytest.raises(Refused, match="init system"):
+        parse_discovery(sub(OSS7, "==> init <==\nsystemd\n", "==> init <==\nupstart\n"))
+
+
 @pytest.mark.parametrize("setting", ["ssldir", "cadir", "client_datadir", "hostcert", "hostprivkey"])
 @pytest.mark.parametrize("bad", ["/var/lib/puppet/my ssl", "/var/lib/puppet/ssl;reboot", "relative/ssl",
                                  "/var/$(id)/ssl", "/var/lib/puppet/ssl`id`"])

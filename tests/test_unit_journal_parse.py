@@ -74,13 +74,33 @@ def test_unknown_fields_from_a_newer_version_are_ignored():
     ({"backup.sha256": "x"}, "backup"),
     ({"facts.cert.serial": "."}, "serial"),  # a regex that every CRL would match
     ({"facts.services": [{"name": "a;b", "exists": True, "active": True, "state": "active"}]}, "service"),
+    # Wrong types: before, tracebacks (AttributeError, TypeError) on every later run on the master.
+    ({"facts": []}, "header pe-remote did not write"),
+    ({"facts.ssldir": None}, "ssldir"),
+    ({"facts.cert.sans": [5]}, "header pe-remote did not write"),
+    ({"facts.services": [{"name": "puppet", "exists": True, "active": "yes", "state": "active"}]}, "active"),
+    ({"facts.uid": "0"}, "uid"),
+    ({"facts.uid": True}, "uid"),
+    ({"facts.dns_alt_names": "puppet"}, "header pe-remote did not write"),
+    # What discovery would refuse, a journal must not bring in.
+    ({"facts.init_system": "upstart; reboot"}, "init system"),
+    ({"facts.puppet": "/tmp/x"}, "puppet binary '/tmp/x'"),
+    ({"facts.puppetserver": "rm"}, "puppetserver binary 'rm'"),
+    ({"facts.hostprivkey": "/etc/puppetlabs/key.pem"}, "outside the ssldir"),
 ])
 def test_hostile_or_unknown_values_are_refused_saying_how_to_move_it_aside(changes, says):
     with pytest.raises(JournalDamaged) as info:
         parse_journal(PATH, text(header(**changes)))
     message = str(info.value)
-    assert says in message and f"mv {PATH} {PATH}.damaged" in message
+    assert says in message and f"mv {PATH} {PATH}.damaged" in message and "\n" not in message
     assert info.value.exit_code == 6
+
+
+@pytest.mark.parametrize("line", ["[" * 100000 + "]" * 100000, '{"event": "end", "n": ' + "9" * 5000 + "}"])
+def test_json_that_python_refuses_to_read_is_a_damaged_journal_not_a_traceback(line):
+    # Nested past the recursion limit, or a number over 4300 digits: RecursionError / ValueError before.
+    with pytest.raises(JournalDamaged, match="damaged at line 2"):
+        parse_journal(PATH, text(header()) + line + "\n" + event("end", step="clean") + "\n")
 
 
 def test_a_journal_under_another_name_is_refused():

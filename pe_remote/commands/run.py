@@ -25,6 +25,11 @@ def read_file(path: str) -> str:
     return f"cat {q(path)}"
 
 
+def move_aside(path: str) -> str:
+    """The command that moves a damaged file out of the way (shown to the operator, quoted)."""
+    return join(["mv", path, path + ".damaged"])
+
+
 def hold_shared_lock(path: str) -> str:
     """Shell for the start of a step: hold the run's lock (shared) until the step's shell ends.
     Without flock(1) there is no lock and nothing waits."""
