@@ -16,8 +16,8 @@ from typing import Callable, Protocol
 from pe_remote.backup import REMOTE_BACKUP_DIR, Backup
 from pe_remote.commands.steps import CA_FREEZE_STATE, SERVER_READY_TIMEOUT, failing_checks, thaw_saved_freeze
 from pe_remote.discovery import MasterFacts
-from pe_remote.errors import (ConnectionFailed, Incomplete, InputError, PeRemoteError, Refused, RolledBack,
-                              StepFailed, VerificationFailed)
+from pe_remote.errors import (ConnectionFailed, Incomplete, InputError, Interrupted, PeRemoteError, Refused,
+                              RolledBack, StepFailed, VerificationFailed)
 from pe_remote.events import Events, JournalCopy, Phase
 from pe_remote.executor import Execution, InterruptLatch, execute
 from pe_remote.journal import Journal, event, new_run_id, parse_journal
@@ -107,6 +107,10 @@ def run_steps(remote, plan: Plan, journal: Journal, proof: Proof, console, event
             problems = proof.check()
             if problems:
                 raise VerificationFailed(f"{proof.failed}: " + "; ".join(problems))
+            # Ctrl-C while the result was being proven: the same as during a step (before, it was lost).
+            if latch.interrupted:
+                console.warn("interrupt received while the result was being proven: rolling back")
+                raise Interrupted(f"Prove the {proof.what}")
         except (StepFailed, VerificationFailed) as exc:
             roll_back(remote, journal, proof, console, reason=str(exc), events=events)
         except ConnectionFailed as exc:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -706,6 +708,20 @@ def test_a_rollback_waits_for_the_server_as_long_as_the_run_was_told(job, monkey
     job.facts = RECORDED
     job.fails(RolledBack, server_timeout=1200)
     assert calls[1]["server_timeout"] == 1200
+
+
+def test_ctrl_c_while_the_result_is_proven_rolls_back_instead_of_being_lost(job, monkeypatch):
+    # Before, the latch noted the press during the proof and nobody looked: the run ended ok, exit 0.
+    calls = _rollback_fakes(monkeypatch)
+
+    def pressed_during_proof(plan):
+        os.kill(os.getpid(), signal.SIGINT)  # as a terminal sends it; the run's latch catches it
+        return good_verification(plan)
+
+    job.verification_for = pressed_during_proof
+    error = job.fails(RolledBack)
+    assert "Prove the cert" in str(error) and "Ctrl-C" in str(error) and error.exit_code == 7
+    assert len(calls) == 1 and "while the result was being proven" in job.console.text("warn")
 
 
 def test_abandoning_an_unfinished_run_closes_its_journal_only(job):
