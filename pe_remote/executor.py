@@ -89,6 +89,14 @@ class InterruptLatch:
             finally:
                 cls.workers = previous
 
+    @classmethod
+    def stop_if_pressed(cls) -> None:
+        """In a worker thread, before its job's first change (its journal): KeyboardInterrupt if Ctrl-C
+        was pressed meanwhile (the main thread raises it by itself)."""
+        if threading.current_thread() is not threading.main_thread() and cls.workers is not None \
+                and cls.workers.interrupted:
+            raise KeyboardInterrupt
+
     def _handler(self, signum, frame) -> None:
         # Only set the flag: the handler runs between any two bytecodes of the main thread,
         # which may be holding the console's lock in the middle of a print.

@@ -86,6 +86,9 @@ def resume_advice(task: str) -> str:
 def start_journal(remote, facts: MasterFacts, backup: Backup, console, events: Events, *, task: str,
                   alt_names: tuple[str, ...] = (), job: dict | None = None) -> Journal:
     """The run's journal, written on the master (and beside the local backup) before the first step."""
+    # A job in a worker thread (--wave) pressed during its backup stops here: a journal started and never
+    # followed by a step would be resumed by the next run as if it had begun.
+    InterruptLatch.stop_if_pressed()
     journal = Journal(new_run_id(facts.certname), facts, alt_names, backup.remote, str(backup.local_path),
                       local_path=backup.local_path.with_name(backup.local_path.name + ".journal"),
                       warn=console.warn, task=task, job=dict(job or {}))

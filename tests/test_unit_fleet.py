@@ -6,6 +6,8 @@ functions are plain callables.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -199,9 +201,6 @@ def test_waves_of_two_run_in_parallel_and_finish_the_failing_wave():
 def test_ctrl_c_during_a_wave_reaches_every_host_of_it_and_starts_no_further_wave():
     """The worker threads' latches read the main thread's: a host part-way through its steps sees the
     Ctrl-C (its executor then rolls back), a host that gets to its steps after it stops before them."""
-    import os
-    import signal
-
     from pe_remote.executor import InterruptLatch
 
     class Quiet:
@@ -242,6 +241,37 @@ def test_ctrl_c_during_a_wave_reaches_every_host_of_it_and_starts_no_further_wav
     assert results[2].error == "not started: interrupted (Ctrl-C)"
     assert ours is recorder  # the handler from before the wave is back
     assert InterruptLatch.workers is None
+
+
+def test_a_wave_job_pressed_during_its_backup_starts_no_journal():
+    # Before, its journal was written and its steps then refused: the next regen "resumed" a run that
+    # never changed anything (and took no backup of its own).
+    from fakes import FakeRemote, QuietConsole
+    from pe_remote import runs
+    from pe_remote.events import Events
+    from pe_remote.executor import InterruptLatch
+    from test_unit_trust import RECORDED
+
+    handler = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    remote, raised = FakeRemote(), []
+
+    def worker():
+        try:
+            runs.start_journal(remote, RECORDED, None, QuietConsole(), Events(), task="regen")
+        except KeyboardInterrupt:
+            raised.append(True)
+
+    try:
+        with InterruptLatch.for_workers() as latch:
+            thread = threading.Thread(target=worker)
+            os.kill(os.getpid(), signal.SIGINT)
+            assert latch.interrupted
+            thread.start()
+            thread.join(5)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert raised == [True] and remote.commands_run == 0
+    InterruptLatch.stop_if_pressed()  # the main thread: nothing (it raises KeyboardInterrupt by itself)
 
 
 def test_waves_bad_size():
