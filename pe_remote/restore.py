@@ -25,8 +25,8 @@ from pe_remote.commands.certs import fingerprint, load_cert
 from pe_remote.connection import COMMAND_TIMEOUT
 from pe_remote.commands.facts import cert_with_key, read_cert_with_key, read_served_cert, served_cert
 from pe_remote.discovery import MasterFacts
-from pe_remote.errors import (BackupError, ConnectionFailed, Incomplete, InputError, RemoteCommandFailed,
-                              RolledBack)
+from pe_remote.errors import (BackupError, ConnectionFailed, Incomplete, InputError, JournalDamaged,
+                              RemoteCommandFailed, RolledBack)
 
 
 @dataclass(frozen=True)
@@ -316,6 +316,24 @@ def check_local_backup(tarball: Path, sha256: str | None) -> LocalBackup:
     return LocalBackup(tarball, expected)
 
 
+def _let_cut_off_steps_end(remote, facts: MasterFacts, console) -> None:
+    """A run cut off on this master may still have a step running (steps outlive their connection): a
+    put-back under it would be overwritten half-way. Wait for them as a resume would; say what to do with
+    the run afterwards."""
+    from pe_remote.journal import parse_journal
+    from pe_remote.runs import wait_for_steps_still_running
+
+    for path, text in facts.unfinished_journals:
+        try:
+            journal = parse_journal(path, text)
+        except JournalDamaged as exc:
+            console.warn(f"{exc} (the restore goes on)")
+            continue
+        wait_for_steps_still_running(remote, journal, console)
+        console.warn(f"the master has an unfinished {journal.task} run {journal.run_id}: once this backup is back, "
+                     f"close it with `{journal.task} --abandon {journal.run_id}`")
+
+
 def restore_backup(remote, backup: LocalBackup, console, *, flavor: str | None = None) -> RestoreOutcome:
     """The `restore` task: put a checked local backup back (upload, put back), prove its cert is served."""
     from pe_remote.discovery import discover
@@ -330,6 +348,7 @@ def restore_backup(remote, backup: LocalBackup, console, *, flavor: str | None =
                  f"(moved aside, not deleted); the cert in the backup has sha256 {cert_sha}.")
     console.confirm(f"Stop the Puppet services on {remote.target.label} and put this backup back?")
     with master_lock.acquire(remote, "restore", console):
+        _let_cut_off_steps_end(remote, facts, console)
         uploaded = upload_backup(remote, tarball, expected)
         suffix = failed_suffix()
         aside = ", ".join(p + suffix for p in backup_paths(facts))

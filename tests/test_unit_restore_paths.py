@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fakes import FakeLocks, FakeRemote, QuietConsole, in_shell, make_cert
-from pe_remote import discovery, restore
+from fakes import FakeLocks, FakeRemote, QuietConsole, Result, in_shell, make_cert
+from pe_remote import discovery, restore, runs
 from pe_remote.backup import REMOTE_BACKUP_DIR, backup_paths
 from pe_remote.commands.certs import fingerprint
 from pe_remote.commands.sections import marker
@@ -25,6 +25,7 @@ from pe_remote.commands import backup as commands
 from pe_remote.errors import (BackupError, ConnectionFailed, Incomplete, InputError, RemoteCommandFailed,
                               RolledBack)
 from pe_remote.restore import RestoreOutcome
+from test_unit_journal_parse import RUN_ID
 from test_unit_trust import RECORDED
 
 C = RECORDED.certname
@@ -500,6 +501,27 @@ def test_a_restore_puts_the_backup_back_under_the_lock(rjob):
     assert rjob.locks.released == 1
     assert rjob.console.asked == ["Stop the Puppet services on m and put this backup back?"]
     assert CERT_SHA in rjob.console.text("notice") and "moved-aside" in rjob.console.text("notice")
+
+
+def test_a_restore_waits_for_a_cut_off_runs_steps_and_says_to_close_the_run(rjob):
+    # Before, it took the master lock only: a step of a cut-off run still running (steps outlive their
+    # connection) could write into the SSL folders being put back.
+    from test_unit_regen_paths import journal_text
+    path, text = journal_text(RUN_ID)
+    rjob.facts = dataclasses.replace(RECORDED, unfinished_journals=((path, text),))
+    answers = iter([Result(ok=False), Result(ok=True)])  # steps running; then ended within the wait
+    rjob.remote = FakeRemote(lambda command, index, kwargs: next(answers))
+    rjob.run()
+    waits = rjob.remote.commands
+    assert len(waits) == 2 and "flock -x -n" in waits[0] and f"flock -x -w {runs.STEPS_STILL_RUNNING_WAIT}" in waits[1]
+    assert rjob.uploads and rjob.put_backs  # after the wait
+    assert f"close it with `regen --abandon {RUN_ID}`" in rjob.console.text("warn")
+
+
+def test_a_restore_is_not_stopped_by_a_damaged_journal(rjob):
+    rjob.facts = dataclasses.replace(RECORDED, unfinished_journals=((f"{REMOTE_BACKUP_DIR}/{RUN_ID}.journal", "{x"),))
+    rjob.run()
+    assert rjob.put_backs and "damaged" in rjob.console.text("warn")
 
 
 def test_a_restore_starts_the_server_even_if_stopped_but_not_other_stopped_services(rjob):
