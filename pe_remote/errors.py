@@ -78,6 +78,11 @@ class JournalDamaged(DiscoveryError):
     """A run journal on the master cannot be trusted (damaged, unknown fields' values, hostile values)."""
 
 
+class UnreadableCert(DiscoveryError):
+    """A cert or CRL that parses as PEM/DER but whose contents cannot be read (a malformed extension,
+    an unknown key type): nothing is decided on what could not be read."""
+
+
 class BackupError(PeRemoteError):
     """The SSL backup could not be made, pulled back or verified; nothing was changed."""
 

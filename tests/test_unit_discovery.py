@@ -322,6 +322,61 @@ def test_no_cert_section_means_no_cert():
     assert parse_discovery(text).cert is None
 
 
+def _cert_with_malformed_san() -> bytes:
+    """A cert OpenSSL loads whose SubjectAltName `cryptography` cannot parse (its DER cut short)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtensionOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "master.pe-remote.test")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(5).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x03\x82\x01"),
+                           False).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _crl_with_malformed_number() -> bytes:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtensionOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    crl = (x509.CertificateRevocationListBuilder()
+           .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Puppet CA")]))
+           .last_update(now).next_update(now + dt.timedelta(days=1))
+           .add_extension(x509.UnrecognizedExtension(ExtensionOID.CRL_NUMBER, b"\x02"), False)
+           .sign(key, hashes.SHA256()))
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+def test_a_cert_whose_extensions_cannot_be_read_is_a_one_line_error_not_a_traceback():
+    import base64
+
+    from pe_remote.commands.certs import read_bundle, read_cert, read_crls
+    from pe_remote.errors import UnreadableCert
+
+    pem = _cert_with_malformed_san()
+    for read in (read_cert, read_bundle):
+        with pytest.raises(UnreadableCert, match="serial 5 cannot be read") as info:
+            read(pem)
+        assert "\n" not in str(info.value) and info.value.exit_code == 6
+    text = OSS7[:OSS7.index("==> cert <==")] + "==> cert <==\n" + base64.encodebytes(pem).decode()
+    with pytest.raises(UnreadableCert, match="a CRL cannot be read"):
+        read_crls(_crl_with_malformed_number())
+    with pytest.raises(UnreadableCert):
+        parse_discovery(text)
+
+
 def test_inactive_and_failed_services():
     text = sub(OSS7, "\npuppet active\n", "\npuppet inactive\n")
     text = sub(text, "\npuppetserver active\n", "\npuppetserver failed\n")

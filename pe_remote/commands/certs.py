@@ -4,9 +4,12 @@ between OpenSSL 1.0, 1.1 and 3 (IPv6 addresses, field names, spacing)."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from dataclasses import dataclass
+
+from pe_remote.errors import UnreadableCert
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.S)
 
@@ -84,19 +87,34 @@ def load_cert(data: bytes):
     return None
 
 
+@contextlib.contextmanager
+def _reading(what: str):
+    """`cryptography` parses a cert's parts when they are first read: one it cannot read (a malformed
+    extension, an unknown key type) is an UnreadableCert naming `what`, not a traceback."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    try:
+        yield
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        why = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise UnreadableCert(f"{what} cannot be read ({why}); replace it on the master, or put a backup back") \
+            from None
+
+
 def cert_info(cert) -> CertInfo:
     from cryptography import x509
 
-    try:
-        extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        sans = frozenset(e for e in map(san_entry_of, extension.value) if e)
-    except x509.ExtensionNotFound:
-        sans = frozenset()
-    ends = cert.not_valid_after_utc
-    return CertInfo(serial=serial_text(cert.serial_number), subject=cert.subject.rfc4514_string(),
-                    issuer=cert.issuer.rfc4514_string(),
-                    not_after=f"{ends:%b} {ends.day:2d} {ends:%H:%M:%S %Y} GMT",
-                    sha256=fingerprint(cert), sans=sans, pubkey_sha256=_spki_sha256(cert.public_key()))
+    with _reading(f"the cert with serial {serial_text(cert.serial_number)}"):
+        try:
+            extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            sans = frozenset(e for e in map(san_entry_of, extension.value) if e)
+        except x509.ExtensionNotFound:
+            sans = frozenset()
+        ends = cert.not_valid_after_utc
+        return CertInfo(serial=serial_text(cert.serial_number), subject=cert.subject.rfc4514_string(),
+                        issuer=cert.issuer.rfc4514_string(),
+                        not_after=f"{ends:%b} {ends.day:2d} {ends:%H:%M:%S %Y} GMT",
+                        sha256=fingerprint(cert), sans=sans, pubkey_sha256=_spki_sha256(cert.public_key()))
 
 
 def read_cert(data: bytes) -> CertInfo | None:
@@ -165,21 +183,22 @@ def read_crls(data: bytes, ca_cert_pem: bytes = b"") -> list[CrlInfo]:
             crl = x509.load_pem_x509_crl(block)
         except ValueError:
             continue
-        try:
-            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-        except x509.ExtensionNotFound:
-            number = None
-        issuer = next((ca for ca in cas if ca.subject == crl.issuer), None)
-        signed = False
-        if issuer is not None:
+        with _reading("a CRL"):
             try:
-                signed = crl.is_signature_valid(issuer.public_key())
-            except (TypeError, ValueError):
-                signed = False
-        entries = frozenset((serial_text(e.serial_number), e.revocation_date_utc.isoformat()) for e in crl)
-        found.append(CrlInfo(crl.issuer.rfc4514_string(), number, crl.last_update_utc, crl.next_update_utc,
-                             entries, signed,
-                             hashlib.sha256(crl.public_bytes(serialization.Encoding.DER)).hexdigest()))
+                number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+            except x509.ExtensionNotFound:
+                number = None
+            issuer = next((ca for ca in cas if ca.subject == crl.issuer), None)
+            signed = False
+            if issuer is not None:
+                try:
+                    signed = crl.is_signature_valid(issuer.public_key())
+                except (TypeError, ValueError):
+                    signed = False
+            entries = frozenset((serial_text(e.serial_number), e.revocation_date_utc.isoformat()) for e in crl)
+            found.append(CrlInfo(crl.issuer.rfc4514_string(), number, crl.last_update_utc, crl.next_update_utc,
+                                 entries, signed,
+                                 hashlib.sha256(crl.public_bytes(serialization.Encoding.DER)).hexdigest()))
     return found
 
 
@@ -208,12 +227,13 @@ def read_bundle(data: bytes) -> list[CaCertInfo]:
             continue
     found = []
     for cert in certs:
-        issuer = next((c for c in certs if c.subject == cert.issuer), None)
-        issued = issuer is not None and _verifies(cert, issuer)
-        extensions = tuple((e.oid.dotted_string, e.critical, e.value.public_bytes()) for e in cert.extensions)
-        found.append(CaCertInfo(cert.subject.rfc4514_string(), serial_text(cert.serial_number),
-                                _spki_sha256(cert.public_key()), extensions, cert.not_valid_after_utc,
-                                fingerprint(cert), issued))
+        with _reading(f"the CA cert with serial {serial_text(cert.serial_number)}"):
+            issuer = next((c for c in certs if c.subject == cert.issuer), None)
+            issued = issuer is not None and _verifies(cert, issuer)
+            extensions = tuple((e.oid.dotted_string, e.critical, e.value.public_bytes()) for e in cert.extensions)
+            found.append(CaCertInfo(cert.subject.rfc4514_string(), serial_text(cert.serial_number),
+                                    _spki_sha256(cert.public_key()), extensions, cert.not_valid_after_utc,
+                                    fingerprint(cert), issued))
     return found
 
 
