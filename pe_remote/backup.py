@@ -110,7 +110,7 @@ def stream_command(facts: MasterFacts, remote_path: str) -> str:
 def _parse_sum_and_size(output: str, remote_path: str) -> RemoteBackup:
     """`sha256sum FILE` then `stat -c %s FILE` -> RemoteBackup, or BackupError."""
     lines = output.split()
-    if len(lines) < 3 or not re.fullmatch(r"[0-9a-f]{64}", lines[0]) or not lines[-1].isdigit():
+    if len(lines) < 3 or not re.fullmatch(r"[0-9a-f]{64}", lines[0]) or not re.fullmatch(r"[0-9]+", lines[-1]):
         raise BackupError(f"unexpected output from the backup command: {output.strip()[:200]}")
     return RemoteBackup(remote_path, lines[0], int(lines[-1]))
 

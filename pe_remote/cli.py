@@ -185,7 +185,7 @@ def whole_number(value, flag: str, expected: str, *, low: int, high: int | None 
     number = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value):
+    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,9}\s*", value):
         number = int(value)
     if number is None or number < low or (high is not None and number > high):
         text = str(value).strip()
@@ -212,7 +212,7 @@ def run_id_from(rollback, resume, abandon) -> str | None:
     if len([v for v in (rollback, resume, abandon) if v]) > 1:
         raise InputError("give one of --rollback, --resume and --abandon")
     for flag, value in named.items():
-        if not re.fullmatch(r"\d{8}T\d{6}Z-[a-z0-9_.-]{1,253}", value):
+        if not re.fullmatch(r"[0-9]{8}T[0-9]{6}Z-[a-z0-9_.-]{1,253}", value):
             raise InputError(f"{flag} {value!r} is not a run id (like 20261128T001500Z-master.example.com; "
                              "pe-remote prints it when it finds an unfinished run)")
     if abandon is not None and not named.get("--abandon"):

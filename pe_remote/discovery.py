@@ -109,6 +109,12 @@ class MasterFacts:
         return self.cadir == self.ssldir or self.cadir.startswith(self.ssldir.rstrip("/") + "/")
 
 
+def _value(line: str) -> str:
+    """A value the discovery script printed behind `v=` (see commands.discovery); bare in older output."""
+    line = line.strip()
+    return line[2:].strip() if line.startswith("v=") else line
+
+
 def parse_settings(lines: list[str]) -> dict[str, str]:
     """`name = value` lines; an empty value may come without the space after `=`."""
     settings = {}
@@ -135,8 +141,8 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
     puppet = binaries.get("puppet", "")
     if not puppet:
         raise DiscoveryError(f"no puppet binary found on the master (looked in {', '.join(PUPPET_PATHS)})")
-    puppet_version = (sections.get("puppet_version") or [""])[0].strip()
-    pe_version = next((line.strip() for line in sections.get("pe_version", []) if line.strip()), None)
+    puppet_version = _value((sections.get("puppet_version") or [""])[0])
+    pe_version = next((_value(line) for line in sections.get("pe_version", []) if _value(line)), None)
     settings = parse_settings(sections.get("settings", []))
     missing = [name for name in SETTINGS if name not in settings]
     if missing:
@@ -180,7 +186,7 @@ def parse_discovery(output: str, *, flavor_override: str | None = None) -> Maste
         serving_unit = None
     facts = MasterFacts(
         uid=uid,
-        hostname=(id_lines[1].strip() if len(id_lines) > 1 else ""),
+        hostname=(_value(id_lines[1]) if len(id_lines) > 1 else ""),
         init_system=(sections.get("init") or ["sysv"])[0].strip(),
         puppet=puppet,
         puppet_version=puppet_version,
@@ -297,7 +303,7 @@ def _subject(pem: bytes) -> str:
 def _kb(space: dict[str, str], key: str, what: str) -> int:
     """A size the preflight compares: an answer that is missing or not a number is not zero."""
     value = (space.get(key) or "").strip()
-    if not value.isdigit():
+    if not re.fullmatch(r"[0-9]+", value):
         raise DiscoveryError(f"could not read {what} on the master (got {value!r}); "
                              "check that du and df work there")
     return int(value)

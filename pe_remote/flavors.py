@@ -187,7 +187,7 @@ LIKELY_CADIRS = ("/etc/puppetlabs/puppetserver/ca", "/etc/puppet/puppetserver/ca
 def _version_tuple(version: str) -> tuple[int, ...]:
     parts = []
     for piece in version.strip().split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
+        digits = "".join(ch for ch in piece if ch in "0123456789")  # ASCII: str.isdigit takes "²"
         if not digits:
             break
         parts.append(int(digits))

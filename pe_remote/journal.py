@@ -154,7 +154,7 @@ class Journal:
 
 # The jobs that journal their runs.
 TASKS = ("regen", "refresh-crl", "extend-ca")
-RUN_ID = re.compile(r"\A\d{8}T\d{6}Z-[a-z0-9_.-]{1,253}\Z")
+RUN_ID = re.compile(r"\A[0-9]{8}T[0-9]{6}Z-[a-z0-9_.-]{1,253}\Z")
 STEP_KEY = re.compile(r"\A[a-z-]+(?::[A-Za-z0-9@_.-]+)?\Z")
 
 
@@ -206,6 +206,7 @@ def _journal_from_header(head: dict) -> Journal:
     run_id = head["run_id"]
     if not isinstance(run_id, str) or not RUN_ID.match(run_id):
         raise ValueError(f"run id {run_id!r}")
+    datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ")  # a date that exists (its age decides what may be done)
     facts = facts_from_dict(head["facts"])
     validate_certname(facts.certname, source="the journal's certname")
     if not run_id.endswith("-" + facts.certname):

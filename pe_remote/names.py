@@ -27,12 +27,15 @@ def is_ip_address(value: str) -> bool:
         return False
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# C0/C1 controls (escape sequences among them), and the invisible and bidirectional format characters
+# that reorder or hide text on a terminal ("Trojan Source").
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
 def printable(text: str) -> str:
     """Text from a master (hostnames, paths, versions, error tails) made safe for a terminal:
-    control characters (escape sequences among them) are shown as `?`; newlines and tabs stay."""
+    control characters (escape sequences among them) and bidirectional or invisible format characters
+    are shown as `?`; newlines and tabs stay."""
     return _CONTROL.sub("?", text)
 
 

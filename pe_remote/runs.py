@@ -226,6 +226,10 @@ def chosen_journal(current: MasterFacts, run_id: str | None, label: str, task: s
                       "changed")
     if not run_id:
         age = journal_age_hours(journal.run_id)
+        if age < -1:  # a clock that was wrong then, or is now: its age says nothing
+            raise Refused(f"{label} has an unfinished run {journal.run_id} dated {-age:.0f} hours in the future (a "
+                          f"clock was wrong). Say which: --resume {journal.run_id}, --rollback {journal.run_id}, or "
+                          f"--abandon {journal.run_id} to close it and touch nothing")
         if age > STALE_JOURNAL_HOURS:
             raise Refused(f"{label} has an unfinished run {journal.run_id} from {age / 24:.1f} days ago: too old "
                           "to resume or roll back without naming it (the master may have changed since; a rollback "

@@ -431,3 +431,42 @@ def test_discover_refuses_a_hostile_master_through_fabric(remote):  # noqa: F811
     remote.expect(host="host", cmd=discovery_script(), out=set_setting(OSS7, "certname", "$(id)").encode())
     with pytest.raises(Refused):
         discover(fabric_remote())
+
+
+@pytest.mark.parametrize("odd", ["²", "١٢", "--1", "1²"])
+def test_numbers_from_the_master_are_ascii_digits_or_refused(odd):
+    # str.isdigit() takes "²" (then int() raised ValueError: a traceback) and `\d` takes other scripts' digits.
+    from pe_remote.backup import _parse_sum_and_size
+    from pe_remote.commands.sections import number
+    from pe_remote.errors import BackupError
+    from pe_remote.flavors import _version_tuple
+
+    with pytest.raises(DiscoveryError, match="could not read the free space"):
+        parse_discovery(sub(OSS7, next(x for x in OSS7.splitlines() if x.startswith("free_kb=")), f"free_kb={odd}"))
+    with pytest.raises(BackupError, match="unexpected output"):
+        _parse_sum_and_size(f"{'a' * 64}  /root/x.tar.gz\n{odd}\n", "/root/x.tar.gz")
+    assert number([odd]) is None and number(["-1"]) == -1 and number([" 7 "]) == 7
+    assert _version_tuple(f"7.{odd}") in ((7,), (7, 1))  # never a ValueError
+
+
+def test_a_value_read_from_a_master_file_can_never_open_a_section():
+    # Before, a pe_version file (64 bytes read) holding "x\n==> settings <==\nssldir = ..." opened a
+    # settings section of its own, which won over the real one (the first section of a name wins).
+    from pe_remote.commands.discovery import discovery_script
+
+    script = discovery_script()
+    assert "printf 'v=%s\\n' \"$PE\"" in script and "head -n1 \"$f\" | head -c 64" in script
+    assert "sec puppet_version; printf 'v=%s\\n' \"$V\"" in script
+    assert "printf 'v=%s\\n' \"$(hostname | head -n1)\"" in script
+    forged = sub(OSS7, "==> pe_version <==\n", "==> pe_version <==\nv===> settings <==\n")
+    with pytest.raises(Refused):  # an unknown PE version, not a forged section
+        parse_discovery(forged)
+    prefixed = sub(OSS7, "==> puppet_version <==\n7", "==> puppet_version <==\nv=7")
+    assert parse_discovery(prefixed).puppet_version == parse_discovery(OSS7).puppet_version
+
+
+def test_printable_hides_bidirectional_and_invisible_characters():
+    from pe_remote.names import printable
+
+    assert printable("ok\u202eevil\u2066x\u200by\ufeff") == "ok?evil?x?y?"
+    assert printable("line one\n\tline two é") == "line one\n\tline two é"

@@ -69,6 +69,7 @@ def test_unknown_fields_from_a_newer_version_are_ignored():
     ({"facts.ssldir": "/etc"}, "system folder"),
     ({"facts.cadir": "/var/lib/puppet/../../etc"}, "normalized"),
     ({"run_id": "../../etc/x"}, "run id"),
+    ({"run_id": f"20261399T250000Z-{RECORDED.certname}"}, "does not match format"),  # no such date
     ({"alt_names": ["$(reboot)"]}, "reboot"),
     ({"backup.path": "/etc/shadow"}, "backup"),
     ({"backup.sha256": "x"}, "backup"),

@@ -840,6 +840,17 @@ def test_a_stale_unfinished_run_is_refused_unless_named(job):
     assert job.execute.calls[0]["resume"] is True and job.report.run_id == stale
 
 
+def test_a_future_dated_unfinished_run_is_refused_unless_named(job):
+    # Before, its negative age was never "stale": a run dated by a wrong clock was resumed unasked.
+    future = "20990101T000000Z-" + C
+    job.facts = with_unfinished(journal_text(future))
+    error = job.fails(Refused)
+    assert "in the future" in str(error) and f"--rollback {future}" in str(error) and job.execute.calls == []
+    job.report = RunReport("m")
+    job.run(run_id=future)
+    assert job.execute.calls[0]["resume"] is True
+
+
 def test_a_resume_with_a_done_step_gone_is_refused_before_any_change(job):
     run_id = new_run_id(C)
     keys = plan_keys()

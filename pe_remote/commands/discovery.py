@@ -17,6 +17,8 @@ def _words(values) -> str:
     return " ".join(q(v) for v in values)
 
 
+# Values read from the master's files or commands are printed behind `v=`: a line of theirs can then never
+# pass for a section marker (the first section of a name wins: a forged one would override the real one).
 def discovery_script(*, background: bool = False) -> str:
     """The single remote command discovery runs (reads, never writes). `background`: at the lowest CPU
     priority, beside work that matters more (the backup command's stream)."""
@@ -27,12 +29,12 @@ def discovery_script(*, background: bool = False) -> str:
     version_cases = ";; ".join(f"{q(binary)}) VR={q(rb)}" for binary, rb in PUPPET_VERSION_RB.items())
     return f"""exec 2>&1
 {lowest}sec() {{ printf '{sec}\\n' "$1"; }}
-sec id; id -u; hostname
+sec id; id -u; printf 'v=%s\\n' "$(hostname | head -n1)"
 sec init; if [ -d /run/systemd/system ]; then echo systemd; else echo sysv; fi
 P=; for p in {_words(PUPPET_PATHS)}; do if [ -x "$p" ]; then P=$p; break; fi; done
 S=; for p in {_words(PUPPETSERVER_PATHS)}; do if [ -x "$p" ]; then S=$p; break; fi; done
 sec binaries; echo "puppet=$P"; echo "puppetserver=$S"
-sec pe_version; PE=; for f in {_words(PE_VERSION_FILES)}; do [ -f "$f" ] && PE=$(head -c 64 "$f") && echo "$PE" && break; done
+sec pe_version; PE=; for f in {_words(PE_VERSION_FILES)}; do [ -f "$f" ] && PE=$(head -n1 "$f" | head -c 64) && printf 'v=%s\\n' "$PE" && break; done
 [ -n "$P" ] || exit 0
 # The PE marker decides the generation; open-source Puppet's version is read where its packaging keeps
 # it (as Puppet.version does: a VERSION file beside version.rb, else its PUPPETVERSION constant), else
@@ -53,11 +55,11 @@ CFG=$( ( "$P" config print client_datadir --section agent 2>/dev/null \\
   | sed -n 's|^/|agent_client_datadir = /|p' ) &
   [ -n "$PE" ] || [ -n "$V" ] || ( "$P" --version 2>&1 | sed 's/^/puppet_version = /' ) &
   settings $SEC; wait)
-if [ -z "$PE" ] && [ -z "$V" ]; then V=$(printf "%s\\n" "$CFG" | sed -n 's/^puppet_version = //p')
+if [ -z "$PE" ] && [ -z "$V" ]; then V=$(printf "%s\\n" "$CFG" | sed -n 's/^puppet_version = //p' | head -n1)
   CFG=$(printf "%s\\n" "$CFG" | grep -v '^puppet_version = ')
   case "$V" in [0-5].*) SEC=master
     CFG=$(printf "%s\\n" "$CFG" | grep '^agent_client_datadir = '; settings master);; esac; fi
-sec puppet_version; echo "$V"
+sec puppet_version; printf 'v=%s\\n' "$V"
 sec settings; echo "$CFG"
 get() {{ printf "%s\\n" "$CFG" | sed -n "s/^$1 = //p"; }}
 HC=$(get hostcert); HK=$(get hostprivkey); CA=$(get cadir)

@@ -87,7 +87,7 @@ def marker_name(line: str) -> tuple[str, str] | None:
 def number(lines: list[str] | tuple[str, ...]) -> int | None:
     """The integer a section carries on its first non-empty line (an exit status), None if none."""
     values = [line.strip() for line in lines if line.strip()]
-    return int(values[0]) if values and values[0].lstrip("-").isdigit() else None
+    return int(values[0]) if values and re.fullmatch(r"-?[0-9]+", values[0]) else None
 
 
 def decoded(lines: list[str] | tuple[str, ...]) -> bytes:
