@@ -218,6 +218,29 @@ def cert_sha256_in_tarball(tarball: Path, hostcert: str) -> str:
     return fingerprint(cert)
 
 
+def _resolved(path: str, links: dict[str, str], hops: int = 40) -> str | None:
+    """`path` (from /) with `..` applied and every link of `links` (name -> target) on it followed, as the
+    kernel resolves it; relative to /, no leading slash. None: more than `hops` links (a loop)."""
+    todo, done = [p for p in path.split("/") if p], []
+    while todo:
+        part = todo.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        done.append(part)
+        target = links.get("/".join(done))
+        if target is not None:
+            hops -= 1
+            if hops < 0:
+                return None
+            done = [] if target.startswith("/") else done[:-1]
+            todo = [p for p in target.split("/") if p] + todo
+    return "/".join(done)
+
+
 def check_members(tarball: Path, facts: MasterFacts) -> None:
     """A backup holds only folders, regular files and links that stay inside the SSL folders it was
     taken of (Debian's `ssl/ca` is a link to its CA folder).
@@ -236,24 +259,28 @@ def check_members(tarball: Path, facts: MasterFacts) -> None:
             members = tar.getmembers()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise InputError(f"{tarball} is not a readable tar.gz backup: {exc}") from None
-    links = []
     for member in members:
         name = member.name
-        if name.startswith("/") or ".." in name.split("/"):
+        parts = name.rstrip("/").split("/")
+        if name.startswith("/") or ".." in parts:
             raise InputError(f"{tarball} holds {name!r}, a path outside the SSL folders: refusing to restore it")
+        if "" in parts or "." in parts:  # `ssl/./l/x` would pass the "under a link" check below
+            raise InputError(f"{tarball} holds {name!r}, a path pe-remote's backups never hold ('.' or empty "
+                             "parts): refusing to restore it")
         if not inside(name.rstrip("/")):
             raise InputError(f"{tarball} holds {name!r}, outside {', '.join('/' + r for r in roots)}: it is "
                              "not an SSL backup of this master; refusing to restore it")
-        if member.issym():
-            target = posixpath.normpath(member.linkname if member.linkname.startswith("/") else
-                                        posixpath.join("/", posixpath.dirname(name), member.linkname))
-            if not inside(target.lstrip("/")):
-                raise InputError(f"{tarball} holds {name!r}, a link to {member.linkname!r} outside the SSL "
-                                 "folders: refusing to restore it")
-            links.append(name.rstrip("/"))
-        elif not (member.isfile() or member.isdir()):
+        if not (member.issym() or member.isfile() or member.isdir()):
             raise InputError(f"{tarball} holds {name!r}, which is not a regular file, folder or link (a hard "
                              "link or device): refusing to restore it")
+    links = {member.name.rstrip("/"): member.linkname for member in members if member.issym()}
+    for name, target in links.items():
+        # Followed as the kernel would, through the backup's other links too: `e -> d/..` with `d` a link
+        # to the CA folder stays inside as text but leads to the CA folder's parent.
+        real = _resolved(posixpath.join(posixpath.dirname(name), target), links)
+        if real is None or not inside(real):
+            raise InputError(f"{tarball} holds {name!r}, a link to {target!r} outside the SSL "
+                             "folders: refusing to restore it")
     for member in members:
         through = next((link for link in links if member.name.startswith(link + "/")), None)
         if through:

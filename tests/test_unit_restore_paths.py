@@ -414,6 +414,29 @@ def test_a_cadir_inside_the_ssldir_needs_no_member_of_its_own(tmp_path):
     restore.check_members(_tar(tmp_path / "b.tar.gz", (f"{SSL}/certs/{C}.pem", b"x")), facts)
 
 
+@pytest.mark.parametrize("members, says", [
+    # Each link stays inside as text; followed through the other, the second leads to the CA folder's parent.
+    ([_info(f"{SSL}/d", tarfile.SYMTYPE, "/" + CA), _info(f"{SSL}/e", tarfile.SYMTYPE, "d/..")],
+     f"'{SSL}/e', a link to 'd/..' outside"),
+    ([_info(f"{SSL}/l1", tarfile.SYMTYPE, "l2"), _info(f"{SSL}/l2", tarfile.SYMTYPE, "l1")], "a link to"),
+    ([_info(f"{SSL}/certs", tarfile.SYMTYPE, "private_keys"), (f"{SSL}/./certs/{C}.pem", b"x")],
+     "('.' or empty parts)"),
+    ([(f"{SSL}//certs/{C}.pem", b"x")], "('.' or empty parts)"),
+], ids=["link-through-link", "link-loop", "dot-part-beneath-a-link", "empty-part"])
+def test_links_are_followed_as_the_kernel_would_and_odd_names_refused(tmp_path, members, says):
+    path = _tar(tmp_path / "b.tar.gz", _folder(SSL), _folder(CA), (f"{SSL}/certs/x.pem", b"x"), *members)
+    with pytest.raises(InputError) as info:
+        restore.check_members(path, RECORDED)
+    assert says in str(info.value) and "refusing to restore it" in str(info.value)
+
+
+def test_a_link_through_another_link_that_stays_inside_passes(tmp_path):
+    path = _tar(tmp_path / "b.tar.gz", _folder(SSL), _folder(CA), (f"{CA}/signed/{C}.pem", b"x"),
+                _info(f"{SSL}/ca", tarfile.SYMTYPE, "/" + CA), _info(f"{SSL}/mine.pem", tarfile.SYMTYPE,
+                                                                      f"ca/signed/{C}.pem"))
+    restore.check_members(path, RECORDED)
+
+
 def test_a_member_beneath_a_link_is_refused(tmp_path):
     path = _tar(tmp_path / "b.tar.gz", _info(f"{SSL}/certs", tarfile.SYMTYPE, "private_keys"),
                 (f"{SSL}/certs/{C}.pem", b"x"))
