@@ -361,8 +361,10 @@ def _let_cut_off_steps_end(remote, facts: MasterFacts, console) -> None:
                      f"close it with `{journal.task} --abandon {journal.run_id}`")
 
 
-def restore_backup(remote, backup: LocalBackup, console, *, flavor: str | None = None) -> RestoreOutcome:
-    """The `restore` task: put a checked local backup back (upload, put back), prove its cert is served."""
+def restore_backup(remote, backup: LocalBackup, console, *, flavor: str | None = None,
+                   server_timeout: int = steps.SERVER_READY_TIMEOUT) -> RestoreOutcome:
+    """The `restore` task: put a checked local backup back (upload, put back), prove its cert is served;
+    each service start, and the server's first answer, bounded by `server_timeout`."""
     from pe_remote.discovery import discover
 
     tarball, expected = backup.path, backup.sha256
@@ -380,7 +382,8 @@ def restore_backup(remote, backup: LocalBackup, console, *, flavor: str | None =
         suffix = failed_suffix()
         aside = ", ".join(p + suffix for p in backup_paths(facts))
         try:
-            outcome = put_back(remote, facts, uploaded, expected, start, console, suffix=suffix)
+            outcome = put_back(remote, facts, uploaded, expected, start, console, suffix=suffix,
+                               server_timeout=server_timeout)
         except (ConnectionFailed, KeyboardInterrupt) as exc:
             why = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc)
             raise Incomplete(f"{why} once the restore had begun stopping the services: the master's state is "

@@ -12,6 +12,7 @@ from invoke import Collection, task
 from pe_remote.cli import (TARGET_HELP, alt_names_from, check_flavor, check_report_path, connected, exits_cleanly,
                            for_each_host, named_target, per_host_report, run_id_from, run_log_path, target_from,
                            targets_from, whole_number)
+from pe_remote.commands.steps import SERVER_READY_TIMEOUT
 from pe_remote.connection import check_login
 from pe_remote.console import Console
 from pe_remote.crl import DEFAULT_DAYS as DEFAULT_CRL_DAYS, MAX_DAYS as MAX_CRL_DAYS, refresh_crl as refresh
@@ -118,8 +119,7 @@ def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_
     report_for = per_host_report(c, report, targets)
     drop = parse_alt_names(drop_alt_names, source="--drop-alt-names")
     run_id = run_id_from(rollback, resume, abandon)
-    server_timeout = whole_number(server_timeout, "--server-timeout", "whole seconds from 10 to 3600", low=10,
-                                  high=3600, default=300)
+    server_timeout = checked_server_timeout(server_timeout)
     wave = whole_number(wave, "--wave", "a whole number of hosts, 1 or more", low=1, default=1)
     if wave > 1 and several and not (yes or dry_run):
         # Masters regenerated at once run in threads: their questions would race for one terminal.
@@ -165,18 +165,26 @@ def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_
         raise
 
 
+def checked_server_timeout(value) -> int:
+    return whole_number(value, "--server-timeout", "whole seconds from 10 to 3600", low=10, high=3600,
+                        default=SERVER_READY_TIMEOUT)
+
+
 @task(auto_shortflags=False, help={
     **TARGET_HELP,
     "tarball": "the local backup (.tar.gz taken by backup or regen) to put back",
     "sha256": "expected sha256 of the tarball (default: the .sha256 file written beside it)",
     "yes": "do not ask before stopping the services",
     "flavor": FLAVOR_HELP,
+    "server_timeout": "seconds a service start, and then the server's first answer on 8140, may take "
+                      "(default 300)",
 })
 @exits_cleanly
 def restore(c, tarball, host=None, inventory=None, key_file=None, known_hosts=None, accept_new_host_key=False,
-            sha256=None, yes=False, flavor=None):
+            sha256=None, yes=False, flavor=None, server_timeout=None):
     """Put a local SSL backup back on a master (checksum verified first; services stopped and started)."""
     check_flavor(flavor)
+    server_timeout = checked_server_timeout(server_timeout)
     from pathlib import Path
 
     from pe_remote import restore as restoring
@@ -185,7 +193,7 @@ def restore(c, tarball, host=None, inventory=None, key_file=None, known_hosts=No
     # The local tarball and its sha256 are checked before any connection (exit 2, nothing touched).
     backup = restoring.check_local_backup(Path(tarball).expanduser(), sha256)
     with connected(target, accept_new_host_key) as remote:
-        restore_backup(remote, backup, Console(assume_yes=yes), flavor=flavor)
+        restore_backup(remote, backup, Console(assume_yes=yes), flavor=flavor, server_timeout=server_timeout)
 
 
 @task(auto_shortflags=False, help={

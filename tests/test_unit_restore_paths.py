@@ -490,9 +490,10 @@ class RestoreJob:
         self.uploads.append((tarball, sha256, list(self.locks.taken), self.locks.released))
         return f"{REMOTE_BACKUP_DIR}/restore-{tarball.name}"
 
-    def _put_back(self, remote, facts, tarball, sha256, start, console, suffix=None):
+    def _put_back(self, remote, facts, tarball, sha256, start, console, suffix=None, server_timeout=None):
         self.put_backs.append({"tarball": tarball, "sha256": sha256, "start": list(start),
-                               "locked": self.locks.released < len(self.locks.taken), "suffix": suffix})
+                               "locked": self.locks.released < len(self.locks.taken), "suffix": suffix,
+                               "server_timeout": server_timeout})
         if isinstance(self.outcome, BaseException):
             raise self.outcome
         return self.outcome
@@ -520,7 +521,7 @@ def test_a_restore_puts_the_backup_back_under_the_lock(rjob):
     [put_back] = rjob.put_backs
     assert re.fullmatch(r"\.pe-remote-failed-\d{8}T\d{6}Z", put_back.pop("suffix"))
     assert put_back == {"tarball": f"{REMOTE_BACKUP_DIR}/restore-b.tar.gz", "sha256": rjob.sha,
-                        "start": ["puppet", "puppetserver"], "locked": True}
+                        "start": ["puppet", "puppetserver"], "locked": True, "server_timeout": 300}
     assert rjob.locks.released == 1
     assert rjob.console.asked == ["Stop the Puppet services on m and put this backup back?"]
     assert CERT_SHA in rjob.console.text("notice") and "moved-aside" in rjob.console.text("notice")
@@ -545,6 +546,11 @@ def test_a_restore_is_not_stopped_by_a_damaged_journal(rjob):
     rjob.facts = dataclasses.replace(RECORDED, unfinished_journals=((f"{REMOTE_BACKUP_DIR}/{RUN_ID}.journal", "{x"),))
     rjob.run()
     assert rjob.put_backs and "damaged" in rjob.console.text("warn")
+
+
+def test_a_restore_waits_for_the_server_as_long_as_it_is_told(rjob):
+    rjob.run(server_timeout=900)
+    assert rjob.put_backs[0]["server_timeout"] == 900
 
 
 def test_a_restore_starts_the_server_even_if_stopped_but_not_other_stopped_services(rjob):

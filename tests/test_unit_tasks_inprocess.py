@@ -95,8 +95,9 @@ class Library:
         self._record("backup", remote, backup_dir=backup_dir, console=console, flavor=flavor)
         return SimpleNamespace(local_path=Path(backup_dir) / "x-ssl.tar.gz", sha256="0123456789abcdef" * 4)
 
-    def restore_backup(self, remote, backup, console, *, flavor=None):
-        self._record("restore", remote, tarball=backup.path, console=console, sha256=backup.sha256, flavor=flavor)
+    def restore_backup(self, remote, backup, console, *, flavor=None, server_timeout=None):
+        self._record("restore", remote, tarball=backup.path, console=console, sha256=backup.sha256, flavor=flavor,
+                     server_timeout=server_timeout)
 
     def discover(self, remote, flavor_override=None):
         self._record("discover", remote, flavor=flavor_override)
@@ -637,6 +638,18 @@ def test_restore_without_yes_asks(capsys, inventory, connect, library):
     [call] = library.calls["restore"]
     # No --sha256: the library gets the one the local check found (the fixture's stand-in for the sidecar's).
     assert call.console.assume_yes is False and call.sha256 == "0" * 64 and call.flavor is None
+    assert call.server_timeout == 300
+
+
+@pytest.mark.parametrize("given, code", [("900", 0), ("5m", 2), ("9", 2)])
+def test_restore_server_timeout(capsys, inventory, connect, library, given, code):
+    ran = run_program(capsys, "restore", "x.tar.gz", "--host", "a", "--inventory", inventory, "--server-timeout",
+                      given)
+    assert ran.code == code, ran
+    if code:
+        assert "--server-timeout" in ran.err and library.called() == 0 and connect.targets == []
+    else:
+        assert library.calls["restore"][0].server_timeout == 900
 
 
 def test_restore_needs_a_tarball(capsys, inventory, connect, library):
