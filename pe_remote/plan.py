@@ -76,6 +76,20 @@ class Plan:
             previous = (step.key,)
         return resolved
 
+    def running_again(self, keys: tuple[str, ...]) -> "Plan":
+        """The plan for a resume that runs done steps `keys` again (their effect was gone): every later
+        step also needs them, so a stop run again ends before the start after it begins, as in a first
+        run (the resume runs the steps not done from where the run stopped, at the same time where
+        their needs are met)."""
+        needs = self.needs()
+        steps, earlier = [], []
+        for step in self.steps:
+            extra = tuple(key for key in earlier if key not in needs[step.key])
+            steps.append(replace(step, needs=needs[step.key] + extra) if extra else step)
+            if step.key in keys:
+                earlier.append(step.key)
+        return replace(self, steps=tuple(steps))
+
 
 def cert_files(facts: MasterFacts) -> list[str]:
     """Every file Puppet keeps for the master's own cert."""

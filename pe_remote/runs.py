@@ -312,7 +312,7 @@ def continue_unfinished(remote, journal: Journal, job: Job, console, events: Eve
         journal.done = [key for key in journal.done if key not in redo]
     if freeze_left:
         thaw_cut_off_freeze(remote, console)
-    execution = run_steps(remote, plan, journal, proof, console, events, resume=True)
+    execution = run_steps(remote, plan.running_again(redo), journal, proof, console, events, resume=True)
     return Continued("ok", journal, plan, execution)
 
 
@@ -330,9 +330,10 @@ def thaw_cut_off_freeze(remote, console) -> None:
         console.notice(said[0].upper() + said[1:] + ".")
 
 
-# Steps whose effect does not outlive a reboot of the master (its services come back at boot): one
-# found undone on a resume is run again (stopping or starting a service twice is harmless).
-NOT_DURABLE = ("stop:", "start:")
+# Steps whose effect does not outlive a reboot of the master (its services come back at boot, and the
+# agent caches a catalog again): one found undone on a resume is run again (stopping or starting a
+# service twice, or removing the cached catalog again, is harmless).
+NOT_DURABLE = ("stop:", "start:", "remove-catalog")
 
 
 def recheck_done_steps(remote, plan: Plan, journal: Journal) -> tuple[str, ...]:

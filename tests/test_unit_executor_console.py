@@ -183,6 +183,21 @@ def test_a_step_waits_for_every_step_it_needs(tmp_path, console):
     assert logged(log) == ["b", "a", "c"]
 
 
+def test_a_plan_running_steps_again_makes_every_later_step_wait_for_them(tmp_path, console):
+    # A resume after a reboot: stop:a is run again, start:a was never done. Without the added need,
+    # start:a (its own needs met) would run beside the stop, and the service could end stopped.
+    log = tmp_path / "log"
+    q = shlex.quote(str(log))
+    plan = plan_of(Step("stop:a", "Stop a", f"sleep 0.3; echo stop >> {q}"),
+                   Step("generate", "Generate", "true"),
+                   Step("start:a", "Start a", f"echo start >> {q}", needs=("generate",)))
+    again = plan.running_again(("stop:a",))
+    assert again.needs()["start:a"] == ("generate", "stop:a") and again.needs()["generate"] == ("stop:a",)
+    executor.execute(ShellRemote(), again, console, done=("generate",))
+    assert logged(log) == ["stop", "start"]
+    assert plan.running_again(()) == plan
+
+
 # --- downtime --------------------------------------------------------------------------------
 
 def test_downtime_runs_from_the_first_stop_to_the_server_ready_step(tmp_path, console, monkeypatch):

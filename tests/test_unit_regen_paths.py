@@ -81,7 +81,8 @@ class FakeExecute:
 
     def __call__(self, remote, plan, console, *, journal=None, done=(), latch=None, resume=False, run=None,
                  events=None):
-        self.calls.append({"done": tuple(done), "resume": resume, "journal": journal, "latch": latch})
+        self.calls.append({"done": tuple(done), "resume": resume, "journal": journal, "latch": latch,
+                           "plan": plan})
         total = len(plan.steps)
         for number, step in enumerate(plan.steps, start=1):
             base = {"key": step.key, "title": step.title, "number": number, "total": total}
@@ -871,6 +872,21 @@ def test_a_resume_after_the_master_restarted_stops_its_services_again(job):
     assert job.run().outcome == "ok"
     assert job.execute.calls[0]["done"] == ("clean", "delete-leftovers")
     assert "Run again, their effect is gone since (the master restarted?): Stop puppet" in job.console.text("notice")
+    # The executor runs steps whose needs are met at the same time: what follows a stop run again
+    # must wait for it, or a start could run beside it and the service end stopped.
+    needs = job.execute.calls[0]["plan"].needs()
+    later = [key for key in keys[keys.index("stop:puppetserver") + 1:]]
+    assert later and all({"stop:puppet", "stop:puppetserver"} <= set(needs[key]) for key in later)
+
+
+def test_a_resume_after_the_agent_cached_a_catalog_again_removes_it_again(job):
+    run_id = new_run_id(C)
+    keys = plan_keys()
+    done = keys[:keys.index("remove-catalog") + 1]
+    job.facts = with_unfinished(journal_text(run_id, *done))
+    job.master.stdout = "remove-catalog\n"
+    assert job.run().outcome == "ok"
+    assert "remove-catalog" not in job.execute.calls[0]["done"]
 
 
 # --- a resume finishes the run as recorded: flags asking for something else are refused -------------
