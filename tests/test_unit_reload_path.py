@@ -478,19 +478,58 @@ def test_the_next_freeze_after_a_cut_off_one_gives_back_the_first_owners_not_roo
     assert not os.path.lexists(_state(tmp_path))
 
 
-@pytest.mark.parametrize("line", ["mode=7x5 /x", "mode= /x", "root /x", "1:1;rm /x", ""])
-def test_damaged_saved_owners_are_refused_and_kept(tmp_path, line):
+DAMAGED = [
+    # a bad line in a file otherwise whole
+    *[f"mode=755 /tmp\n{line}\nend\n" for line in ("mode=7x5 /x", "mode= /x", "root /x", "1:1;rm /x", "", "1: /x",
+                                                    "end")],
+    "",  # written, never synced: empty after a power loss
+    "mode=755 /tmp\n0:0 /tmp\n",  # cut short: no end line
+    "mode=755 /tmp\n0:0 /tm",
+    "0:0 /tmp\nend\n",  # no mode line first
+    "mode=755 /tmp\nend\n0:0 /tmp\n",
+]
+
+
+@pytest.mark.parametrize("text", DAMAGED)
+def test_damaged_saved_owners_are_refused_kept_and_nothing_is_given_back(tmp_path, text):
     state = tmp_path / "ca-freeze.owners"
-    state.write_text(line + "\n")
+    state.write_text(text)
+    # A path a whole line of it names: nothing may be given back from a damaged file.
+    target = tmp_path / "target"
+    target.write_text("")
+    os.chmod(target, 0o640)
+    state.write_text(text.replace("/tmp", str(target)))
     marker = tmp_path / "ran"
     proc = _run(sh.thaw_saved_freeze(str(state)))
     assert proc.returncode == 1 and "is damaged" in proc.stdout, proc.stdout + proc.stderr
-    assert state.exists()
+    assert state.exists() and oct(os.stat(target).st_mode & 0o777) == "0o640"
     ca = tmp_path / "ca"
     ca.mkdir()
     frozen = _run(sh.with_ca_frozen(str(ca), f"touch {shlex.quote(str(marker))}", state=str(state)))
     assert frozen.returncode == 1 and "could not give back the owners of a freeze that was cut off" in frozen.stdout
-    assert not marker.exists() and state.read_text() == line + "\n"
+    assert not marker.exists() and state.read_text() == text.replace("/tmp", str(target))
+
+
+def test_a_saved_path_gone_since_is_passed_over(tmp_path):
+    # Otherwise the thaw would fail on it every time, and no generate could run again.
+    state = tmp_path / "ca-freeze.owners"
+    kept = tmp_path / "kept"
+    kept.write_text("")
+    state.write_text(f"mode=700 {tmp_path / 'gone'}\n0:0 {tmp_path / 'gone-too'}\nmode=604 {kept}\nend\n")
+    proc = _run(sh.thaw_saved_freeze(str(state)))
+    assert proc.returncode == 0 and "gave the CA files back" in proc.stdout, proc.stdout + proc.stderr
+    assert oct(os.stat(kept).st_mode & 0o777) == "0o604" and not state.exists()
+
+
+@root_only
+def test_the_saved_owners_are_written_whole_before_the_freeze(tmp_path):
+    ca = _ca(tmp_path)
+    seen = tmp_path / "seen"
+    command = shlex.join(["cp", _state(tmp_path), str(seen)])
+    assert _run(sh.with_ca_frozen(str(ca), command, state=_state(tmp_path))).returncode == 0
+    lines = seen.read_text().splitlines()
+    assert lines[0] == f"mode=755 {ca}" and lines[-1] == "end" and len(lines) == 2 + len(_frozen_paths(ca))
+    assert f"{NOBODY} {ca / 'serial'}" in lines
 
 
 def test_the_saved_owners_live_in_the_root_only_state_folder():

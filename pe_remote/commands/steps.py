@@ -208,14 +208,21 @@ def writable_by_others(path: str) -> str:
 def thaw_saved_freeze(state: str = CA_FREEZE_STATE) -> str:
     """Shell that gives the CA files back the owners (and the CA folder its mode) a freeze saved in
     `state`, then removes it: a freeze whose shell was cut off (a reboot, a kill) before its thaw. Says
-    so on stdout when it does; exits non-zero (the file kept) when it cannot. Nothing saved: nothing done."""
+    so on stdout when it does; exits non-zero (the file kept) when it cannot. Nothing saved: nothing done.
+    A file cut short (its `mode=` line first and its `end` line last are what a complete one has) is
+    damaged: nothing is given back from it, as owners it does not hold would stay root's unsaid. A saved
+    path that is gone since is passed over (nothing is left there to give back)."""
     return (f"S={q(state)}\n"
             "if [ -f \"$S\" ]; then\n"
+            # Checked whole before anything is given back: a damaged file changes nothing.
+            "  bad=$(grep -nvE '^(mode=[0-7]+|[0-9]+:[0-9]+) .|^end$' \"$S\" | head -n 1)\n"
+            "  [ -z \"$bad\" ] || { echo \"$S is damaged (line $bad)\"; exit 1; }\n"
+            "  case \"$(head -n 1 \"$S\")\" in mode=*) ;; *) echo \"$S is damaged (no mode line first)\"; exit 1;; esac\n"
+            "  [ \"$(tail -n 1 \"$S\")\" = end ] && [ \"$(grep -c '^end$' \"$S\")\" = 1 ] || { echo \"$S is damaged (cut short: no end line)\"; exit 1; }\n"
             "  while read -r o p; do case \"$o\" in\n"
-            "    mode=*[!0-7]*|mode=) echo \"$S is damaged ($o)\"; exit 1;;\n"
-            "    mode=*) chmod \"${o#mode=}\" \"$p\" || exit 1;;\n"
-            "    *[!0-9:]*|'') echo \"$S is damaged ($o)\"; exit 1;;\n"
-            "    *) chown \"$o\" \"$p\" || exit 1;;\n"
+            "    end) break;;\n"
+            "    mode=*) [ ! -e \"$p\" ] || chmod \"${o#mode=}\" \"$p\" || exit 1;;\n"
+            "    *) [ ! -e \"$p\" ] || chown \"$o\" \"$p\" || exit 1;;\n"
             "  esac; done < \"$S\"\n"
             "  rm -f \"$S\" && echo \"gave the CA files back the owners saved in $S by a freeze that was cut off\"\n"
             "fi")
@@ -247,8 +254,10 @@ def with_ca_frozen(cadir: str, command: str, state: str = CA_FREEZE_STATE) -> st
             f"S={q(state)}; CAD={q(cadir)}; [ -d \"$CAD\" ] || {{ echo 'no CA folder to freeze'; exit 1; }}\n"
             "MODE=$(stat -L -c %a \"$CAD\"); set -- \"$(stat -L -c %u:%g \"$CAD\")\" \"$CAD\"\n"
             f"for p in {paths}; do [ -e \"$p\" ] && set -- \"$@\" \"$(stat -L -c %u:%g \"$p\")\" \"$p\"; done\n"
-            "(umask 077; mkdir -p \"${S%/*}\") && { echo \"mode=$MODE $CAD\"; printf '%s %s\\n' \"$@\"; } > \"$S.new\" && "
-            "mv -f \"$S.new\" \"$S\" || "
+            # Written whole (its `end` line last) and synced, the rename too, before anything is frozen: after
+            # a power loss it is there and complete, or the owners were never changed.
+            "(umask 077; mkdir -p \"${S%/*}\") && { echo \"mode=$MODE $CAD\"; printf '%s %s\\n' \"$@\"; echo end; } "
+            "> \"$S.new\" && sync \"$S.new\" && mv -f \"$S.new\" \"$S\" && sync \"${S%/*}\" || "
             "{ echo \"could not save the CA files' owners in $S: not generating\"; exit 1; }\n"
             "thaw() { t=0; chmod \"$MODE\" \"$CAD\" || t=1; while [ $# -gt 1 ]; do chown \"$1\" \"$2\" || t=1; shift 2; done\n"
             "  return $t; }\n"
