@@ -32,6 +32,7 @@ def show_plan(console, events: Events, facts: MasterFacts, plan: Plan, lines: li
     events.emit("planned", facts=facts, alt_names=(), plan=plan)
     shown = "\n".join([*lines, render_steps(plan, stream_command(facts, remote_backup_path(facts)))])
     (console.notice if dry_run else console.info)(shown)
+    runs.warn_of_left_freeze(facts, console, dry_run=dry_run)
     if dry_run:
         console.notice("Dry run: nothing was changed on the master.")
     return dry_run
@@ -43,6 +44,7 @@ def change_and_prove(remote, facts: MasterFacts, plan: Plan, job: runs.Job, reco
     proof; a failure after the backup puts it back (RolledBack, 7; Incomplete, 8, if it cannot), a lost
     connection leaves the journal for the next run of the job to resume or roll back."""
     label = remote.target.label
+    runs.thaw_left_freeze(remote, facts, console)
     console.notice(f"Backing up {facts.ssldir} on {label} ...")
     events.emit("backup-started")
     backup = take_backup(remote, facts, local_backup_dir(backup_dir, label))

@@ -137,6 +137,7 @@ def _regen(remote, options: RegenOptions, console: Console, events: Events) -> R
     shown = render_plan(plan, stream_command(facts, remote_backup_path(facts)), label)
     # The plan is detail on a real run (terminal and log only); a dry run exists to show it.
     (console.notice if options.dry_run else console.info)(shown)
+    runs.warn_of_left_freeze(facts, console, dry_run=options.dry_run)
     if options.dry_run:
         # The real run's checks, with its exit code, after the plan; not the local backup folder's (a dry
         # run creates nothing).
@@ -153,6 +154,7 @@ def _regen(remote, options: RegenOptions, console: Console, events: Events) -> R
         console.confirm(f"Drop {', '.join(plan.dropped_sans)} from {facts.certname}'s cert?")
     console.confirm(f"Regenerate the cert of {facts.certname} on {label} with alt names "
                     f"{', '.join(alt_names) or '(none)'}? Puppet services stop until it is done.")
+    runs.thaw_left_freeze(remote, facts, console)
     console.notice(f"Backing up {facts.ssldir} on {label} ...")
     backup_started = time.monotonic()
     events.emit("backup-started")

@@ -330,6 +330,23 @@ def thaw_cut_off_freeze(remote, console) -> None:
         console.notice(said[0].upper() + said[1:] + ".")
 
 
+def warn_of_left_freeze(facts: MasterFacts, console, *, dry_run: bool) -> None:
+    """Before a new run's plan is confirmed: say that a freeze cut off with no run left to resume (its
+    journal moved aside, say) is given back first (see `thaw_left_freeze`)."""
+    if facts.ca_freeze_left:
+        console.warn(f"the CA files still belong to root: a regen's freeze of them was cut off (their owners are saved "
+                     f"in {CA_FREEZE_STATE}) and no run is left to resume; the CA cannot sign or revoke until they "
+                     f"are given back, which {'a real run does' if dry_run else 'is done'} first, before the backup")
+
+
+def thaw_left_freeze(remote, facts: MasterFacts, console) -> None:
+    """Before a new run's backup: a backup of the frozen CA would keep its files root's, and a rollback
+    would put that back. The job's own CA command would not give them back on the restart path, and its
+    proof would then fail on the saved owners every time."""
+    if facts.ca_freeze_left:
+        thaw_cut_off_freeze(remote, console)
+
+
 # Steps whose effect does not outlive a reboot of the master (its services come back at boot, and the
 # agent caches a catalog again): one found undone on a resume is run again (stopping or starting a
 # service twice, or removing the cached catalog again, is harmless).

@@ -126,8 +126,9 @@ def check_master(facts, result: Verification, alt_names: tuple[str, ...], *, exa
         problems.append(f"not running: {', '.join(result.inactive_services)}")
     if result.freeze_left:
         problems.append(f"a regen's freeze of the CA files was cut off: they belong to root, so the CA cannot sign or "
-                        f"revoke (their owners are saved in {CA_FREEZE_STATE}); run `regen` on it to resume its run, "
-                        "or `regen --abandon`, and they are given back")
+                        f"revoke (their owners are saved in {CA_FREEZE_STATE}); `regen` on it gives them back first, as it "
+                        "resumes the cut-off run (or closes it with --abandon), or, with no run left, before its "
+                        "backup")
     server = facts.service(facts.server_service)
     if server and server.exists:
         problems += served_problems(result, "the cert on disk")

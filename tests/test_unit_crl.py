@@ -21,6 +21,7 @@ from pe_remote import crl as job
 from pe_remote import inplace, runs
 from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import read_crls
+from pe_remote.commands.steps import thaw_saved_freeze
 from pe_remote.backup import RemoteBackup
 from pe_remote.console import Console
 from pe_remote.errors import Incomplete, InputError, Refused, RemoteCommandFailed, RolledBack
@@ -249,6 +250,24 @@ def test_a_dry_run_shows_the_plan_and_changes_nothing(fakes):
     assert result.outcome == "dry-run" and fakes.backup == 0 and fakes.executed == []
     shown = console.out.getvalue()
     assert "Re-sign the CA's CRL" in shown and "now: number 4, 2 revoked certs" in shown and "Dry run" in shown
+
+
+def test_a_cut_off_freeze_with_no_run_left_is_given_back_before_the_backup(fakes, monkeypatch):
+    # A regen's freeze cut off, its journal moved aside: a backup now would keep the CA files root's.
+    frozen = dataclasses.replace(RECORDED, backup_free_kb=10**7, ca_freeze_left=True)
+    monkeypatch.setattr(job, "discover", lambda remote, flavor_override=None: frozen)
+    master = Master()
+    at_backup = []
+    backup = inplace.take_backup
+    monkeypatch.setattr(inplace, "take_backup", lambda *a: (at_backup.append(list(master.commands)), backup(*a))[1])
+    console = Console(out=io.StringIO(), assume_yes=True)
+    assert job.refresh_crl(master, console, report=RunReport("m"), days=1825).outcome == "ok"
+    assert at_backup == [[thaw_saved_freeze()]] and "no run is left to resume" in console.out.getvalue()
+    fakes.states[:] = [raw(OLD)]
+    dry = Console(out=io.StringIO(), assume_yes=True)
+    quiet = Master()
+    assert job.refresh_crl(quiet, dry, report=RunReport("m"), dry_run=True).outcome == "dry-run"
+    assert thaw_saved_freeze() not in quiet.commands and "which a real run does first" in dry.out.getvalue()
 
 
 def test_a_wrong_result_is_rolled_back_exit_7(fakes):

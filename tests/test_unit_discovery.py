@@ -359,6 +359,46 @@ def _crl_with_malformed_number() -> bytes:
     return crl.public_bytes(serialization.Encoding.PEM)
 
 
+def _cert_with(*extensions, patch: tuple[bytes, bytes] | None = None) -> bytes:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "master.pe-remote.test")])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(5).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1)))
+    for extension in extensions:
+        builder = builder.add_extension(extension, False)
+    der = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    if patch:  # the builder refuses what a forged cert can hold: change its bytes after signing
+        assert der.count(patch[0]) == 1
+        der = der.replace(*patch)
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+
+
+def test_a_cert_with_an_extension_twice_or_a_san_type_cryptography_cannot_read_is_one_line():
+    from cryptography import x509
+    from cryptography.x509.oid import ExtensionOID, ObjectIdentifier
+
+    from pe_remote.commands.certs import read_bundle, read_cert
+    from pe_remote.errors import UnreadableCert
+
+    twice = _cert_with(x509.UnrecognizedExtension(ObjectIdentifier("1.2.3.4"), b"\x05\x00"),
+                       x509.UnrecognizedExtension(ObjectIdentifier("1.2.3.5"), b"\x05\x00"),
+                       patch=(b"\x06\x03\x2a\x03\x05", b"\x06\x03\x2a\x03\x04"))
+    x400 = _cert_with(x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x02\xa3\x00"))
+    for pem, why in ((twice, "Duplicate 1.2.3.4 extension"), (x400, "x400Address")):
+        for read in (read_cert, read_bundle):
+            with pytest.raises(UnreadableCert, match="serial 5 cannot be read") as info:
+                read(pem)
+            assert why in str(info.value) and "\n" not in str(info.value)
+
+
 def test_a_cert_whose_extensions_cannot_be_read_is_a_one_line_error_not_a_traceback():
     import base64
 

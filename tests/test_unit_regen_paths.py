@@ -801,6 +801,34 @@ def test_owners_that_cannot_be_given_back_stop_the_resume_before_any_step(job):
     assert job.execute.calls == []
 
 
+def test_a_cut_off_freeze_with_no_run_left_is_given_back_before_a_new_runs_backup(job, monkeypatch):
+    # Its journal moved aside: nothing to resume or abandon. A backup of the frozen CA would keep its
+    # files root's (a rollback would put that back), and the proof would fail on the saved owners.
+    job.facts = dataclasses.replace(RECORDED, ca_freeze_left=True)
+    job.master.answers[THAW] = Result(THAWED + "\n")
+    commands_at_backup = []
+    take_backup = job._take_backup
+    monkeypatch.setattr(regen, "take_backup",
+                        lambda *a: (commands_at_backup.append(list(job.remote.commands)), take_backup(*a))[1])
+    assert job.run().outcome == "ok"
+    assert commands_at_backup == [[THAW]] and job.remote.commands.count(THAW) == 1
+    assert "no run is left to resume" in job.console.text("warn") and "is done first" in job.console.text("warn")
+    assert "Gave the CA files back the owners saved" in job.console.text("notice")
+
+
+def test_a_dry_run_says_a_left_freeze_would_be_given_back_and_touches_nothing(job):
+    job.facts = dataclasses.replace(RECORDED, ca_freeze_left=True)
+    assert job.run(dry_run=True).outcome == "dry-run"
+    assert THAW not in job.remote.commands and "which a real run does first" in job.console.text("warn")
+
+
+def test_a_left_freeze_that_cannot_be_given_back_stops_a_new_run_before_its_backup(job):
+    job.facts = dataclasses.replace(RECORDED, ca_freeze_left=True)
+    job.master.answers[THAW] = Result("/root/pe-remote-backups/ca-freeze.owners is damaged (line 2:)\n", ok=False)
+    error = job.fails(Incomplete)
+    assert "is damaged (line 2:)" in str(error) and job.backups == [] and job.execute.calls == []
+
+
 def test_without_a_cut_off_freeze_nothing_is_given_back(job):
     run_id = new_run_id(C)
     job.facts = with_unfinished(journal_text(run_id, *plan_keys()[:3]))

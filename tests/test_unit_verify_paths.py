@@ -106,7 +106,8 @@ def test_a_healthy_master_has_no_problem():
 
 def test_verify_names_ca_files_left_frozen_and_how_to_give_them_back():
     (problem,) = check_master(RECORDED, dataclasses.replace(_current(), freeze_left=True), ALT)
-    assert "freeze of the CA files was cut off" in problem and "`regen --abandon`" in problem
+    assert "freeze of the CA files was cut off" in problem and "`regen` on it gives them back first" in problem
+    assert "--abandon" in problem and "with no run left, before its backup" in problem
 
 
 @pytest.mark.parametrize("result, says", [

@@ -91,11 +91,14 @@ def load_cert(data: bytes):
 def _reading(what: str):
     """`cryptography` parses a cert's parts when they are first read: one it cannot read (a malformed
     extension, an unknown key type) is an UnreadableCert naming `what`, not a traceback."""
+    from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
 
     try:
         yield
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    # The two x509 errors are not ValueErrors: a cert with one extension twice, a SAN of a name type
+    # cryptography does not read (x400Address, EDIPartyName).
+    except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         why = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise UnreadableCert(f"{what} cannot be read ({why}); replace it on the master, or put a backup back") \
             from None
