@@ -123,6 +123,35 @@ def test_connection_cut_then_resume(fresh_master, tmp_path):
         assert tar.extractfile(f"{master.flavor.ssldir.lstrip('/')}/certs/{master.certname}.pem").read()
 
 
+@pytest.mark.parametrize("fresh_master", ["oss7"], indirect=True)
+def test_a_resume_after_the_services_came_back_at_boot_stops_them_again_first(fresh_master, tmp_path):
+    # The restart path cut off after generate, then the master "rebooted": its stopped services started
+    # again, and the agent cached a catalog. The resume runs the stops and the catalog removal again,
+    # each before the steps after it (a start racing the stop run again could leave the server stopped).
+    master = fresh_master
+    old = _cert_facts(master)
+    # Cut while generate runs: no later step can begin (the workstation's executor is gone).
+    proc, seen = _fab_until(master, tmp_path, f"Generate a new cert for {master.certname} ...", extra=("--restart",))
+    time.sleep(0.3)
+    cut_connections(master)
+    out = finish(proc, seen)
+    assert proc.returncode == 8, out
+    master.check("for i in $(seq 1 600); do pgrep -f '[c]a generate' >/dev/null || exit 0; sleep 0.1; done; exit 1")
+    master.check("systemctl start puppetserver puppet")
+    waitforlock = " --waitforlock 120" if master.flavor.agent_waitforlock else ""
+    master.exec(f"{master.flavor.puppet} agent --test{waitforlock} >/dev/null 2>&1")
+    catalog = f"{master.flavor.catalog_dir}/{master.certname}.json"
+    master.check(f"test -s {catalog}")
+    proc = run_cli("fab", *_regen_args(master, tmp_path))
+    assert proc.returncode == 0, describe(proc)
+    again = next(line for line in proc.stdout.splitlines() if "Run again, their effect is gone since" in line)
+    assert "Stop puppetserver" in again and "Stop puppet" in again and "Remove the cached catalog" in again, again
+    new = _cert_facts(master)
+    assert new["serial"] != old["serial"] and new["issuer"] == old["issuer"]
+    assert_serves(master, new["sha256"])
+    assert_backup_intact(master, tmp_path)
+
+
 @BOTH
 def test_connection_cut_then_rollback(fresh_master, tmp_path):
     master = fresh_master
