@@ -227,8 +227,8 @@ def _unfreezable(facts: MasterFacts) -> str:
     """Why the reload path is not taken where the CA's files cannot be frozen while the server runs."""
     names = ", ".join(facts.ca_unfreezable)
     return (f"the CA's {names} {'is' if len(facts.ca_unfreezable) == 1 else 'are'} writable by group or others, "
-            f"so the running CA could write them while the new cert is made; `chmod go-w` them in {facts.cadir} "
-            "for the reload path")
+            f"or a symbolic link, so the running CA could write them while the new cert is made; `chmod go-w` them "
+            f"(a link: put its file in its place) in {facts.cadir} for the reload path")
 
 
 def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout: int = SERVER_READY_TIMEOUT,

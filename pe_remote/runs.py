@@ -324,8 +324,9 @@ def thaw_cut_off_freeze(remote, console) -> None:
     said = printable(result.stdout.strip())
     if not result.ok:
         raise Incomplete(f"could not give the CA files back the owners saved in {CA_FREEZE_STATE} by a freeze that "
-                         f"was cut off ({said or 'no output'}); give them back by hand from that file (each line is "
-                         "`OWNER PATH`, the first `mode=MODE CADIR`), then run this again")
+                         f"was cut off ({said or 'no output'}); give them back by hand from that file (after its `mode=MODE "
+                         "CADIR` and `ino=` lines, each line is `OWNER PATH`, up to `end`), remove it, then run this "
+                         "again")
     if said:
         console.notice(said[0].upper() + said[1:] + ".")
 
@@ -355,7 +356,7 @@ NOT_DURABLE = ("stop:", "start:", "remove-catalog")
 
 def recheck_done_steps(remote, plan: Plan, journal: Journal) -> tuple[str, ...]:
     """A step the journal marks done is skipped only if its effect is still there (one remote command).
-    Returns the service steps to run again: their effect is gone (the master restarted, say).
+    Returns the steps to run again (NOT_DURABLE): their effect is gone (the master restarted, say).
 
     A journal can be stale or foreign: a master restored by hand since, say. Checks proving a step
     of THIS run (generate: a serial other than the run's old one) make such a journal fail here,

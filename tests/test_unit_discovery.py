@@ -399,6 +399,20 @@ def test_a_cert_with_an_extension_twice_or_a_san_type_cryptography_cannot_read_i
             assert why in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_cert_of_an_x509_version_that_does_not_exist_is_no_cert_not_a_traceback():
+    # cryptography raises InvalidVersion (no ValueError) from the load itself: passed over like any other
+    # block that is not a cert it can load.
+    from pe_remote.commands.certs import load_cert, read_bundle, read_cert
+
+    good = _cert_with()
+    import base64
+    der = base64.b64decode(b"".join(good.splitlines()[1:-1]))
+    assert der.count(b"\xa0\x03\x02\x01\x02") == 1
+    bad_der = der.replace(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x03")
+    bad = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bad_der) + b"-----END CERTIFICATE-----\n"
+    assert read_cert(bad) is None and read_bundle(bad) == [] and load_cert(bad + good) is not None
+
+
 def test_a_cert_whose_extensions_cannot_be_read_is_a_one_line_error_not_a_traceback():
     import base64
 

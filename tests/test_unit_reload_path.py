@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,7 @@ def test_ca_files_that_cannot_be_frozen_fall_back_at_plan_time():
     _no_reload_step(plan)
     assert plan.steps == build_plan(RECORDED, ALT).steps
     assert plan.path_why.startswith("the CA's serial is writable by group or others")
-    assert f"`chmod go-w` them in {RECORDED.cadir}" in plan.path_why
+    assert f"`chmod go-w` them (a link: put its file in its place) in {RECORDED.cadir}" in plan.path_why
     two = reload_plan(dataclasses.replace(RELOADABLE, ca_unfreezable=("serial", "signed")))
     assert two.path == "restart" and two.path_why.startswith("the CA's serial, signed are writable")
     forced = reload_plan(dataclasses.replace(RELOADABLE, ca_unfreezable=("serial",)), restart=True)
@@ -510,15 +511,124 @@ def test_damaged_saved_owners_are_refused_kept_and_nothing_is_given_back(tmp_pat
     assert not marker.exists() and state.read_text() == text.replace("/tmp", str(target))
 
 
+@root_only
 def test_a_saved_path_gone_since_is_passed_over(tmp_path):
     # Otherwise the thaw would fail on it every time, and no generate could run again.
-    state = tmp_path / "ca-freeze.owners"
-    kept = tmp_path / "kept"
-    kept.write_text("")
-    state.write_text(f"mode=700 {tmp_path / 'gone'}\n0:0 {tmp_path / 'gone-too'}\nmode=604 {kept}\nend\n")
-    proc = _run(sh.thaw_saved_freeze(str(state)))
+    ca = _ca(tmp_path)
+    _cut_off_freeze(tmp_path, ca)
+    (ca / "inventory.txt").unlink()
+    proc = _run(sh.thaw_saved_freeze(_state(tmp_path)))
     assert proc.returncode == 0 and "gave the CA files back" in proc.stdout, proc.stdout + proc.stderr
-    assert oct(os.stat(kept).st_mode & 0o777) == "0o604" and not state.exists()
+    assert all(_owner(p) == NOBODY for p in _frozen_paths(ca) if p.name != "inventory.txt")
+    assert not os.path.exists(_state(tmp_path))
+
+
+def _saved(ca: Path, *owner_lines: str, ino: str = "1:1") -> str:
+    return "".join(f"{line}\n" for line in (f"mode=755 {ca}", f"ino={ino} {ca}", *owner_lines, "end"))
+
+
+@root_only
+@pytest.mark.parametrize("lines, why", [
+    (("mode=4777 {ca}/serial",), "more than one mode= line"),  # never applied to a file
+    (("0:0 {ca}/serial\x00",), "a NUL byte"),
+    (("0:0 serial",), "line 4"),  # a relative path
+    (("0:0 {ca}/../etc",), "is not the CA folder or a file it freezes"),
+    (("0:0 /etc/shadow",), "is not the CA folder or a file it freezes"),
+    (("0:12345678901 {ca}/serial",), "line 4"),  # no uid or gid has eleven digits
+    (("0:0 {ca}/serial", "ino=1:1 {ca}"), "more than one ino= line"),
+    (("end", "0:0 {ca}/serial"), "more than one end line"),
+])
+def test_a_saved_file_not_exactly_as_a_freeze_writes_it_is_refused_whole(tmp_path, lines, why):
+    ca = _ca(tmp_path)
+    state = tmp_path / "ca-freeze.owners"
+    state.write_text(_saved(ca, f"0:0 {ca}/signed", *(line.format(ca=ca) for line in lines)))
+    proc = _run(sh.thaw_saved_freeze(str(state)))
+    assert proc.returncode == 1 and "is damaged" in proc.stdout and why in proc.stdout, proc.stdout + proc.stderr
+    assert all(_owner(p) == NOBODY for p in _frozen_paths(ca)) and state.exists()  # nothing given back
+
+
+@root_only
+def test_a_thaw_waits_for_a_freeze_still_running_and_never_thaws_under_its_generate(tmp_path):
+    # A generate cut off from its connection goes on with the files frozen: a thaw meanwhile (a new run
+    # with its journal moved aside) would give them back under it. It waits for the freeze's lock.
+    ca = _ca(tmp_path)
+    out = tmp_path / "seen"
+    freeze = subprocess.Popen(["sh", "-c", sh.with_ca_frozen(str(ca), f"sleep 2; {_recorder(ca, out, 0)}",
+                                                          state=_state(tmp_path))])
+    try:
+        for _ in range(100):
+            if os.path.exists(_state(tmp_path)) and _owner(ca / "serial").startswith("0:"):
+                break
+            time.sleep(0.05)
+        thaw = _run(sh.thaw_saved_freeze(_state(tmp_path)))
+    finally:
+        assert freeze.wait(timeout=30) == 0
+    assert out.read_text().split() == ["0:65534"] * 4  # frozen for the whole generate
+    assert thaw.returncode == 0 and thaw.stdout == "", thaw.stdout + thaw.stderr  # nothing left to give back
+    assert all(_owner(p) == NOBODY for p in _frozen_paths(ca))
+
+
+@root_only
+def test_a_ca_file_that_is_a_link_is_never_frozen_and_its_target_never_given_away(tmp_path):
+    # Root's chown would follow it: the thaw would give the link's target (/etc/shadow, say) to the CA's
+    # user. Discovery sends such a master down the restart path; the freeze refuses it again.
+    ca = _ca(tmp_path)
+    target = tmp_path / "shadow"
+    target.write_text("secret\n")
+    (ca / "serial").unlink()
+    (ca / "serial").symlink_to(target)
+    os.lchown(ca / "serial", 65534, 65534)
+    marker = tmp_path / "ran"
+    proc = _run(sh.with_ca_frozen(str(ca), f"touch {shlex.quote(str(marker))}", state=_state(tmp_path)))
+    assert proc.returncode == 1 and "serial is a symbolic link" in proc.stdout, proc.stdout + proc.stderr
+    assert not marker.exists() and _owner(target) == "0:0" and _owner(ca / "serial") == NOBODY
+    assert all(_owner(p) == NOBODY for p in _frozen_paths(ca) if p.name != "serial")
+
+
+@root_only
+def test_a_thaw_from_the_saved_file_never_follows_a_link_put_in_a_files_place(tmp_path):
+    ca = _ca(tmp_path)
+    _cut_off_freeze(tmp_path, ca)
+    target = tmp_path / "shadow"
+    target.write_text("secret\n")
+    # Frozen files cannot be replaced by the CA's user (sticky, root's folder): root's own hand did it
+    # here, as a stand-in for a swap made before the freeze took hold.
+    (ca / "serial").unlink()
+    (ca / "serial").symlink_to(target)
+    proc = _run(sh.thaw_saved_freeze(_state(tmp_path)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _owner(target) == "0:0" and _owner(ca / "serial") == NOBODY  # the link itself, not its target
+    assert all(_owner(p) == NOBODY for p in _frozen_paths(ca))
+
+
+@root_only
+def test_a_thaw_from_the_saved_file_gives_nothing_to_a_folder_put_in_the_cas_place(tmp_path):
+    ca = _ca(tmp_path)
+    _cut_off_freeze(tmp_path, ca)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.chmod(elsewhere, 0o700)
+    ca.rename(tmp_path / "moved")
+    ca.symlink_to(elsewhere)
+    proc = _run(sh.thaw_saved_freeze(_state(tmp_path)))
+    assert proc.returncode == 1 and "is not the CA folder that was frozen" in proc.stdout, proc.stdout + proc.stderr
+    assert _owner(elsewhere) == "0:0" and oct(os.stat(elsewhere).st_mode & 0o7777) == "0o700"
+    assert os.path.exists(_state(tmp_path))
+
+
+@root_only
+def test_a_ca_folder_reached_through_a_link_is_frozen_and_given_back_where_it_is(tmp_path):
+    ca = _ca(tmp_path)
+    link = tmp_path / "ca-link"
+    link.symlink_to(ca)
+    out = tmp_path / "seen"
+    state = _state(tmp_path)
+    command = f"{_recorder(ca, out, 0)} && cp {shlex.quote(state)} {shlex.quote(str(tmp_path / 'saved'))}"
+    proc = _run(sh.with_ca_frozen(str(link), command, state=state))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert out.read_text().split() == ["0:65534"] * 4
+    assert all(_owner(p) == NOBODY for p in _frozen_paths(ca)) and _owner(link) == "0:0"
+    assert f"mode=755 {ca}" in (tmp_path / "saved").read_text().splitlines()
 
 
 @root_only
@@ -528,7 +638,8 @@ def test_the_saved_owners_are_written_whole_before_the_freeze(tmp_path):
     command = shlex.join(["cp", _state(tmp_path), str(seen)])
     assert _run(sh.with_ca_frozen(str(ca), command, state=_state(tmp_path))).returncode == 0
     lines = seen.read_text().splitlines()
-    assert lines[0] == f"mode=755 {ca}" and lines[-1] == "end" and len(lines) == 2 + len(_frozen_paths(ca))
+    assert lines[0] == f"mode=755 {ca}" and lines[1].startswith("ino=") and lines[1].endswith(f" {ca}")
+    assert lines[-1] == "end" and len(lines) == 3 + len(_frozen_paths(ca))
     assert f"{NOBODY} {ca / 'serial'}" in lines
 
 
@@ -539,19 +650,19 @@ def test_the_saved_owners_live_in_the_root_only_state_folder():
 
 @pytest.mark.parametrize("mode, link, writable", [
     (0o644, False, False), (0o664, False, True), (0o646, False, True), (0o755, False, False),
-    (0o664, True, True), (0o644, True, False), (None, False, False)])
-def test_writable_by_others_is_the_test_discovery_and_the_freeze_share(tmp_path, mode, link, writable):
+    (0o664, True, True), (0o644, True, True), (None, False, False), (None, True, True)])
+def test_cannot_be_frozen_is_the_test_discovery_and_the_freeze_share(tmp_path, mode, link, writable):
     target = tmp_path / "serial"
     if mode is not None:
         target.write_text("1\n")
         os.chmod(target, mode)
     path = target
-    if link:  # a CA folder elsewhere, reached through a symlink: the file it points to counts
+    if link:  # a link is never frozen: root's chown would follow it (its target's mode does not count)
         path = tmp_path / "link"
         path.symlink_to(target)
-    proc = _run(f"if {sh.writable_by_others(shlex.quote(str(path)))}; then echo yes; else echo no; fi")
+    proc = _run(f"if {sh.cannot_be_frozen(shlex.quote(str(path)))}; then echo yes; else echo no; fi")
     assert proc.stdout.strip() == ("yes" if writable else "no"), proc.stdout + proc.stderr
-    assert sh.writable_by_others('"$2"') in sh.with_ca_frozen("/x", "true")
+    assert sh.cannot_be_frozen('"$2"') in sh.with_ca_frozen("/x", "true")
 
 
 # --- 7. ca_endpoint_clean against a fake curl ------------------------------------------------------

@@ -75,16 +75,20 @@ def normalize_san(entry: str) -> str:
     return entry.strip()
 
 
-def load_cert(data: bytes):
-    """The first certificate in `data` (PEM), or None."""
+def load_pem_cert(block: bytes):
+    """One PEM certificate block, or None where it is not one cryptography can load (a malformed one,
+    or one of an X.509 version that does not exist: InvalidVersion is no ValueError)."""
     from cryptography import x509
 
-    for block in pem_blocks(data):
-        try:
-            return x509.load_pem_x509_certificate(block)
-        except ValueError:
-            continue
-    return None
+    try:
+        return x509.load_pem_x509_certificate(block)
+    except (ValueError, x509.InvalidVersion):
+        return None
+
+
+def load_cert(data: bytes):
+    """The first certificate in `data` (PEM), or None."""
+    return next(filter(None, map(load_pem_cert, pem_blocks(data))), None)
 
 
 @contextlib.contextmanager
@@ -174,12 +178,7 @@ def read_crls(data: bytes, ca_cert_pem: bytes = b"") -> list[CrlInfo]:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    cas = []
-    for block in pem_blocks(ca_cert_pem):
-        try:
-            cas.append(x509.load_pem_x509_certificate(block))
-        except ValueError:
-            continue
+    cas = [cert for cert in map(load_pem_cert, pem_blocks(ca_cert_pem)) if cert]
     found = []
     for block in pem_blocks(data, b"X509 CRL"):
         try:
@@ -220,14 +219,7 @@ class CaCertInfo:
 
 def read_bundle(data: bytes) -> list[CaCertInfo]:
     """Every cert of a CA bundle (PEM), each checked against its issuer in the same bundle."""
-    from cryptography import x509
-
-    certs = []
-    for block in pem_blocks(data):
-        try:
-            certs.append(x509.load_pem_x509_certificate(block))
-        except ValueError:
-            continue
+    certs = [cert for cert in map(load_pem_cert, pem_blocks(data)) if cert]
     found = []
     for cert in certs:
         with _reading(f"the CA cert with serial {serial_text(cert.serial_number)}"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pe_remote.commands.facts import cert_with_key_from
 from pe_remote.commands.sections import marker
 from pe_remote.commands.shell import q
-from pe_remote.commands.steps import CA_WRITABLE, REMOTE_STATE_DIR, saved_freeze_exists, writable_by_others
+from pe_remote.commands.steps import CA_WRITABLE, REMOTE_STATE_DIR, saved_freeze_exists, cannot_be_frozen
 from pe_remote.flavors import ALL_SERVICES, COPY_DIRS, MONOLITHIC_DIRS, PE_VERSION_FILES, PUPPET_PATHS, \
     PUPPET_VERSION_RB, PUPPETSERVER_PATHS, SERVER_SERVICES
 
@@ -25,7 +25,7 @@ def discovery_script(*, background: bool = False) -> str:
     state_dir = q(REMOTE_STATE_DIR)
     sec = marker("SECTION").replace("SECTION", "%s")
     lowest = "renice -n 19 -p $$ >/dev/null 2>&1\n" if background else ""
-    unfreezable = writable_by_others('"$CA/$n"')
+    unfreezable = cannot_be_frozen('"$CA/$n"')
     version_cases = ";; ".join(f"{q(binary)}) VR={q(rb)}" for binary, rb in PUPPET_VERSION_RB.items())
     return f"""exec 2>&1
 {lowest}sec() {{ printf '{sec}\\n' "$1"; }}
@@ -78,7 +78,8 @@ done
 # Which server units can reload in place (Puppet Server's SIGHUP): regen's reload path needs it.
 sec reloadable; [ ! -d /run/systemd/system ] || for s in {_words(SERVER_SERVICES)}; do
   [ "$(systemctl show -p CanReload "$s.service" 2>/dev/null)" = CanReload=yes ] && echo "$s"; done
-# The CA's files the reload path freezes to root: one writable by its group or by anyone cannot be frozen.
+# The CA's files the reload path freezes to root: one writable by its group or by anyone, or a link,
+# cannot be frozen.
 sec unfreezable; for n in {_words(CA_WRITABLE)}; do if {unfreezable}; then echo "$n"; fi; done
 # A regen's freeze of those files cut off before its thaw (they are still root's).
 sec ca_freeze; if {saved_freeze_exists()}; then echo left; fi

@@ -198,34 +198,74 @@ def ca_endpoint_clean(certname: str, hostcert: str, hostkey: str, localcacert: s
 CA_WRITABLE = ("signed", "requests", "serial", "inventory.txt", "ca_crl.pem")
 
 
-def writable_by_others(path: str) -> str:
-    """Shell test, true when `path` (a shell word, e.g. "$p"; symlinks followed) is writable by its
-    group or by anyone: such a file cannot be frozen to its owner. Discovery asks it of CA_WRITABLE
-    before planning the reload path; the freeze asks it again before it starts."""
-    return f'[ -n "$(find -L {path} -maxdepth 0 -perm /022 2>/dev/null)" ]'
+def cannot_be_frozen(path: str) -> str:
+    """Shell test, true when `path` (a shell word, e.g. "$p") is writable by its group or by anyone, or
+    is a symbolic link (find reads a link's own mode, 777): it cannot be frozen to its owner. A link
+    would have root give its target away on the thaw. Discovery asks it of CA_WRITABLE before planning
+    the reload path; the freeze asks it again before it starts."""
+    return f'[ -n "$(find {path} -maxdepth 0 -perm /022 2>/dev/null)" ]'
 
 
-def thaw_saved_freeze(state: str = CA_FREEZE_STATE) -> str:
+# Seconds a thaw or a new freeze waits for a freeze still running (a generate cut off from its connection
+# goes on, holding the freeze's lock) before it gives up.
+FREEZE_LOCK_WAIT = 300
+
+
+def freeze_lock(state: str = CA_FREEZE_STATE) -> str:
+    """Shell: hold the freeze's lock (fd 7, `state`.lock) for the rest of the script, waiting for a freeze
+    still running; a generate the freeze runs inherits it, so it is held until that ends too."""
+    return (f"if command -v flock >/dev/null 2>&1; then exec 7>>{q(state + '.lock')} && flock -w {FREEZE_LOCK_WAIT} 7 "
+            "|| { echo 'a freeze of the CA files is still running (a generate cut off from its connection?): run "
+            "this again once it has ended'; exit 1; }; fi\n")
+
+
+def thaw_saved_freeze(state: str = CA_FREEZE_STATE, *, lock: bool = True) -> str:
     """Shell that gives the CA files back the owners (and the CA folder its mode) a freeze saved in
     `state`, then removes it: a freeze whose shell was cut off (a reboot, a kill) before its thaw. Says
     so on stdout when it does; exits non-zero (the file kept) when it cannot. Nothing saved: nothing done.
-    A file cut short (its `mode=` line first and its `end` line last are what a complete one has) is
-    damaged: nothing is given back from it, as owners it does not hold would stay root's unsaid. A saved
-    path that is gone since is passed over (nothing is left there to give back)."""
+    It first takes the freeze's lock (`lock=False`: the caller holds it), so a freeze still running is
+    never thawed under its generate.
+
+    The file is checked whole before anything is given back, and refused as damaged (nothing changed)
+    unless it is exactly what a freeze writes: `mode=MODE CADIR` first, `ino=DEV:INO CADIR` second, then
+    `UID:GID PATH` lines for the CA folder and its CA_WRITABLE files only, and `end` last, once (a file
+    cut short by a power loss has none). A saved path gone since is passed over."""
+    frozen = "|".join(f'"$D"/{name}' for name in CA_WRITABLE)
     return (f"S={q(state)}\n"
             "if [ -f \"$S\" ]; then\n"
-            # Checked whole before anything is given back: a damaged file changes nothing.
-            "  bad=$(grep -nvE '^(mode=[0-7]+|[0-9]+:[0-9]+) .|^end$' \"$S\" | head -n 1)\n"
-            "  [ -z \"$bad\" ] || { echo \"$S is damaged (line $bad)\"; exit 1; }\n"
-            "  case \"$(head -n 1 \"$S\")\" in mode=*) ;; *) echo \"$S is damaged (no mode line first)\"; exit 1;; esac\n"
-            "  [ \"$(tail -n 1 \"$S\")\" = end ] && [ \"$(grep -c '^end$' \"$S\")\" = 1 ] || { echo \"$S is damaged (cut short: no end line)\"; exit 1; }\n"
+            # Thawed meanwhile (the lock waited for a freeze that ended): nothing to do.
+            + (freeze_lock(state) + "if [ -f \"$S\" ]; then\n" if lock else "if :; then\n") +
+            "  damaged() { echo \"$S is damaged ($1)\"; exit 1; }\n"
+            "  [ \"$(tr -d '\\000' < \"$S\" | wc -c)\" = \"$(wc -c < \"$S\")\" ] || damaged 'a NUL byte'\n"
+            "  bad=$(grep -anvE '^(mode=[0-7]{3,4}|ino=[0-9]{1,20}:[0-9]{1,20}|[0-9]{1,10}:[0-9]{1,10}) /|^end$' \"$S\" "
+            "| head -n 1)\n"
+            "  [ -z \"$bad\" ] || damaged \"line $bad\"\n"
+            "  case \"$(head -n 1 \"$S\")\" in mode=*) ;; *) damaged 'no mode line first';; esac\n"
+            "  case \"$(sed -n 2p \"$S\")\" in ino=*) ;; *) damaged 'no ino line second';; esac\n"
+            "  [ \"$(tail -n 1 \"$S\")\" = end ] || damaged 'cut short: no end line last'\n"
+            "  for k in mode= ino= end; do [ \"$(grep -ac \"^$k\" \"$S\")\" = 1 ] || damaged \"more than one $k line\"; done\n"
+            "  D=$(head -n 1 \"$S\"); D=${D#* }\n"
             "  while read -r o p; do case \"$o\" in\n"
             "    end) break;;\n"
-            "    mode=*) [ ! -e \"$p\" ] || chmod \"${o#mode=}\" \"$p\" || exit 1;;\n"
-            "    *) [ ! -e \"$p\" ] || chown \"$o\" \"$p\" || exit 1;;\n"
-            "  esac; done < \"$S\"\n"
+            "    mode=*|ino=*) [ \"$p\" = \"$D\" ] || damaged \"$o for $p\";;\n"
+            f"    *) case \"$p\" in \"$D\"|{frozen}) ;; *) damaged \"$p is not the CA folder or a file it freezes\";; esac;;\n"
+            "  esac; done < \"$S\" || exit 1\n"
+            # The folder's owner and mode are given back only to the folder that was frozen (its device and
+            # inode, from inside it): a path swapped since for a link elsewhere gets nothing. The files,
+            # never through a link (chown -h).
+            "  M=; I=\n"
+            "  while read -r o p; do case \"$o\" in\n"
+            "    end) break;;\n"
+            "    mode=*) M=${o#mode=};;\n"
+            "    ino=*) I=${o#ino=};;\n"
+            "    *) if [ \"$p\" = \"$D\" ]; then [ -d \"$p\" ] || continue\n"
+            "         ( cd -P -- \"$p\" && [ \"$(stat -c %d:%i .)\" = \"$I\" ] || { echo \"$p is not the CA folder that was "
+            "frozen (replaced since?)\"; exit 1; }\n"
+            "           chown \"$o\" . && chmod \"$M\" . ) || exit 1\n"
+            "       elif [ -e \"$p\" ] || [ -L \"$p\" ]; then chown -h \"$o\" \"$p\" || exit 1; fi;;\n"
+            "  esac; done < \"$S\" || exit 1\n"
             "  rm -f \"$S\" && echo \"gave the CA files back the owners saved in $S by a freeze that was cut off\"\n"
-            "fi")
+            "fi; fi")
 
 
 def saved_freeze_exists(state: str = CA_FREEZE_STATE) -> str:
@@ -247,28 +287,36 @@ def with_ca_frozen(cadir: str, command: str, state: str = CA_FREEZE_STATE) -> st
     The owners are saved in `state` (root's) before the freeze and the file removed after the thaw: a
     shell cut off in between (a reboot, a kill) leaves them there, and they are given back from it
     (thaw_saved_freeze) before any new freeze reads the owners, which would otherwise be root's."""
-    paths = " ".join(q(f"{cadir}/{name}") for name in CA_WRITABLE)
-    # A symlinked path (a cadir elsewhere) is frozen and given back where it points (stat -L, chown).
-    return (f"( {thaw_saved_freeze(state)}\n) || {{ echo 'could not give back the owners of a freeze that was cut off: "
-            "not generating'; exit 1; }\n"
-            f"S={q(state)}; CAD={q(cadir)}; [ -d \"$CAD\" ] || {{ echo 'no CA folder to freeze'; exit 1; }}\n"
-            "MODE=$(stat -L -c %a \"$CAD\"); set -- \"$(stat -L -c %u:%g \"$CAD\")\" \"$CAD\"\n"
-            f"for p in {paths}; do [ -e \"$p\" ] && set -- \"$@\" \"$(stat -L -c %u:%g \"$p\")\" \"$p\"; done\n"
+    names = " ".join(q(name) for name in CA_WRITABLE)
+    # Inside the folder (a cadir elsewhere through a symlink is entered where it points), by relative
+    # names: a path swapped for a link while this runs cannot send root's chown or chmod elsewhere.
+    # Each file is given back with chown -h; the folder itself is `.`.
+    return (f"(umask 077; mkdir -p {q(state.rsplit('/', 1)[0])}) || exit 1\n"
+            f"{freeze_lock(state)}"
+            f"( {thaw_saved_freeze(state, lock=False)}\n) || {{ echo 'could not give back the owners of a freeze that was cut "
+            "off: not generating'; exit 1; }\n"
+            f"S={q(state)}; H=$PWD; CAD={q(cadir)}; [ -d \"$CAD\" ] && cd -P -- \"$CAD\" || "
+            "{ echo 'no CA folder to freeze'; exit 1; }\n"
+            "D=$(pwd -P); MODE=$(stat -c %a .); INO=$(stat -c %d:%i .); set -- \"$(stat -c %u:%g .)\" .\n"
+            f"for p in {names}; do if [ -e \"$p\" ] || [ -L \"$p\" ]; then set -- \"$@\" \"$(stat -c %u:%g \"$p\")\" \"$p\"; fi; done\n"
+            "save() { echo \"mode=$MODE $D\"; echo \"ino=$INO $D\"; while [ $# -gt 1 ]; do\n"
+            "  if [ \"$2\" = . ]; then echo \"$1 $D\"; else echo \"$1 $D/$2\"; fi; shift 2; done; echo end; }\n"
             # Written whole (its `end` line last) and synced, the rename too, before anything is frozen: after
             # a power loss it is there and complete, or the owners were never changed.
-            "(umask 077; mkdir -p \"${S%/*}\") && { echo \"mode=$MODE $CAD\"; printf '%s %s\\n' \"$@\"; echo end; } "
-            "> \"$S.new\" && sync \"$S.new\" && mv -f \"$S.new\" \"$S\" && sync \"${S%/*}\" || "
-            "{ echo \"could not save the CA files' owners in $S: not generating\"; exit 1; }\n"
-            "thaw() { t=0; chmod \"$MODE\" \"$CAD\" || t=1; while [ $# -gt 1 ]; do chown \"$1\" \"$2\" || t=1; shift 2; done\n"
+            "save \"$@\" > \"$S.new\" && sync \"$S.new\" && mv -f \"$S.new\" \"$S\" && sync \"${S%/*}\" || "
+            "{ echo \"could not save and sync the CA files' owners in $S: not generating\"; exit 1; }\n"
+            "thaw() { t=0; chmod \"$MODE\" . || t=1; while [ $# -gt 1 ]; do chown -h \"$1\" \"$2\" || t=1; shift 2; done\n"
             "  return $t; }\n"
             "freeze() { shift 2; while [ $# -gt 1 ]; do\n"
-            "  if " + writable_by_others('"$2"') + "; then\n"
-            "    echo \"$2 is writable by its group or by anyone: it cannot be frozen to its owner\"; return 1; fi\n"
-            "  chown 0 \"$2\" || return 1; shift 2; done\n"
-            "  chown 0 \"$CAD\" && chmod g+w,+t \"$CAD\"; }\n"
+            "  if " + cannot_be_frozen('"$2"') + "; then\n"
+            "    echo \"$D/$2 is a symbolic link or writable by its group or by anyone: it cannot be frozen to its owner\"; "
+            "return 1; fi\n"
+            "  chown -h 0 \"$2\" || return 1; shift 2; done\n"
+            "  chown -h 0 . && chmod g+w,+t .; }\n"
             "if freeze \"$@\"; then\n"
-            # In a subshell: whatever `command` does (an `exit` included), the owners are given back.
-            f"  ( {command}\n  )\n"
+            # In a subshell, from where the step started: whatever `command` does (an `exit` included), the
+            # owners are given back.
+            f"  ( cd \"$H\" || exit 1\n  {command}\n  )\n"
             "  rc=$?\n"
             "else echo 'could not give the CA files to root: not generating'; rc=1; fi\n"
             # Kept when a chown failed: the next freeze (or a resume) tries again from it.
