@@ -48,6 +48,13 @@ class Proof:
     # How long a rollback's service starts and the server's first answer may take (--server-timeout).
     server_timeout: int = SERVER_READY_TIMEOUT
 
+    @property
+    def rollback_timeout(self) -> int:
+        """The rollback waits as long as the run was told, and never less than the default: a short
+        --server-timeout (given to fail fast on a new cert) must not leave a master half put back
+        because its server, restarted with the old cert, took longer than that to start."""
+        return max(self.server_timeout, SERVER_READY_TIMEOUT)
+
 
 class Job(Protocol):
     """A job's side of a journalled run."""
@@ -174,7 +181,7 @@ def _roll_back(remote, journal: Journal, proof: Proof, console, reason: str, eve
     moved_on = ca_changes(remote.run(ca_changes_command(facts, journal.backup.path), check=False).stdout,
                           facts.certname)
     if moved_on:
-        start_services(remote, facts, facts.running_services, proof.server_timeout, check=False)
+        start_services(remote, facts, facts.running_services, proof.rollback_timeout, check=False)
         raise Incomplete(f"{reason}; NOT rolled back: the CA has changed since the backup {journal.backup.path} "
                          f"was taken ({'; '.join(moved_on)}), so putting it back would lose that. The services "
                          "were started as they are; check the master by hand (README 'Restoring a backup by "
@@ -182,7 +189,7 @@ def _roll_back(remote, journal: Journal, proof: Proof, console, reason: str, eve
     console.notice(f"Rolling back: restoring the SSL backup {journal.backup.path} ...")
     try:
         outcome = put_back(remote, facts, journal.backup.path, journal.backup.sha256, facts.running_services,
-                           console, server_timeout=proof.server_timeout)
+                           console, server_timeout=proof.rollback_timeout)
         not_back = proof.not_back(outcome)
     except ConnectionFailed as exc:
         raise Incomplete(f"{reason}; then {exc} before the rollback finished. Run `{task} --rollback` on it "

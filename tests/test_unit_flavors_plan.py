@@ -260,8 +260,8 @@ def test_pe37_commands_argv():
     # (transient failures on loaded masters), not after a start that hung until its bound.
     command = step(plan, "start:pe-puppet").command
     bounded = shlex.join(["timeout", "300", *start])
-    assert command == (f"t=$(date +%s); {bounded} || {{ r=$?; [ $r != 124 ] && [ $(( $(date +%s) - t )) -lt 30 ] "
-                       f"&& sleep 3 && {bounded}; }}")
+    assert command == (f"{{ t=$(date +%s); {bounded} || {{ r=$?; [ $r != 124 ] && [ $(( $(date +%s) - t )) -lt 30 ] "
+                       f"&& sleep 3 && {bounded}; }}; }}")
     assert step(plan, "start:pe-puppet").timeout > 2 * 300
     assert shlex.split(step(plan, "clean").command) == [p, "cert", "clean", CERTNAME]
     assert shlex.split(step(plan, "generate").command) == [

@@ -112,6 +112,23 @@ def test_a_start_that_hangs_is_given_up_at_its_bound_and_not_retried(tmp_path):
     assert (tmp_path / "puppet.log").read_text() == "started\n"  # tried once: it hung, it did not fail fast
 
 
+def test_a_start_that_hangs_fails_every_start_after_it_and_the_next_service_never_starts(tmp_path):
+    # Joined with `&&`, the retry's `;` ended the list: the server's start given up (and its ready check
+    # never run) was followed by the agent's, whose success passed for the whole. A rollback then read
+    # "started" and found nothing served.
+    from pe_remote.commands.steps import start_all, stop_all
+
+    fake = tmp_path / "puppet"
+    fake.write_text("#!/bin/sh\necho \"$3 $4\" >> \"$0.log\"\ncase \"$3 $4\" in \"puppetserver ensure=running\") sleep 30;; esac\n")
+    fake.chmod(0o755)
+    facts = dataclasses.replace(RECORDED, puppet=str(fake))
+    proc = subprocess.run(["sh", "-c", start_all(facts, ["puppet", "puppetserver"], timeout=2)])
+    assert proc.returncode != 0
+    assert (tmp_path / "puppet.log").read_text() == "puppetserver ensure=running\n"
+    assert subprocess.run(["sh", "-c", stop_all(facts, ["puppet", "puppetserver"])]).returncode == 0
+    assert (tmp_path / "puppet.log").read_text().splitlines()[1:] == ["puppet ensure=stopped", "puppetserver ensure=stopped"]
+
+
 def test_a_start_that_fails_fast_is_retried_once(tmp_path):
     from pe_remote.plan import service_command
 

@@ -709,6 +709,10 @@ def test_a_rollback_waits_for_the_server_as_long_as_the_run_was_told(job, monkey
     job.facts = RECORDED
     job.fails(RolledBack, server_timeout=1200)
     assert calls[1]["server_timeout"] == 1200
+    # A short one (to fail fast on the new cert) does not shorten the rollback's wait below the default:
+    # under load the server restarted with the old cert took longer, and the rollback ended half done.
+    job.fails(RolledBack, server_timeout=30)
+    assert calls[2]["server_timeout"] == 300
 
 
 def test_ctrl_c_while_the_result_is_proven_rolls_back_instead_of_being_lost(job, monkeypatch):

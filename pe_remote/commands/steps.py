@@ -51,9 +51,11 @@ def service_command(facts: MasterFacts, name: str, ensure: str, *, timeout: int 
         # failure: a start can fail transiently on a loaded master (Debian's puppetserver unit races
         # its own privilege drop); a real failure fails twice and the step's check says so.
         bounded = f"timeout {int(timeout)} {command}"
-        # `timeout` exits 124 when it had to stop the start: a hang, never retried.
-        return (f"t=$(date +%s); {bounded} || {{ r=$?; [ $r != 124 ] && [ $(( $(date +%s) - t )) -lt 30 ] "
-                f"&& sleep 3 && {bounded}; }}")
+        # `timeout` exits 124 when it had to stop the start: a hang, never retried. One braced command:
+        # joined with `&&` (start_all), its `;` would otherwise end the list, and a failed start be
+        # followed by the next service's as if it had passed.
+        return (f"{{ t=$(date +%s); {bounded} || {{ r=$?; [ $r != 124 ] && [ $(( $(date +%s) - t )) -lt 30 ] "
+                f"&& sleep 3 && {bounded}; }}; }}")
     return command
 
 
