@@ -115,12 +115,15 @@ def test_a_generate_killed_while_the_ca_is_frozen_gets_its_owners_back_on_resume
     owners = _owners(master)
     old = _cert_facts(master)
     proc, seen = fab_until(_regen_args(master, tmp_path), f"Generate a new cert for {master.certname} ...")
-    # Once frozen: the connection cut, then the step's shell killed ([x]: not this shell itself); the
-    # CA CLI it started runs on to its end, as on a master whose shell died.
+    # Once frozen and the CA CLI started (its process, not the step's shell, whose line names the state
+    # file): the connection cut, then the step's shell killed ([x]: not this shell itself); the CA CLI
+    # runs on to its end, as on a master whose shell died.
     state = "/root/pe-remote-backups/ca-freeze.owners"
     # The path is put together in the shell: this command's own line must not match the pkill pattern.
     master.check(f"S={state.removesuffix('.owners')}; S=$S.owners; for i in $(seq 1 400); do [ -f \"$S\" ] && "
-                 f"[ \"$(stat -c %u {cadir}/serial)\" = 0 ] && break; sleep 0.05; done; [ -f \"$S\" ] && "
+                 f"[ \"$(stat -c %u {cadir}/serial)\" = 0 ] && ps -eo args= | grep -v ca-freeze | grep -q '[c]a generate' && break; "
+                 "sleep 0.05; done; "
+                 "[ -f \"$S\" ] && "
                  "pkill -KILL -f '[s]shd(-session)?: root' && pkill -KILL -f '[c]a-freeze.owners'")
     out = finish(proc, seen)
     assert proc.returncode == 8, out
