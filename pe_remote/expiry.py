@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pe_remote.commands import sections as protocol
-from pe_remote.commands.certs import common_name, load_pem_cert, pem_blocks
+from pe_remote.commands.certs import common_name, load_certs, pem_blocks
 from pe_remote.commands.sections import file_encoded, mark
 from pe_remote.discovery import MasterFacts
 
@@ -57,7 +57,7 @@ def read_dates(output: str, facts: MasterFacts) -> list[Dated]:
         data = protocol.decoded(lines)
         path = files[name]
         if name in ("hostcert", "ca_bundle"):
-            for cert in filter(None, map(load_pem_cert, pem_blocks(data, b"CERTIFICATE"))):
+            for cert in load_certs(data):
                 label = "master cert" if name == "hostcert" else f"CA cert ({common_name(cert.subject)})"
                 dates.append(Dated(label, path, cert.not_valid_after_utc))
         else:

@@ -86,9 +86,14 @@ def load_pem_cert(block: bytes):
         return None
 
 
+def load_certs(data: bytes):
+    """Every certificate in `data` (PEM) that cryptography can load, in order (lazily)."""
+    return filter(None, map(load_pem_cert, pem_blocks(data)))
+
+
 def load_cert(data: bytes):
     """The first certificate in `data` (PEM), or None."""
-    return next(filter(None, map(load_pem_cert, pem_blocks(data))), None)
+    return next(load_certs(data), None)
 
 
 @contextlib.contextmanager
@@ -178,7 +183,7 @@ def read_crls(data: bytes, ca_cert_pem: bytes = b"") -> list[CrlInfo]:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    cas = [cert for cert in map(load_pem_cert, pem_blocks(ca_cert_pem)) if cert]
+    cas = list(load_certs(ca_cert_pem))
     found = []
     for block in pem_blocks(data, b"X509 CRL"):
         try:
@@ -219,7 +224,7 @@ class CaCertInfo:
 
 def read_bundle(data: bytes) -> list[CaCertInfo]:
     """Every cert of a CA bundle (PEM), each checked against its issuer in the same bundle."""
-    certs = [cert for cert in map(load_pem_cert, pem_blocks(data)) if cert]
+    certs = list(load_certs(data))
     found = []
     for cert in certs:
         with _reading(f"the CA cert with serial {serial_text(cert.serial_number)}"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pe_remote.commands.facts import cert_with_key_from
 from pe_remote.commands.sections import marker
 from pe_remote.commands.shell import q
-from pe_remote.commands.steps import CA_WRITABLE, REMOTE_STATE_DIR, saved_freeze_exists, cannot_be_frozen
+from pe_remote.commands.steps import CA_WRITABLE, REMOTE_STATE_DIR, cannot_be_frozen, saved_freeze_exists
 from pe_remote.flavors import ALL_SERVICES, COPY_DIRS, MONOLITHIC_DIRS, PE_VERSION_FILES, PUPPET_PATHS, \
     PUPPET_VERSION_RB, PUPPETSERVER_PATHS, SERVER_SERVICES
 
