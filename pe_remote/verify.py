@@ -32,6 +32,11 @@ class Verification:
     freeze_left: bool = False  # a freeze of the CA files was cut off before its thaw (they are root's)
 
 
+FREEZE_LEFT = (f"a regen's freeze of the CA files was cut off: they belong to root, so the CA cannot sign or revoke "
+               f"(their owners are saved in {CA_FREEZE_STATE}); `regen` on it gives them back first, as it resumes the "
+               "cut-off run (or closes it with --abandon), or, with no run left, before its backup")
+
+
 def verification_script(facts, services: list[str], *, agent: bool = False) -> str:
     """The master's cert and key, the cert served on 8140, the services, the CA's CRL, and with
     `agent` the exit status of an agent run (--noop) on the master against itself."""
@@ -46,8 +51,9 @@ def verification_script(facts, services: list[str], *, agent: bool = False) -> s
 def read_verification(remote, facts, services: list[str], *, agent: bool = False) -> Verification:
     sections = protocol.split(remote.run(verification_script(facts, services, agent=agent), check=False).stdout)
     cert, key_matches = read_cert_with_key(sections, "cert")
-    if cert is None:
-        raise VerificationFailed(f"no readable cert at {facts.hostcert}")
+    if cert is None:  # a generate cut off can leave no cert AND a freeze: both are named
+        left = read_freeze_left(sections, "freeze")
+        raise VerificationFailed(f"no readable cert at {facts.hostcert}" + (f"; {FREEZE_LEFT}" if left else ""))
     served = read_served_cert(sections, "served")
     agent_exit = None
     if agent:
@@ -125,10 +131,7 @@ def check_master(facts, result: Verification, alt_names: tuple[str, ...], *, exa
     if result.inactive_services:
         problems.append(f"not running: {', '.join(result.inactive_services)}")
     if result.freeze_left:
-        problems.append(f"a regen's freeze of the CA files was cut off: they belong to root, so the CA cannot sign or "
-                        f"revoke (their owners are saved in {CA_FREEZE_STATE}); `regen` on it gives them back first, as it "
-                        "resumes the cut-off run (or closes it with --abandon), or, with no run left, before its "
-                        "backup")
+        problems.append(FREEZE_LEFT)
     server = facts.service(facts.server_service)
     if server and server.exists:
         problems += served_problems(result, "the cert on disk")

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import io
 import os
+import shlex
 import tarfile
 import subprocess
 import sys
@@ -84,6 +85,21 @@ def cut_connections(master) -> None:
     """Kill every SSH session of root on the master: the workstation's connection is lost mid-run."""
     # [s]: do not match this shell itself; OpenSSH 9.8+ (trixie) names a session's process sshd-session.
     master.check("pkill -KILL -f '[s]shd(-session)?: root' || true")
+
+
+@contextlib.contextmanager
+def cutting_command(master, name: str):
+    """While inside: the first `name` run on the master over SSH first kills every SSH session of root
+    (the workstation's connection is lost at that exact point), then runs the real `name`. A fault
+    injected at a known place in a run; it removes itself, so it fires once."""
+    path = f"/usr/local/bin/{name}"
+    wrapper = ("#!/bin/sh\nrm -f \"$0\"\npkill -KILL -f '[s]shd(-session)?: root'\n"
+               f"PATH=/usr/sbin:/usr/bin:/sbin:/bin exec {name} \"$@\"\n")
+    master.check(f"printf '%s' {shlex.quote(wrapper)} > {path} && chmod 755 {path}")
+    try:
+        yield
+    finally:
+        master.check(f"rm -f {path}")
 
 
 @contextlib.contextmanager

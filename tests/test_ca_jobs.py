@@ -20,7 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from conftest import cut_connections, describe, fab_on, fab_target_args, fab_until, failing_command, finish
+from conftest import cutting_command, describe, fab_on, failing_command
 from pe_remote.commands.certs import pem_blocks
 from pe_remote.commands.shell import join
 from pe_remote.testing.master import serving_check
@@ -91,19 +91,16 @@ def _without_crls(checksums: str) -> list[str]:
     return [line for line in checksums.splitlines() if not line.endswith("crl.pem")]
 
 
-def _job_args(master, task: str, backup_dir, *extra: str) -> list[str]:
-    return [*fab_target_args(master), task, "--yes", "--known-hosts", str(master.known_hosts_path),
-            "--backup-dir", str(backup_dir), *extra]
-
-
-def _cut_after(master, task: str, step_done: str, backup_dir) -> str:
-    """Run `task` and cut its SSH connection once the step whose title ends with `step_done` is done:
-    exit 8, the journal kept."""
-    proc, seen = fab_until(_job_args(master, task, backup_dir), f"{step_done}: done")
-    cut_connections(master)
-    out = finish(proc, seen)
-    assert proc.returncode == 8, out
-    assert f"Run `{task}` again on it to resume" in out and f"`{task} --rollback`" in out, out
+def _cut_at_the_copy(master, task: str, step_done: str, backup_dir) -> str:
+    """Run `task` and cut its SSH connection at its first copy's check (`cmp`, after the step whose
+    title ends with `step_done`): exit 8, the journal kept. Cut from the master itself, at that exact
+    point: steps after it can take less time than a cut from outside takes to land."""
+    with cutting_command(master, "cmp"):
+        proc = fab_on(master, task, "--yes", "--backup-dir", str(backup_dir))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 8, describe(proc)
+    assert f"{step_done}: done" in out, describe(proc)
+    assert f"Run `{task}` again on it to resume" in out and f"`{task} --rollback`" in out, describe(proc)
     return out
 
 
@@ -133,7 +130,7 @@ def test_refresh_crl_and_extend_ca_on_a_ca_ending_in_days(fresh_master, agent_fa
 
     # refresh-crl cut off after the re-signing, then rolled back from its journal: the old files again.
     checksums = master.ssl_checksums()
-    _cut_after(master, "refresh-crl", "(valid 1825 days from now)", tmp_path / "b1")
+    _cut_at_the_copy(master, "refresh-crl", "(valid 1825 days from now)", tmp_path / "b1")
     proc = fab_on(master, "refresh-crl", "--yes", "--rollback", "--backup-dir", str(tmp_path / "b1"))
     assert proc.returncode == 7 and "rolled back" in proc.stderr, describe(proc)
     assert "Found an unfinished run" in proc.stdout and "of `refresh-crl`" in proc.stdout, describe(proc)
@@ -181,7 +178,7 @@ def test_refresh_crl_and_extend_ca_on_a_ca_ending_in_days(fresh_master, agent_fa
 
     # extend-ca cut off after the renewal, then resumed by the next run, which also pushes to the agent.
     old_agent_bundle = agent.check(f"cat {agent.ssldir}/certs/ca.pem")
-    _cut_after(master, "extend-ca", f"Copy the CA bundle to {layout.ssldir}/certs/ca.pem", tmp_path / "b4")
+    _cut_at_the_copy(master, "extend-ca", "same keys)", tmp_path / "b4")
     proc = fab_on(master, "extend-ca", "--yes", "--backup-dir", str(tmp_path / "b4"), "--agents", agent.target)
     assert proc.returncode == 0, describe(proc)
     out = proc.stdout + proc.stderr

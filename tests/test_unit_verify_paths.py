@@ -250,3 +250,19 @@ def test_reading_the_verification_without_a_cert_fails(tmp_path):
     facts, _ = _master_files(tmp_path, with_cert=False)
     with pytest.raises(VerificationFailed, match=f"no readable cert at {facts.hostcert}"):
         verify.read_verification(_shell_remote(), facts, [])
+
+
+def test_without_a_cert_a_freeze_left_is_named_too(tmp_path, monkeypatch):
+    # A generate killed while the CA was frozen can leave no cert AND the CA files root's: both are said.
+    facts, _ = _master_files(tmp_path, with_cert=False)
+    state = tmp_path / "ca-freeze.owners"
+    monkeypatch.setattr(verify, "CA_FREEZE_STATE", str(state))
+    with pytest.raises(VerificationFailed) as without:
+        verify.read_verification(_shell_remote(), facts, [])
+    assert "cut off" not in str(without.value)
+    state.write_text("mode=755 /ca\nend\n")
+    with pytest.raises(VerificationFailed) as left:
+        verify.read_verification(_shell_remote(), facts, [])
+    message = str(left.value)
+    assert message.startswith(f"no readable cert at {facts.hostcert}; a regen's freeze of the CA files was cut off")
+    assert "\n" not in message
