@@ -171,7 +171,10 @@ class Remote:
         return status, errors.decode(errors="replace")
 
     def sftp(self) -> paramiko.SFTPClient:
-        return self.connection.sftp()
+        try:
+            return self.connection.sftp()
+        except (paramiko.SSHException, socket.error, EOFError) as exc:
+            raise ConnectionFailed(f"lost the SSH connection to {self.target.label}: {exc}") from exc
 
     def close(self) -> None:
         if self.watchdog is not None:
@@ -238,13 +241,29 @@ class HeldCommand:
         self.channel.close()
 
 
+class OneLinkConnection(fabric.Connection):
+    """A Fabric connection that never opens a second link by itself.
+
+    Fabric's `run` opens the connection again, silently, when its link has closed. A run that went
+    on over a new link after its own was cut between two commands would have lost what lived on the
+    first one: the run's lock (held by a command on it, see lock.py) and the dead-link watchdog. A
+    lost link is a lost connection here, as it is during a command (exit 8, the journal kept).
+    """
+
+    def open(self):
+        if self.transport is not None and not self.is_connected:
+            raise paramiko.SSHException("the connection closed between two commands (it is not opened again "
+                                        "mid-run)")
+        return super().open()
+
+
 def new_connection(target: Target, connect_kwargs: dict) -> fabric.Connection:
-    """The Fabric connection, never forwarding the operator's SSH agent.
+    """The Fabric connection (one link: OneLinkConnection), never forwarding the operator's SSH agent.
 
     Fabric honours `ForwardAgent yes` from ~/.ssh/config; root on the master could then use the
     operator's agent (log in elsewhere as the operator) for as long as the run lasts.
     """
-    return fabric.Connection(host=target.address, user=target.user, port=target.port,
+    return OneLinkConnection(host=target.address, user=target.user, port=target.port,
                              connect_timeout=CONNECT_TIMEOUT, connect_kwargs=connect_kwargs, forward_agent=False)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import shlex
 import tarfile
@@ -15,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from pe_remote.commands.steps import REMOTE_STATE_DIR
 
 pytest_plugins = ["pe_remote.testing.plugin"]
 
@@ -81,25 +84,45 @@ def finish(proc: subprocess.Popen, seen: list[str], timeout: float = 600) -> str
     return "".join(seen) + out
 
 
-def cut_connections(master) -> None:
-    """Kill every SSH session of root on the master: the workstation's connection is lost mid-run."""
-    # [s]: do not match this shell itself; OpenSSH 9.8+ (trixie) names a session's process sshd-session.
-    master.check("pkill -KILL -f '[s]shd(-session)?: root' || true")
+# Kills every SSH session of root. [s]: do not match the shell running it; OpenSSH 9.8+ (trixie) names
+# a session's process sshd-session.
+CUT = "pkill -KILL -f '[s]shd(-session)?: root'"
+FIRED = "/run/pe-remote-test-fault"  # the mark of on_master_when's action
+
+
+def journalled(step: str, event: str = "end") -> str:
+    """Shell condition: a run's journal on the master holds `event` of `step` (the step's shell wrote it)."""
+    line = json.dumps({"event": event, "step": step})
+    return f"grep -qsF {shlex.quote(line)} {REMOTE_STATE_DIR}/*.journal"
+
+
+def running(pattern: str) -> str:
+    """Shell condition: a process whose command line matches `pattern` (pgrep -f) runs on the master."""
+    return f"pgrep -f {shlex.quote(pattern)} >/dev/null"
 
 
 @contextlib.contextmanager
-def cutting_command(master, name: str):
-    """While inside: the first `name` run on the master over SSH first kills every SSH session of root
-    (the workstation's connection is lost at that exact point), then runs the real `name`. A fault
-    injected at a known place in a run; it removes itself, so it fires once."""
-    path = f"/usr/local/bin/{name}"
-    wrapper = ("#!/bin/sh\nrm -f \"$0\"\npkill -KILL -f '[s]shd(-session)?: root'\n"
-               f"PATH=/usr/sbin:/usr/bin:/sbin:/bin exec {name} \"$@\"\n")
-    master.check(f"printf '%s' {shlex.quote(wrapper)} > {path} && chmod 755 {path}")
+def on_master_when(master, condition: str, action: str, *, hold: str = ""):
+    """While inside: as soon as the shell `condition` holds on the master, it runs the shell `action`
+    once (a fault at a known point of a run). Watched on the master itself, every 20 ms: a fault sent
+    from outside after a step's output can land after the next steps have already finished. `hold`: a
+    pgrep -f pattern whose processes are paused (SIGSTOP) across the action, so they are certainly
+    still running when it lands. Fails if the action never ran."""
+    pause, go_on = (f"p=$(pgrep -f {shlex.quote(hold)}); kill -STOP $p; ", "; kill -CONT $p") if hold else ("", "")
+    watcher = (f"i=0; until {condition}; do i=$((i+1)); [ $i -lt 15000 ] || exit 1; sleep 0.02; done; "
+               f"{pause}{action}{go_on}; touch {FIRED}")
+    master.check(f"rm -f {FIRED}; nohup sh -c {shlex.quote(watcher)} >/dev/null 2>&1 & echo $! > {FIRED}.pid")
     try:
         yield
-    finally:
-        master.check(f"rm -f {path}")
+    finally:  # an action that ran is followed by its mark within milliseconds
+        fired = master.exec(f"for i in $(seq 100); do [ -e {FIRED} ] && exit 0; sleep 0.05; done; exit 1")[0] == 0
+        master.exec(f"kill $(cat {FIRED}.pid) 2>/dev/null; rm -f {FIRED}.pid")
+    assert fired, f"{action!r} never ran: {condition!r} did not hold during the run"
+
+
+def cut_when(master, condition: str, *, hold: str = ""):
+    """While inside: the workstation's connection is lost once `condition` holds (see on_master_when)."""
+    return on_master_when(master, condition, CUT, hold=hold)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from conftest import cutting_command, describe, fab_on, failing_command
+from conftest import cut_when, describe, fab_on, failing_command, journalled
 from pe_remote.commands.certs import pem_blocks
 from pe_remote.commands.shell import join
 from pe_remote.testing.master import serving_check
@@ -91,15 +91,13 @@ def _without_crls(checksums: str) -> list[str]:
     return [line for line in checksums.splitlines() if not line.endswith("crl.pem")]
 
 
-def _cut_at_the_copy(master, task: str, step_done: str, backup_dir) -> str:
-    """Run `task` and cut its SSH connection at its first copy's check (`cmp`, after the step whose
-    title ends with `step_done`): exit 8, the journal kept. Cut from the master itself, at that exact
-    point: steps after it can take less time than a cut from outside takes to land."""
-    with cutting_command(master, "cmp"):
+def _cut_after(master, task: str, step: str, backup_dir) -> str:
+    """Run `task` and cut its SSH connection once its step `step` is journalled done: exit 8, the
+    journal kept."""
+    with cut_when(master, journalled(step)):
         proc = fab_on(master, task, "--yes", "--backup-dir", str(backup_dir))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 8, describe(proc)
-    assert f"{step_done}: done" in out, describe(proc)
     assert f"Run `{task}` again on it to resume" in out and f"`{task} --rollback`" in out, describe(proc)
     return out
 
@@ -130,7 +128,7 @@ def test_refresh_crl_and_extend_ca_on_a_ca_ending_in_days(fresh_master, agent_fa
 
     # refresh-crl cut off after the re-signing, then rolled back from its journal: the old files again.
     checksums = master.ssl_checksums()
-    _cut_at_the_copy(master, "refresh-crl", "(valid 1825 days from now)", tmp_path / "b1")
+    _cut_after(master, "refresh-crl", "resign-crl", tmp_path / "b1")
     proc = fab_on(master, "refresh-crl", "--yes", "--rollback", "--backup-dir", str(tmp_path / "b1"))
     assert proc.returncode == 7 and "rolled back" in proc.stderr, describe(proc)
     assert "Found an unfinished run" in proc.stdout and "of `refresh-crl`" in proc.stdout, describe(proc)
@@ -178,7 +176,7 @@ def test_refresh_crl_and_extend_ca_on_a_ca_ending_in_days(fresh_master, agent_fa
 
     # extend-ca cut off after the renewal, then resumed by the next run, which also pushes to the agent.
     old_agent_bundle = agent.check(f"cat {agent.ssldir}/certs/ca.pem")
-    _cut_at_the_copy(master, "extend-ca", "same keys)", tmp_path / "b4")
+    _cut_after(master, "extend-ca", "copy-host-ca", tmp_path / "b4")
     proc = fab_on(master, "extend-ca", "--yes", "--backup-dir", str(tmp_path / "b4"), "--agents", agent.target)
     assert proc.returncode == 0, describe(proc)
     out = proc.stdout + proc.stderr

@@ -12,12 +12,12 @@ import re
 import signal
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import cut_connections, describe, fab_target_args, fab_until, finish, run_cli, write_backup
+from conftest import (cut_when, describe, fab_target_args, fab_until, finish, journalled, run_cli, running,
+                      write_backup)
 from test_regen_pe37 import _cert_facts, _served_fingerprint
 
 pytestmark = pytest.mark.container
@@ -90,6 +90,9 @@ def test_puppet6_clean_fails_rolls_back(fresh_master, tmp_path):
 BOTH = pytest.mark.parametrize("fresh_master", ["pe37", "oss7"], indirect=True)
 # Puppet Server 7 and 8 take regen's reload path: the server is never stopped, only the agent.
 RELOADS = {"oss7", "oss8"}
+# The generate step's processes (its shell, Puppet's command) on every generation: `puppet cert
+# generate` or `puppetserver ca generate`. [c]: the watcher's own command line does not match.
+GENERATE = "[c](ert|a) generate"
 
 
 # 3. the SSH connection is cut after the services were stopped ---------------------------------
@@ -98,11 +101,10 @@ def _cut_connection_after_stops(master, tmp_path) -> str:
     # Every service the path stops stopped and the new cert made (on PE 3.7 the last stops overlap the
     # cert work; on the reload path the agent alone stops, and the reload follows generate).
     last_stop = master.flavor.agent_service if master.flavor.name in RELOADS else master.flavor.services[-1]
-    proc, seen = _fab_until(master, tmp_path, f"Stop {last_stop}: done",
-                            f"Generate a new cert for {master.certname}: done")
-    cut_connections(master)
-    out = finish(proc, seen)
-    assert proc.returncode == 8, out
+    with cut_when(master, f"{journalled('generate')} && {journalled('stop:' + last_stop)}"):
+        proc = run_cli("fab", *_regen_args(master, tmp_path))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 8, describe(proc)
     assert "resume" in out and "--rollback" in out
     return out
 
@@ -131,11 +133,9 @@ def test_a_resume_after_the_services_came_back_at_boot_stops_them_again_first(fr
     master = fresh_master
     old = _cert_facts(master)
     # Cut while generate runs: no later step can begin (the workstation's executor is gone).
-    proc, seen = _fab_until(master, tmp_path, f"Generate a new cert for {master.certname} ...", extra=("--restart",))
-    time.sleep(0.3)
-    cut_connections(master)
-    out = finish(proc, seen)
-    assert proc.returncode == 8, out
+    with cut_when(master, running(GENERATE), hold=GENERATE):
+        proc = run_cli("fab", *_regen_args(master, tmp_path, "--restart"))
+    assert proc.returncode == 8, describe(proc)
     master.check("for i in $(seq 1 600); do pgrep -f '[c]a generate' >/dev/null || exit 0; sleep 0.1; done; exit 1")
     master.check("systemctl start puppetserver puppet")
     waitforlock = " --waitforlock 120" if master.flavor.agent_waitforlock else ""
@@ -171,11 +171,9 @@ def test_connection_cut_then_rollback(fresh_master, tmp_path):
 def test_connection_cut_during_generate_the_step_still_finishes(fresh_master, tmp_path):
     master = fresh_master
     old = _cert_facts(master)
-    proc, seen = _fab_until(master, tmp_path, f"Generate a new cert for {master.certname} ...")
-    time.sleep(0.3)  # the step's remote command is running (generate takes a second or more)
-    cut_connections(master)
-    out = finish(proc, seen)
-    assert proc.returncode == 8, out
+    with cut_when(master, running(GENERATE), hold=GENERATE):  # held: still running when the cut lands
+        proc = run_cli("fab", *_regen_args(master, tmp_path))
+    assert proc.returncode == 8, describe(proc)
     # generate ran to its end on the master without its connection, and journalled it: the resumed
     # run does not generate again (which would find the new key and fail, or sign a second cert).
     proc = run_cli("fab", *_regen_args(master, tmp_path))

@@ -20,12 +20,11 @@ import time
 
 import pytest
 
-from conftest import describe, fab_target_args, run_cli
+from conftest import describe, fab_target_args, journalled, on_master_when, run_cli
 from pe_remote.commands.shell import join
 from pe_remote.flavors import FLAVORS
 from pe_remote.testing.master import serving_check
-from conftest import finish as _finish
-from test_faults import RELOADS, _fab_until, _regen_args, assert_backup_intact, assert_serves
+from test_faults import RELOADS, _regen_args, assert_backup_intact, assert_serves
 from test_regen_pe37 import _cert_facts
 
 pytestmark = pytest.mark.container
@@ -143,10 +142,10 @@ def test_server_refusing_the_new_key_rolls_back(fresh_master, tmp_path):
     else:
         # Puppet Server with a key it cannot use stays "activating" until systemd's limit (5 min): the
         # operator's --server-timeout bounds the start instead.
-        proc, seen = _fab_until(master, tmp_path, f"Generate a new cert for {master.certname}: done",
-                                extra=("--server-timeout", "60"))
-        master.check(f"echo 'this is not a key' > {key}")  # broken SSL state, put in place during the run
-        out = _finish(proc, seen)
+        # The broken SSL state is put in place during the run, once generate is journalled done.
+        with on_master_when(master, journalled("generate"), f"echo 'this is not a key' > {key}"):
+            proc = run_cli("fab", *_regen_args(master, tmp_path, "--server-timeout", "60"))
+        out = proc.stdout + proc.stderr
     assert proc.returncode == 7, out
     assert "rolled back" in out and master.flavor.server_service in out
     assert_serves(master, old["sha256"])

@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from conftest import describe, fab_target_args, fab_until, finish, run_cli
+from conftest import CUT, describe, fab_target_args, fab_until, finish, run_cli
 from pe_remote.commands.shell import join
 from pe_remote.commands.steps import CA_WRITABLE, with_ca_frozen
 from test_faults import _regen_args, assert_serves
@@ -124,7 +124,7 @@ def test_a_generate_killed_while_the_ca_is_frozen_gets_its_owners_back_on_resume
                  f"[ \"$(stat -c %u {cadir}/serial)\" = 0 ] && ps -eo args= | grep -v ca-freeze | grep -q '[c]a generate' && break; "
                  "sleep 0.05; done; "
                  "[ -f \"$S\" ] && "
-                 "pkill -KILL -f '[s]shd(-session)?: root' && pkill -KILL -f '[c]a-freeze.owners'")
+                 f"{CUT} && pkill -KILL -f '[c]a-freeze.owners'")
     out = finish(proc, seen)
     assert proc.returncode == 8, out
     master.check("for i in $(seq 1 600); do pgrep -f '[c]a generate' >/dev/null || exit 0; sleep 0.1; done; exit 1")

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import cut_connections, describe, fab_target_args, run_cli, write_backup
+from conftest import cut_when, describe, fab_target_args, journalled, run_cli, write_backup
 from conftest import finish as _finish
 from test_faults import _fab_until, _regen_args
 from test_regen_pe37 import _cert_facts
@@ -20,10 +20,9 @@ def test_a_journal_the_master_no_longer_matches_is_not_resumed_nor_rolled_back(f
     puppet = master.flavor.puppet
     old = _cert_facts(master)
     # A run cut off right after generate ...
-    proc, seen = _fab_until(master, tmp_path, f"Generate a new cert for {master.certname}: done")
-    cut_connections(master)
-    out = _finish(proc, seen)
-    assert proc.returncode == 8, out
+    with cut_when(master, journalled("generate")):
+        proc = run_cli("fab", *_regen_args(master, tmp_path))
+    assert proc.returncode == 8, describe(proc)
     # ... the operator then put the backup back by hand, and the CA signed an agent's cert since.
     (backup,) = master.check("ls /root/pe-remote-backups/*.tar.gz").split()
     services = " ".join(master.flavor.services)

@@ -406,6 +406,18 @@ def test_stream_whose_channel_cannot_open():
         remote.stream("true", io.BytesIO())
 
 
+def test_a_link_closed_between_two_commands_is_a_lost_connection_never_a_new_link(server, remote):
+    # Fabric alone opens a new link, silently, and the run would go on without its lock and watchdog.
+    remote.run("true")
+    links = len(server.transports)
+    remote.connection.transport.close()
+    with pytest.raises(ConnectionFailed, match="lost the SSH connection to 127.0.0.1.*between two commands"):
+        remote.run("true")
+    with pytest.raises(ConnectionFailed, match="between two commands"):
+        remote.sftp()
+    assert len(server.transports) == links and not remote.connection.is_connected
+
+
 # --- Remote.run: failures mapped from a fake fabric Connection -----------------------------------
 
 class _FakeConnection:
