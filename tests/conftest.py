@@ -88,12 +88,15 @@ def finish(proc: subprocess.Popen, seen: list[str], timeout: float = 600) -> str
 # a session's process sshd-session.
 CUT = "pkill -KILL -f '[s]shd(-session)?: root'"
 FIRED = "/run/pe-remote-test-fault"  # the mark of on_master_when's action
+ARMED = "/run/pe-remote-test-armed"  # touched when on_master_when is armed
 
 
 def journalled(step: str, event: str = "end") -> str:
-    """Shell condition: a run's journal on the master holds `event` of `step` (the step's shell wrote it)."""
+    """Shell condition: a run's journal on the master, written since on_master_when was armed, holds
+    `event` of `step` (the step's shell wrote it). An earlier run's journal does not count."""
     line = json.dumps({"event": event, "step": step})
-    return f"grep -qsF {shlex.quote(line)} {REMOTE_STATE_DIR}/*.journal"
+    return (f"j=$(find {REMOTE_STATE_DIR} -maxdepth 1 -name '*.journal' -newer {ARMED} 2>/dev/null); "
+            f"[ -n \"$j\" ] && grep -qsF {shlex.quote(line)} $j")
 
 
 def running(pattern: str) -> str:
@@ -111,7 +114,7 @@ def on_master_when(master, condition: str, action: str, *, hold: str = ""):
     pause, go_on = (f"p=$(pgrep -f {shlex.quote(hold)}); kill -STOP $p; ", "; kill -CONT $p") if hold else ("", "")
     watcher = (f"i=0; until {condition}; do i=$((i+1)); [ $i -lt 15000 ] || exit 1; sleep 0.02; done; "
                f"{pause}{action}{go_on}; touch {FIRED}")
-    master.check(f"rm -f {FIRED}; nohup sh -c {shlex.quote(watcher)} >/dev/null 2>&1 & echo $! > {FIRED}.pid")
+    master.check(f"rm -f {FIRED}; touch {ARMED}; nohup sh -c {shlex.quote(watcher)} >/dev/null 2>&1 & echo $! > {FIRED}.pid")
     try:
         yield
     finally:  # an action that ran is followed by its mark within milliseconds
