@@ -47,6 +47,27 @@ class _AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
                     key.fingerprint if hasattr(key, "fingerprint") else "")
 
 
+class _RejectHopKey(paramiko.MissingHostKeyPolicy):
+    """A ProxyJump hop whose host key is not in known_hosts is refused, naming the hop."""
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client, hostname, key):
+        raise HostKeyRejected(f"host key of the ProxyJump hop {hostname} is unknown: it is not in {self.known_hosts}; "
+                              "verify its fingerprint and add it (ssh-keyscan), pass --known-hosts FILE, or opt in "
+                              "with --accept-new-host-key")
+
+
+def _check_host_keys(client: paramiko.SSHClient, known_hosts: Path, policy: paramiko.MissingHostKeyPolicy) -> None:
+    if known_hosts.exists():
+        try:
+            client.load_host_keys(str(known_hosts))
+        except (OSError, paramiko.SSHException) as exc:
+            raise InputError(f"cannot read known_hosts file {known_hosts}: {exc}") from None
+    client.set_missing_host_key_policy(policy)
+
+
 @dataclass
 class CommandResult:
     command: str
@@ -92,7 +113,8 @@ class Remote:
         self._announce(command)
         started = time.monotonic()
         try:
-            result = self.connection.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+            result = self.connection.run(command, hide=True, warn=True, in_stream=False, timeout=timeout, pty=False,
+                                         env={})
         except CommandTimedOut:
             raise RemoteCommandTimedOut(command, timeout) from None
         except (paramiko.SSHException, socket.error, EOFError) as exc:
@@ -257,13 +279,23 @@ class OneLinkConnection(fabric.Connection):
         return super().open()
 
 
+def connection_config() -> fabric.Config:
+    """Fabric's defaults and the SSH config files (host aliases, ProxyCommand), never Fabric's own config
+    files (/etc/fabric.*, ~/.fabric.*): a `run: {pty: true}` there (a common tip for sudo) would merge
+    stderr into stdout, turn Ctrl-C into a ^C sent to a restore half-way through, and hang up a
+    command when its channel closes; a `run.env` would prefix every remote command."""
+    config = fabric.Config(lazy=True)
+    config.load_ssh_config()
+    return config
+
+
 def new_connection(target: Target, connect_kwargs: dict) -> fabric.Connection:
     """The Fabric connection (one link: OneLinkConnection), never forwarding the operator's SSH agent.
 
     Fabric honours `ForwardAgent yes` from ~/.ssh/config; root on the master could then use the
     operator's agent (log in elsewhere as the operator) for as long as the run lasts.
     """
-    return OneLinkConnection(host=target.address, user=target.user, port=target.port,
+    return OneLinkConnection(host=target.address, user=target.user, port=target.port, config=connection_config(),
                              connect_timeout=CONNECT_TIMEOUT, connect_kwargs=connect_kwargs, forward_agent=False)
 
 
@@ -295,15 +327,17 @@ def connect(target: Target, *, accept_new_host_key: bool = False) -> Remote:
     if key_files:
         connect_kwargs["key_filename"] = key_files
     connection = new_connection(target, connect_kwargs)
-    client = connection.client
-    if known_hosts.exists():
-        try:
-            client.load_host_keys(str(known_hosts))
-        except (OSError, paramiko.SSHException) as exc:
-            raise InputError(f"cannot read known_hosts file {known_hosts}: {exc}") from None
-    client.set_missing_host_key_policy(
-        _AcceptNewHostKey(known_hosts) if accept_new_host_key else paramiko.RejectPolicy()
-    )
+    _check_host_keys(connection.client, known_hosts,
+                     _AcceptNewHostKey(known_hosts) if accept_new_host_key else paramiko.RejectPolicy())
+    # A ProxyJump hop from the SSH config: Fabric makes it a plain Connection, which accepts any host key
+    # and has no timeouts. Each hop gets the master's rules.
+    hop = connection.gateway
+    while isinstance(hop, fabric.Connection):
+        _check_host_keys(hop.client, known_hosts,
+                         _AcceptNewHostKey(known_hosts) if accept_new_host_key else _RejectHopKey(known_hosts))
+        hop.connect_timeout, hop.forward_agent = CONNECT_TIMEOUT, False
+        hop.connect_kwargs = dict(connect_kwargs)
+        hop = hop.gateway
     try:
         connection.open()
     except paramiko.BadHostKeyException as exc:

@@ -26,7 +26,7 @@ from pe_remote.connection import COMMAND_TIMEOUT
 from pe_remote.commands.facts import cert_with_key, read_cert_with_key, read_served_cert, served_cert
 from pe_remote.discovery import MasterFacts
 from pe_remote.errors import (BackupError, ConnectionFailed, Incomplete, InputError, JournalDamaged,
-                              RemoteCommandFailed, RolledBack)
+                              RemoteCommandFailed, RemoteCommandTimedOut, RolledBack)
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,12 @@ def put_back(remote, facts: MasterFacts, tarball: str, sha256: str, start: list[
     console.notice("  stopping the services ...")
     try:
         remote.run(stop_services_command(facts))
+    except RemoteCommandTimedOut as exc:
+        # Given up on here, the stops go on on the master (a command outlives its channel): a start now
+        # would race them, and "as it was" could not be said.
+        raise Incomplete(f"stopping the services was given up ({_cause(exc)}) and may still run on the master; "
+                         f"nothing was put back: the SSL folders are as they were; check the services on the master "
+                         f"and start {services} once the stops have ended") from None
     except RemoteCommandFailed as exc:
         _start_again(remote, facts, start, console,
                      f"stopping the services failed ({_cause(exc)}); nothing was put back", server_timeout)

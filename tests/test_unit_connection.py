@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import fabric
 import paramiko
 import pytest
 from invoke.exceptions import CommandTimedOut
@@ -257,6 +258,37 @@ def test_a_missing_key_file_is_an_input_error(tmp_path):
         connect(Target(address="127.0.0.1", key_files=(str(tmp_path / "absent"),)))
 
 
+def test_fabric_config_files_are_not_read_but_ssh_config_is(tmp_path, monkeypatch):
+    # `run: {pty: true}` in ~/.fabric.yaml would merge stderr into stdout and send Ctrl-C to the master.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".fabric.yaml").write_text("run:\n  pty: true\n  env:\n    PATH: /tmp/evil\n")
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text("Host master-alias\n  HostName 192.0.2.7\n")
+    assert fabric.Config().run.pty is True  # what Fabric alone would do with that file
+    made = conn.new_connection(Target(address="master-alias"), {})
+    assert made.config.run.pty is False and made.config.run.env == {}
+    assert made.host == "192.0.2.7"
+
+
+def test_a_proxyjump_hop_must_have_a_known_host_key_too(server, tmp_path, keys, client_key_file, monkeypatch):
+    # Fabric alone makes the hop a plain Connection that accepts any host key.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(f"Host master-alias\n  HostName 127.0.0.1\n"
+                                              f"  ProxyJump root@localhost:{server.port}\n")
+    target = target_for(server, tmp_path, client_key_file, known=keys.host)
+    target = Target(address="master-alias", port=server.port, key_files=target.key_files,
+                    known_hosts=target.known_hosts)
+    with pytest.raises(HostKeyRejected, match=rf"ProxyJump hop \[localhost\]:{server.port} is unknown"):
+        connect(target)
+    # Known, the hop is used: this test server then refuses to forward, a connection failure.
+    with open(target.known_hosts, "a") as fh:
+        fh.write(f"[localhost]:{server.port} {keys.host.get_name()} {keys.host.get_base64()}\n")
+    with pytest.raises(ConnectionFailed) as info:
+        connect(target)
+    assert not isinstance(info.value, HostKeyRejected)
+
+
 def test_the_agent_is_never_forwarded():
     made = conn.new_connection(Target(address="127.0.0.1"), {})
     assert made.forward_agent is False
@@ -443,7 +475,8 @@ class _FakeConnection:
 def test_run_never_waits_forever_and_never_reads_stdin():
     fake = _FakeConnection()
     Remote(fake, Target(address="m.example.com")).run("true")
-    assert fake.kwargs == {"hide": True, "warn": True, "in_stream": False, "timeout": conn.COMMAND_TIMEOUT}
+    assert fake.kwargs == {"hide": True, "warn": True, "in_stream": False, "timeout": conn.COMMAND_TIMEOUT,
+                           "pty": False, "env": {}}
 
 
 def test_run_timeout_from_fabric():

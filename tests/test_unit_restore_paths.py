@@ -23,7 +23,7 @@ from pe_remote.commands.certs import fingerprint
 from pe_remote.commands.sections import marker
 from pe_remote.commands import backup as commands
 from pe_remote.errors import (BackupError, ConnectionFailed, Incomplete, InputError, RemoteCommandFailed,
-                              RolledBack)
+                              RemoteCommandTimedOut, RolledBack)
 from pe_remote.restore import RestoreOutcome
 from test_unit_journal_parse import RUN_ID
 from test_unit_trust import RECORDED
@@ -118,6 +118,21 @@ def test_a_failed_stop_puts_nothing_back_and_starts_the_services_again():
         restore.put_back(remote, RECORDED, "/root/x.tar.gz", "0" * 64, ["puppet"], QuietConsole())
     assert remote.commands == [restore.stop_services_command(RECORDED),
                                restore.start_services_command(RECORDED, ["puppet"])]
+
+
+def test_a_stop_given_up_as_hung_starts_nothing_and_is_incomplete():
+    # The stops go on on the master after the workstation gives up: a start now would race them.
+    def hangs(command, index, kwargs):
+        raise RemoteCommandTimedOut(command, 1800)
+
+    remote = FakeRemote(hangs)
+    with pytest.raises(Incomplete) as info:
+        restore.put_back(remote, RECORDED, "/root/x.tar.gz", "0" * 64, ["puppet"], QuietConsole())
+    assert remote.commands == [restore.stop_services_command(RECORDED)]
+    message = str(info.value)
+    assert "no end within 1800s" in message and "may still run on the master" in message
+    assert "the SSL folders are as they were" in message and "start puppet" in message and "\n" not in message
+    assert info.value.exit_code == 8
 
 
 def test_a_failed_stop_whose_start_fails_too_is_incomplete():
