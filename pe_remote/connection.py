@@ -23,12 +23,14 @@ from invoke.exceptions import CommandTimedOut
 
 from pe_remote.errors import ConnectionFailed, HostKeyRejected, InputError, RemoteCommandFailed, RemoteCommandTimedOut
 from pe_remote.inventory import Target
+from pe_remote.names import printable
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 15
 KEEPALIVE_SECONDS = 15
 DEAD_LINK_SECONDS = 45  # no reply to a keepalive for this long: the link is dead
+SFTP_IDLE_TIMEOUT = 300  # an SFTP transfer with no reply for this long is given up
 COMMAND_TIMEOUT = 1800  # no remote command runs longer without saying so (steps have tighter bounds)
 
 
@@ -65,6 +67,11 @@ def _check_host_keys(client: paramiko.SSHClient, known_hosts: Path, policy: para
             client.load_host_keys(str(known_hosts))
         except (OSError, paramiko.SSHException) as exc:
             raise InputError(f"cannot read known_hosts file {known_hosts}: {exc}") from None
+        except paramiko.hostkeys.InvalidHostKey as exc:  # not an SSHException: e.g. an @cert-authority line
+            line = printable(str(exc.line).strip())[:80]
+            raise InputError(f"cannot read known_hosts file {known_hosts}: paramiko cannot read its line {line!r} "
+                             "(@cert-authority and @revoked lines are not supported): pass --known-hosts FILE "
+                             "with plain host key lines") from None
     client.set_missing_host_key_policy(policy)
 
 
@@ -193,10 +200,14 @@ class Remote:
         return status, errors.decode(errors="replace")
 
     def sftp(self) -> paramiko.SFTPClient:
+        """The connection's SFTP client. A transfer that receives nothing for SFTP_IDLE_TIMEOUT seconds
+        fails (socket.timeout): sshd answers the watchdog's keepalives even while sftp-server is stuck."""
         try:
-            return self.connection.sftp()
+            client = self.connection.sftp()
         except (paramiko.SSHException, socket.error, EOFError) as exc:
             raise ConnectionFailed(f"lost the SSH connection to {self.target.label}: {exc}") from exc
+        client.get_channel().settimeout(SFTP_IDLE_TIMEOUT)
+        return client
 
     def close(self) -> None:
         if self.watchdog is not None:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import socket
 import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import paramiko
 
 from pe_remote import lock as master_lock
 from pe_remote.backup import REMOTE_BACKUP_DIR, backup_paths, sha256_file
@@ -306,9 +309,16 @@ def upload_backup(remote, tarball: Path, sha256: str) -> str:
     target = f"{REMOTE_BACKUP_DIR}/restore-{tarball.name}"
     remote.run(commands.private_folder(REMOTE_BACKUP_DIR))
     sftp = remote.sftp()
-    with open(tarball, "rb") as fh:
-        sftp.putfo(fh, target, file_size=os.path.getsize(tarball), confirm=True)
-    sftp.chmod(target, 0o600)
+    try:
+        with open(tarball, "rb") as fh:
+            sftp.putfo(fh, target, file_size=os.path.getsize(tarball), confirm=True)
+        sftp.chmod(target, 0o600)
+    except (socket.timeout, EOFError, paramiko.SSHException) as exc:
+        raise ConnectionFailed(f"lost the SSH connection to {remote.target.label} while uploading {tarball.name}: "
+                               f"{str(exc) or type(exc).__name__}; nothing was changed but the copy {target}") from None
+    except OSError as exc:  # the master's SFTP server refused (its disk full, say), or this side's file
+        raise BackupError(f"could not upload {tarball} to {target} on the master: {exc}; nothing was changed but "
+                          "that copy") from None
     try:
         remote.run(commands.sha256_matches(target, sha256))
     except RemoteCommandFailed:

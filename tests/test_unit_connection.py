@@ -289,6 +289,17 @@ def test_a_proxyjump_hop_must_have_a_known_host_key_too(server, tmp_path, keys, 
     assert not isinstance(info.value, HostKeyRejected)
 
 
+def test_a_known_hosts_line_paramiko_cannot_read_is_a_one_line_input_error(tmp_path, client_key_file):
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("@cert-authority *.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE\n")
+    target = Target(address="127.0.0.1", port=1, key_files=(client_key_file,), known_hosts=str(known_hosts))
+    with pytest.raises(InputError) as info:
+        connect(target)
+    message = str(info.value)
+    assert f"cannot read known_hosts file {known_hosts}" in message and "@cert-authority" in message
+    assert "--known-hosts FILE" in message and "\n" not in message
+
+
 def test_the_agent_is_never_forwarded():
     made = conn.new_connection(Target(address="127.0.0.1"), {})
     assert made.forward_agent is False
@@ -458,6 +469,9 @@ class _FakeConnection:
         self.transport = SimpleNamespace(is_active=lambda: active)
         self.kwargs = None
         self.closed = False
+        self.sftp_channel = SimpleNamespace(timeout=None)
+        self.sftp_channel.settimeout = lambda seconds: setattr(self.sftp_channel, "timeout", seconds)
+        self.sftp_client = SimpleNamespace(get_channel=lambda: self.sftp_channel)
 
     def run(self, command, **kwargs):
         self.kwargs = kwargs
@@ -466,7 +480,7 @@ class _FakeConnection:
         return SimpleNamespace(exited=self.exited, stdout="o", stderr="e")
 
     def sftp(self):
-        return "the sftp client"
+        return self.sftp_client
 
     def close(self):
         self.closed = True
@@ -502,7 +516,8 @@ def test_sftp_and_close_stop_the_watchdog():
     fake = _FakeConnection()
     remote = Remote(fake, Target(address="m.example.com"))
     remote.watchdog = LinkWatchdog(SimpleNamespace(is_active=lambda: True), interval=60)
-    assert remote.sftp() == "the sftp client"
+    assert remote.sftp() is fake.sftp_client
+    assert fake.sftp_channel.timeout == conn.SFTP_IDLE_TIMEOUT  # a stuck sftp-server cannot hang a restore
     with remote:
         pass
     assert fake.closed and remote.watchdog.stopped.is_set()

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import io
 import re
+import socket
 import tarfile
 from pathlib import Path
 
@@ -338,6 +339,27 @@ def test_an_upload_lands_private_in_the_state_folder(tmp_path):
     assert remote.sftp_client.put == [(b"x" * 100, target, 100, True)]
     assert remote.sftp_client.modes == [(target, 0o600)]
     assert remote.commands_run == 2  # the folder, then the checksum of the copy there
+
+
+@pytest.mark.parametrize("error, kind, said", [
+    (socket.timeout("timed out"), ConnectionFailed, "lost the SSH connection to"),
+    (EOFError(), ConnectionFailed, "EOFError"),
+    (OSError("Failure"), BackupError, "could not upload"),
+], ids=["stalled", "closed", "refused"])
+def test_an_upload_that_fails_is_one_line_and_changes_nothing_else(tmp_path, error, kind, said):
+    tarball = tmp_path / "b.tar.gz"
+    tarball.write_bytes(b"x")
+    remote = SftpRemote()
+
+    def fails(fh, target, file_size=None, confirm=True):
+        raise error
+
+    remote.sftp_client.putfo = fails
+    with pytest.raises(kind) as info:
+        restore.upload_backup(remote, tarball, "a" * 64)
+    message = str(info.value)
+    assert said in message and "nothing was changed" in message and "\n" not in message
+    assert type(info.value) is kind and remote.commands_run == 1  # the folder only: no check, no put-back
 
 
 def test_an_upload_that_does_not_match_is_a_backup_error(tmp_path):
