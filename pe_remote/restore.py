@@ -28,6 +28,7 @@ from pe_remote.commands.certs import fingerprint, load_cert
 from pe_remote.connection import COMMAND_TIMEOUT
 from pe_remote.commands.facts import cert_with_key, read_cert_with_key, read_served_cert, served_cert
 from pe_remote.discovery import MasterFacts
+from pe_remote.executor import InterruptLatch
 from pe_remote.errors import (BackupError, ConnectionFailed, Incomplete, InputError, JournalDamaged,
                               RemoteCommandFailed, RemoteCommandTimedOut, RolledBack)
 
@@ -397,15 +398,22 @@ def restore_backup(remote, backup: LocalBackup, console, *, flavor: str | None =
         uploaded = upload_backup(remote, tarball, expected)
         suffix = failed_suffix()
         aside = ", ".join(p + suffix for p in backup_paths(facts))
-        try:
-            outcome = put_back(remote, facts, uploaded, expected, start, console, suffix=suffix,
-                               server_timeout=server_timeout)
-        except (ConnectionFailed, KeyboardInterrupt) as exc:
-            why = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc)
-            raise Incomplete(f"{why} once the restore had begun stopping the services: the master's state is "
-                             f"unknown (services maybe stopped, SSL folders maybe moved aside as {aside} or half "
-                             "extracted); check on the master and move kept folders back or restore again (README "
-                             "'Restoring a backup by hand')") from None
+        # Ctrl-C is noted, not raised: the put-back runs to its end. Cut off half-way, its commands would
+        # go on on the master after this run (and its lock) ended, and a second restore could race them.
+        with InterruptLatch(console) as latch:
+            try:
+                outcome = put_back(remote, facts, uploaded, expected, start, console, suffix=suffix,
+                                   server_timeout=server_timeout)
+            except (ConnectionFailed, KeyboardInterrupt) as exc:
+                why = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc)
+                raise Incomplete(f"{why} once the restore had begun stopping the services: the master's state is "
+                                 f"unknown (services maybe stopped, SSL folders maybe moved aside as {aside} or half "
+                                 "extracted); check on the master and move kept folders back or restore again "
+                                 "(README 'Restoring a backup by hand')") from None
+            finally:
+                if latch.interrupted:
+                    console.warn("interrupt received during the put-back: it was let finish (stopped half-way it "
+                                 "would leave the SSL folders half extracted)")
     problem = None
     if outcome.disk_sha256 != cert_sha:
         disk = f"{outcome.disk_sha256[:23]}..." if outcome.disk_sha256 else "missing"

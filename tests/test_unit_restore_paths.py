@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import re
+import signal
 import socket
 import tarfile
 from pathlib import Path
@@ -636,6 +638,20 @@ def test_a_restore_cut_off_after_the_stop_is_incomplete_naming_the_folders_aside
     assert all(f"{p}{suffix}" in str(info.value) for p in backup_paths(RECORDED))
     assert "state is unknown" in str(info.value) and info.value.exit_code == 8
     assert rjob.locks.released == 1
+
+
+def test_ctrl_c_during_the_put_back_lets_it_finish_and_says_so(rjob, monkeypatch):
+    # Stopped half-way, its commands would go on on the master after the lock was released.
+    put_back = rjob._put_back
+
+    def pressed_meanwhile(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return put_back(*args, **kwargs)
+
+    monkeypatch.setattr(restore, "put_back", pressed_meanwhile)
+    assert rjob.run() is rjob.outcome
+    assert "interrupt received during the put-back: it was let finish" in rjob.console.text("warn")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.parametrize("failure", [RolledBack("put back undone"), Incomplete("half put back")])
