@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 from pe_remote.commands import agents as commands
 from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import issued_by, pem_blocks, sha256_hex
+from pe_remote.connection import ssh_hostname
 from pe_remote.discovery import path_problem
 from pe_remote.errors import InputError, InvalidName, PeRemoteError
 from pe_remote.fleet import DEFAULT_PARALLEL, run_parallel
@@ -161,6 +162,7 @@ def agent_targets(spec: str | None, resolve: Callable[[str], Target]) -> list[Ta
     targets: dict[tuple[str, int], Target] = {}
     for name in dict.fromkeys(names):
         target = resolve(name)
-        # An alias and its address are one agent: two pushes at once to it would race on ca.pem.
-        targets.setdefault((target.address, target.port), target)
+        # An alias and its address are one agent (an inventory's or the SSH config's): two pushes at once
+        # to it would race on ca.pem.
+        targets.setdefault((ssh_hostname(target.address), target.port), target)
     return list(targets.values())

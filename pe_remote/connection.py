@@ -300,6 +300,12 @@ def connection_config() -> fabric.Config:
     return config
 
 
+def ssh_hostname(address: str) -> str:
+    """The host `address` reaches once the SSH config's `HostName` is applied (lower case): two aliases
+    of one host are one host."""
+    return str(connection_config().base_ssh_config.lookup(address).get("hostname", address)).lower()
+
+
 def new_connection(target: Target, connect_kwargs: dict) -> fabric.Connection:
     """The Fabric connection (one link: OneLinkConnection), never forwarding the operator's SSH agent.
 

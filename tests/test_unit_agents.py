@@ -368,6 +368,14 @@ def test_agent_targets_from_the_flag():
     assert resolved == ["a1", "root@a2.example:2222", "a1.example", "ops@a3.example"]  # `a1` asked once
 
 
+def test_two_ssh_config_aliases_of_one_agent_are_one_agent(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text("Host web1 web1-backup\n  HostName Web1.Example\n")
+    targets = agents.agent_targets("web1,web1-backup,web1.example,web1.example:2222", parse_target)
+    assert [(t.address, t.port) for t in targets] == [("web1", 22), ("web1.example", 2222)]
+
+
 @pytest.mark.parametrize("spec", ["", " , ,", None])
 def test_agent_targets_needs_an_agent(spec):
     with pytest.raises(InputError, match=r"names no agent: give an alias or \[root@\]host\[:port\], several as a,b,c"):
