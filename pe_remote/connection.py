@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -41,12 +42,41 @@ class _AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
         self.known_hosts = known_hosts
 
     def missing_host_key(self, client, hostname, key):
+        pattern = self._pattern_matching(hostname)
+        if pattern:
+            raise HostKeyRejected(f"{hostname} matches the pattern {pattern!r} in {self.known_hosts}, which pe-remote "
+                                  "cannot check a key against: not adding a new key for it; add the host's own line "
+                                  "(ssh-keyscan, after checking its fingerprint)")
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(self.known_hosts, "a") as fh:
             fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
         client.get_host_keys().add(hostname, key.get_name(), key)
         log.warning("accepted new host key for %s (%s %s)", hostname, key.get_name(),
                     key.fingerprint if hasattr(key, "fingerprint") else "")
+
+
+    def _pattern_matching(self, hostname: str) -> str:
+        """A wildcard host pattern of known_hosts that matches `hostname` (paramiko skips those lines, so
+        a host pinned by one looks unknown; OpenSSH would check it against that key)."""
+        try:
+            lines = self.known_hosts.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        for line in lines:
+            fields = line.split()
+            if fields and fields[0].startswith("@"):
+                fields = fields[1:]
+            if not fields or fields[0].startswith("#"):
+                continue
+            for pattern in fields[0].split(","):
+                if any(c in pattern for c in "*?") and _ssh_pattern(pattern.lstrip("!")).fullmatch(hostname):
+                    return printable(pattern)[:80]
+        return ""
+
+
+def _ssh_pattern(pattern: str) -> re.Pattern:
+    """OpenSSH's host pattern: `*` any run, `?` one character, everything else itself (no [classes])."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.I)
 
 
 class _RejectHopKey(paramiko.MissingHostKeyPolicy):

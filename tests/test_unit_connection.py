@@ -9,6 +9,7 @@ a live server cannot produce on demand use a fake fabric Connection instead.
 from __future__ import annotations
 
 import io
+import re
 import socket
 import subprocess
 import threading
@@ -202,6 +203,27 @@ def test_accept_new_saves_the_key_and_it_is_trusted_next_time(server, tmp_path, 
     with connect(target) as again:  # the saved key is now known: no opt-in needed
         assert again.run("echo again").stdout == "again\n"
     assert saved.read_text().count("\n") == 1  # not saved twice
+
+
+@pytest.mark.parametrize("pattern", ["[127.0.0.?]:*", "[127.0.0.1]:*", "*"])
+def test_accept_new_never_adds_a_key_for_a_host_a_wildcard_line_pins(server, tmp_path, keys, client_key_file,
+                                                                       pattern):
+    # paramiko skips wildcard lines: the host looks unknown, though OpenSSH would check it against that key.
+    target = target_for(server, tmp_path, client_key_file)
+    pinned = f"{pattern} {keys.other.get_name()} {keys.other.get_base64()}\n"
+    Path(target.known_hosts).write_text(pinned)
+    with pytest.raises(HostKeyRejected, match=rf"matches the pattern '{re.escape(pattern)}' in .*not adding a new key"):
+        connect(target, accept_new_host_key=True)
+    assert Path(target.known_hosts).read_text() == pinned
+
+
+def test_accept_new_is_not_stopped_by_a_wildcard_line_for_other_hosts(server, tmp_path, keys, client_key_file):
+    target = target_for(server, tmp_path, client_key_file)
+    other = f"*.example.com,!db.example.com {keys.other.get_name()} {keys.other.get_base64()}\n"
+    Path(target.known_hosts).write_text(other)
+    with connect(target, accept_new_host_key=True) as remote:
+        assert remote.run("echo hello").stdout == "hello\n"
+    assert Path(target.known_hosts).read_text() == other + known_hosts_line(server.port, keys.host)
 
 
 @pytest.mark.parametrize("accept_new", [False, True])
