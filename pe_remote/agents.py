@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 from pe_remote.commands import agents as commands
 from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import issued_by, pem_blocks, sha256_hex
-from pe_remote.connection import ssh_hostname
+from pe_remote.connection import connection_config, ssh_hostname
 from pe_remote.discovery import path_problem
 from pe_remote.errors import InputError, InvalidName, PeRemoteError
 from pe_remote.fleet import DEFAULT_PARALLEL, run_parallel
@@ -160,9 +160,10 @@ def agent_targets(spec: str | None, resolve: Callable[[str], Target]) -> list[Ta
     if not names:
         raise InputError(f"--agents {spec!r} names no agent: give an alias or [root@]host[:port], several as a,b,c")
     targets: dict[tuple[str, int], Target] = {}
+    config = connection_config()  # the SSH config files, read once for every name
     for name in dict.fromkeys(names):
         target = resolve(name)
         # An alias and its address are one agent (an inventory's or the SSH config's): two pushes at once
         # to it would race on ca.pem.
-        targets.setdefault((ssh_hostname(target.address), target.port), target)
+        targets.setdefault((ssh_hostname(target.address, config), target.port), target)
     return list(targets.values())

@@ -33,6 +33,9 @@ KEEPALIVE_SECONDS = 15
 DEAD_LINK_SECONDS = 45  # no reply to a keepalive for this long: the link is dead
 SFTP_IDLE_TIMEOUT = 300  # an SFTP transfer with no reply for this long is given up
 COMMAND_TIMEOUT = 1800  # no remote command runs longer without saying so (steps have tighter bounds)
+# What to do about an unknown host key (the master's or a ProxyJump hop's).
+UNKNOWN_KEY_ADVICE = ("verify its fingerprint and add it (ssh-keyscan), pass --known-hosts FILE, or opt in with "
+                      "--accept-new-host-key")
 
 
 class _AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
@@ -53,7 +56,6 @@ class _AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
         client.get_host_keys().add(hostname, key.get_name(), key)
         log.warning("accepted new host key for %s (%s %s)", hostname, key.get_name(),
                     key.fingerprint if hasattr(key, "fingerprint") else "")
-
 
     def _pattern_matching(self, hostname: str) -> str:
         """A wildcard host pattern of known_hosts that matches `hostname` (paramiko skips those lines, so
@@ -87,8 +89,7 @@ class _RejectHopKey(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client, hostname, key):
         raise HostKeyRejected(f"host key of the ProxyJump hop {hostname} is unknown: it is not in {self.known_hosts}; "
-                              "verify its fingerprint and add it (ssh-keyscan), pass --known-hosts FILE, or opt in "
-                              "with --accept-new-host-key")
+                              f"{UNKNOWN_KEY_ADVICE}")
 
 
 def _check_host_keys(client: paramiko.SSHClient, known_hosts: Path, policy: paramiko.MissingHostKeyPolicy) -> None:
@@ -330,10 +331,11 @@ def connection_config() -> fabric.Config:
     return config
 
 
-def ssh_hostname(address: str) -> str:
+def ssh_hostname(address: str, config: fabric.Config | None = None) -> str:
     """The host `address` reaches once the SSH config's `HostName` is applied (lower case): two aliases
-    of one host are one host."""
-    return str(connection_config().base_ssh_config.lookup(address).get("hostname", address)).lower()
+    of one host are one host. `config`: a connection_config() already loaded, for several addresses."""
+    config = config if config is not None else connection_config()
+    return str(config.base_ssh_config.lookup(address).get("hostname", address)).lower()
 
 
 def new_connection(target: Target, connect_kwargs: dict) -> fabric.Connection:
@@ -397,9 +399,7 @@ def connect(target: Target, *, accept_new_host_key: bool = False) -> Remote:
     except paramiko.SSHException as exc:
         if "not found in known_hosts" in str(exc):
             raise HostKeyRejected(
-                f"host key of {target.label} is unknown: it is not in {known_hosts}; "
-                "verify its fingerprint and add it (ssh-keyscan), pass --known-hosts FILE, "
-                "or opt in with --accept-new-host-key"
+                f"host key of {target.label} is unknown: it is not in {known_hosts}; {UNKNOWN_KEY_ADVICE}"
             ) from None
         raise ConnectionFailed(f"SSH to {target.label} failed: {exc}") from None
     except (OSError, socket.timeout, EOFError) as exc:
