@@ -28,10 +28,9 @@ def _regen_args(master, tmp_path: Path, *extra: str) -> list[str]:
             "--backup-dir", str(tmp_path / "bk"), *extra]
 
 
-def _fab_until(master, tmp_path: Path, *needles: str, timeout: float = 300,
-               extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, list[str]]:
+def _fab_until(master, tmp_path: Path, *needles: str) -> tuple[subprocess.Popen, list[str]]:
     """Start `fab ... regen --yes` and read its output until every needle was printed."""
-    return fab_until(_regen_args(master, tmp_path, *extra), *needles, timeout=timeout)
+    return fab_until(_regen_args(master, tmp_path), *needles)
 
 
 def assert_serves(master, expected_sha256: str) -> None:

@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from conftest import CUT, describe, fab_target_args, fab_until, finish, run_cli
+from conftest import CUT, describe, fab_target_args, on_master_when, run_cli
 from pe_remote.commands.shell import join
 from pe_remote.commands.steps import CA_WRITABLE, with_ca_frozen
 from test_faults import _regen_args, assert_serves
@@ -114,19 +114,17 @@ def test_a_generate_killed_while_the_ca_is_frozen_gets_its_owners_back_on_resume
     cadir = master.flavor.cadir
     owners = _owners(master)
     old = _cert_facts(master)
-    proc, seen = fab_until(_regen_args(master, tmp_path), f"Generate a new cert for {master.certname} ...")
     # Once frozen and the CA CLI started (its process, not the step's shell, whose line names the state
-    # file): the connection cut, then the step's shell killed ([x]: not this shell itself); the CA CLI
+    # file): the connection cut, then the step's shell killed ([x]: not the watcher itself); the CA CLI
     # runs on to its end, as on a master whose shell died.
     state = "/root/pe-remote-backups/ca-freeze.owners"
-    # The path is put together in the shell: this command's own line must not match the pkill pattern.
-    master.check(f"S={state.removesuffix('.owners')}; S=$S.owners; for i in $(seq 1 400); do [ -f \"$S\" ] && "
-                 f"[ \"$(stat -c %u {cadir}/serial)\" = 0 ] && ps -eo args= | grep -v ca-freeze | grep -q '[c]a generate' && break; "
-                 "sleep 0.05; done; "
-                 "[ -f \"$S\" ] && "
-                 f"{CUT} && pkill -KILL -f '[c]a-freeze.owners'")
-    out = finish(proc, seen)
-    assert proc.returncode == 8, out
+    # The path is put together in the shell: the watcher's own line must not match the pkill pattern.
+    frozen_and_generating = (f"S={state.removesuffix('.owners')}; S=$S.owners; [ -f \"$S\" ] && "
+                             f"[ \"$(stat -c %u {cadir}/serial)\" = 0 ] && "
+                             "ps -eo args= | grep -v ca-freeze | grep -q '[c]a generate'")
+    with on_master_when(master, frozen_and_generating, f"{CUT} && pkill -KILL -f '[c]a-freeze.owners'"):
+        proc = run_cli("fab", *_regen_args(master, tmp_path))
+    assert proc.returncode == 8, describe(proc)
     master.check("for i in $(seq 1 600); do pgrep -f '[c]a generate' >/dev/null || exit 0; sleep 0.1; done; exit 1")
     frozen = _owners(master)
     assert "root:" in frozen and frozen != owners, frozen  # the scenario: left frozen, the owners saved
