@@ -379,7 +379,8 @@ def connect(target: Target, *, accept_new_host_key: bool = False) -> Remote:
     _check_host_keys(connection.client, known_hosts,
                      _AcceptNewHostKey(known_hosts) if accept_new_host_key else paramiko.RejectPolicy())
     # A ProxyJump hop from the SSH config: Fabric makes it a plain Connection, which accepts any host key
-    # and has no timeouts. Each hop gets the master's rules.
+    # and has no timeouts. Each hop gets the master's rules; its channel_timeout also bounds the forwarded
+    # channel to the next host (paramiko waits an hour for it by default).
     hop = connection.gateway
     while isinstance(hop, fabric.Connection):
         _check_host_keys(hop.client, known_hosts,

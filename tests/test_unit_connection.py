@@ -45,6 +45,12 @@ class _Handler(paramiko.ServerInterface):
     def check_channel_request(self, kind, chanid):
         return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
+    def check_channel_direct_tcpip_request(self, chanid, origin, destination):
+        # A hop whose sshd never answers a forwarding (its connect to the master hangs): held until released.
+        if self.server.forwarding_held is not None:
+            self.server.forwarding_held.wait(30)
+        return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
     def check_channel_exec_request(self, channel, command):
         threading.Thread(target=self.server.execute, args=(channel, command.decode()), daemon=True).start()
         return True
@@ -62,6 +68,7 @@ class SSHServer:
         self.global_requests: list[str] = []
         self.commands: list[str] = []
         self.transports: list[paramiko.Transport] = []
+        self.forwarding_held: threading.Event | None = None
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(8)
@@ -309,6 +316,28 @@ def test_a_proxyjump_hop_must_have_a_known_host_key_too(server, tmp_path, keys, 
     with pytest.raises(ConnectionFailed) as info:
         connect(target)
     assert not isinstance(info.value, HostKeyRejected)
+
+
+def test_a_proxyjump_hop_that_never_answers_the_forwarding_is_given_up_after_the_connect_timeout(
+        server, tmp_path, keys, client_key_file, monkeypatch):
+    # paramiko waits an hour for a channel to open unless told otherwise; the hop gets our timeout.
+    monkeypatch.setattr(conn, "CONNECT_TIMEOUT", 1)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(f"Host master-alias\n  HostName 127.0.0.1\n"
+                                              f"  ProxyJump root@localhost:{server.port}\n")
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[localhost]:{server.port} {keys.host.get_name()} {keys.host.get_base64()}\n")
+    target = Target(address="master-alias", port=server.port, key_files=(client_key_file,),
+                    known_hosts=str(known_hosts))
+    server.forwarding_held = threading.Event()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ConnectionFailed, match="Timeout opening channel"):
+            connect(target)
+        assert time.monotonic() - started < 10
+    finally:
+        server.forwarding_held.set()
 
 
 def test_a_known_hosts_line_paramiko_cannot_read_is_a_one_line_input_error(tmp_path, client_key_file):
