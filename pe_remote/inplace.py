@@ -10,7 +10,7 @@ import base64
 from typing import Callable
 
 from pe_remote import runs
-from pe_remote.backup import Backup, local_backup_dir, remote_backup_path, stream_command, take_backup
+from pe_remote.backup import Backup, backup_paths, local_backup_dir, remote_backup_path, stream_command, take_backup
 from pe_remote.discovery import MasterFacts
 from pe_remote.errors import InputError, JournalDamaged, Refused
 from pe_remote.events import Events
@@ -45,7 +45,7 @@ def change_and_prove(remote, facts: MasterFacts, plan: Plan, job: runs.Job, reco
     connection leaves the journal for the next run of the job to resume or roll back."""
     label = remote.target.label
     runs.thaw_left_freeze(remote, facts, console)
-    console.notice(f"Backing up {facts.ssldir} on {label} ...")
+    console.notice(f"Backing up {', '.join(backup_paths(facts))} on {label} ...")
     events.emit("backup-started")
     backup = take_backup(remote, facts, local_backup_dir(backup_dir, label))
     events.emit("backup-finished", backup=backup)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pe_remote import runs
-from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, backup_while_discovering, local_backup_dir, prepare_local_dir, remote_backup_path, \
+from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, backup_paths, backup_while_discovering, local_backup_dir, prepare_local_dir, remote_backup_path, \
     stream_command, take_backup
 from pe_remote.console import Console
 from pe_remote.discovery import MasterFacts, discover
@@ -155,7 +155,7 @@ def _regen(remote, options: RegenOptions, console: Console, events: Events) -> R
     console.confirm(f"Regenerate the cert of {facts.certname} on {label} with alt names "
                     f"{', '.join(alt_names) or '(none)'}? Puppet services stop until it is done.")
     runs.thaw_left_freeze(remote, facts, console)
-    console.notice(f"Backing up {facts.ssldir} on {label} ...")
+    console.notice(f"Backing up {', '.join(backup_paths(facts))} on {label} ...")
     backup_started = time.monotonic()
     events.emit("backup-started")
     backup = take_backup(remote, facts, folder)

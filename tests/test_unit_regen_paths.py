@@ -220,6 +220,8 @@ def test_a_good_run_ends_ok_with_its_report_filled(job):
     assert job.verifications[0]["agent"] is RECORDED.flavor.agent_check
     assert any("Regenerate the cert of" in q for q in job.console.asked)
     assert "Regenerated " + C in job.console.text("notice")
+    # The notice names every folder the backup holds: Puppet 7 keeps its CA outside the ssldir.
+    assert f"Backing up {RECORDED.ssldir}, {RECORDED.cadir} on" in job.console.text("notice")
 
 
 def test_a_good_run_takes_the_lock_once_and_releases_it(job):
