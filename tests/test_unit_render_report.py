@@ -15,6 +15,7 @@ from pe_remote import console as console_module
 from pe_remote.console import Console
 from pe_remote.discovery import ServiceState
 from pe_remote.errors import InputError
+from pe_remote.flavors import FLAVORS
 from pe_remote.plan import Plan, Step
 from pe_remote.render import render_facts, render_plan
 from pe_remote.report import OUTCOMES, SCHEMA_PATH, RunReport, StepRecord, utc_now
@@ -118,6 +119,9 @@ def test_the_report_has_every_field_the_schema_requires_and_no_other():
     assert set(data) == set(schema["required"]) == set(schema["properties"])
     assert data["schema"] == schema["properties"]["schema"]["const"]
     assert set(OUTCOMES) <= set(schema["properties"]["outcome"]["enum"])
+    # Every generation of the table can be a report's flavor (puppet5 was missing: its reports failed
+    # validation against the published schema).
+    assert set(schema["properties"]["flavor"]["enum"]) == set(FLAVORS) | {None}
 
 
 def test_a_new_report_is_a_failure_until_told_otherwise():
