@@ -110,14 +110,14 @@ def run_log_path(target: Target, task: str):
     return Path(state) / "pe-remote" / "logs" / f"{stamp}-{host}-{task}.log"
 
 
-def report_path(report: str, label: str) -> str:
-    """FILE.json -> FILE-<host>.json, for one report per host."""
+def host_file(path: str, label: str, suffix: str) -> str:
+    """FILE.json -> FILE-<host>.json (`suffix` where FILE has none), for one file per host."""
     import re
     from pathlib import Path
 
-    path = Path(report)
+    given = Path(path)
     host = re.sub(r"[^A-Za-z0-9._-]", "_", label)
-    return str(path.with_name(f"{path.stem}-{host}{path.suffix or '.json'}"))
+    return str(given.with_name(f"{given.stem}-{host}{given.suffix or suffix}"))
 
 
 def alt_names_from(value: str | None, target: Target) -> tuple[str, ...] | None:
@@ -165,11 +165,12 @@ def fab_hosts(c) -> tuple[str, ...]:
     return ()
 
 
-def per_host_report(c, report: str | None, targets: list[Target]):
-    """Where each host's --report goes: FILE itself for one host; FILE-<host>.json each when the run covers
-    several (`--host a,b`, or `fab -H a,b`, which calls the task once per host). Returns label -> path."""
+def per_host_file(c, path: str | None, targets: list[Target], suffix: str = ".json"):
+    """Where each host's --report (or --log-file) goes: FILE itself for one host; FILE-<host>.json each when
+    the run covers several (`--host a,b`, or `fab -H a,b`, which calls the task once per host). Returns
+    label -> path."""
     several = len(targets) > 1 or len(fab_hosts(c)) > 1
-    return lambda label: (report_path(report, label) if several else report)
+    return lambda label: (host_file(path, label, suffix) if several else path)
 
 
 def whole_number(value, flag: str, expected: str, *, low: int, high: int | None = None,

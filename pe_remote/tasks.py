@@ -5,12 +5,13 @@ Thin layer: parse flags, call the library, turn its errors into exit codes (pe_r
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 
 from invoke import Collection, task
 
 from pe_remote.cli import (TARGET_HELP, alt_names_from, check_flavor, check_report_path, connected, exits_cleanly,
-                           for_each_host, named_target, per_host_report, run_id_from, run_log_path, target_from,
+                           for_each_host, named_target, per_host_file, run_id_from, run_log_path, target_from,
                            targets_from, whole_number)
 from pe_remote.commands.steps import SERVER_READY_TIMEOUT
 from pe_remote.connection import check_login
@@ -74,7 +75,7 @@ def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
                      "together with every alt name the current cert carries)",
     "drop_alt_names": "comma-separated alt names of the current cert to leave out of the new one; a name is "
                       "never dropped otherwise, --yes included",
-    "yes": "do not ask before changing the master (for CI); the plan is still printed",
+    "yes": "do not ask before changing the master (for CI); the plan is printed on a terminal and always logged",
     "dry_run": "discover and print the exact remote commands in order, then run the real run's checks (a master "
                "it refuses fails the same way); change nothing",
     "backup_dir": BACKUP_DIR_HELP,
@@ -90,7 +91,8 @@ def backup(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
                       "the run is rolled back (default 300; a big master with many JRubies may need more)",
     "report": "write a JSON report of the run to this file, whatever the outcome (schema: README, Report); "
               "with several hosts, one file each, named FILE-<host>.json",
-    "log_file": "log of the run (default: ~/.local/state/pe-remote/logs/<UTC time>-<host>-regen.log)",
+    "log_file": "log of the run (default: ~/.local/state/pe-remote/logs/<UTC time>-<host>-regen.log); with "
+                "several hosts, one file each, named FILE-<host>.log",
     "wave": "with several hosts, how many to regenerate at once (default 1; more needs --yes); nothing starts "
             "after a failure",
     "restart": "stop and start the services as the generation's documented procedure does, even where the "
@@ -116,7 +118,8 @@ def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_
     # Every flag is checked before the first connection (exit 2, nothing touched).
     check_flavor(flavor)
     report = check_report_path(report)
-    report_for = per_host_report(c, report, targets)
+    report_for = per_host_file(c, report, targets)
+    log_for = per_host_file(c, os.path.expanduser(log_file), targets, ".log") if log_file else None
     drop = parse_alt_names(drop_alt_names, source="--drop-alt-names")
     run_id = run_id_from(rollback, resume, abandon)
     server_timeout = checked_server_timeout(server_timeout)
@@ -138,7 +141,7 @@ def regen(c, host=None, inventory=None, key_file=None, known_hosts=None, accept_
                                rollback=bool(rollback), abandon=bool(abandon),
                                run_id=run_id, server_timeout=server_timeout, restart=restart)
         console = Console(verbose=verbose, assume_yes=yes,
-                          log_path=(log_file if log_file and not several else run_log_path(target, "regen")))
+                          log_path=log_for(target.label) if log_for else run_log_path(target, "regen"))
         if verbose:
             remote.on_command = console.command
         record = RunReport(target.label)
@@ -218,7 +221,7 @@ def verify(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
     report = check_report_path(report)
     warn_days = whole_number(warn_days, "--warn-days", "a whole number of days, 0 or more", low=0, default=90)
     targets = targets_from(c, host, inventory, key_file, known_hosts)
-    report_for = per_host_report(c, report, targets)
+    report_for = per_host_file(c, report, targets)
     for target in targets:  # checked before the first connection (exit 2)
         alt_names_from(dns_alt_names, target)
 

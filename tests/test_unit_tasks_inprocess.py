@@ -508,14 +508,15 @@ def test_regen_several_hosts_one_report_and_one_log_each(capsys, inventory, tmp_
     report = tmp_path / "out" / "r.json"
     report.parent.mkdir()
     ran = run_program(capsys, "regen", "--host", "a,b", "--inventory", inventory, "--yes",
-                      "--report", str(report), "--log-file", str(tmp_path / "ignored.log"))
+                      "--report", str(report), "--log-file", str(tmp_path / "logs" / "run"))
     assert ran.code == 0, ran
     assert connect.labels == ["a", "b"]  # one at a time, in the order given
     assert sorted(p.name for p in report.parent.iterdir()) == ["r-a.json", "r-b.json"]
     assert json.loads((report.parent / "r-b.json").read_text())["host"] == "b"
+    # --log-file too is one file per host (it was ignored with several hosts: the default logs were used).
     logs = [call.console.log_path for call in library.calls["regen"]]
-    assert all(path.parent == tmp_path / "state" / "pe-remote" / "logs" for path in logs)
-    assert not (tmp_path / "ignored.log").exists()
+    assert logs == [tmp_path / "logs" / "run-a.log", tmp_path / "logs" / "run-b.log"]
+    assert "regenerated b" in logs[1].read_text() and "regenerated a" not in logs[1].read_text()
     assert "ok: serial 1A -> 1B" in ran.out and "2 hosts: 2 ok, 0 failed" in ran.out
 
 
