@@ -25,7 +25,7 @@ from pe_remote.events import run_job
 from pe_remote.inplace import (change_and_prove, decode_record, encode_record, recorded_number, refuse_unless_ca,
                                same_number_as_run, show_plan)
 from pe_remote.journal import Journal
-from pe_remote.runs import Proof, Unfinished, resume_advice, unfinished
+from pe_remote.runs import Proof, Unfinished, unfinished
 from pe_remote.plan import Plan, Step
 from pe_remote.report import RunReport
 
@@ -190,8 +190,7 @@ def refresh_crl(remote, console, *, days: int | None = None, dry_run: bool = Fal
         raise InputError(f"--days {days!r}: give whole days from 1 to {MAX_DAYS}")
     return run_job(remote, console, "refresh-crl",
                    lambda events: _refresh(remote, console, events, days, dry_run, backup_dir, flavor, unfinished_run),
-                   dry_run=dry_run, report=report, listeners=listeners,
-                   resume_hint=": " + resume_advice("refresh-crl"))
+                   dry_run=dry_run, report=report, listeners=listeners)
 
 
 def crl_plan_lines(before: CrlState, days: int) -> list[str]:
@@ -277,8 +276,8 @@ def _refresh(remote, console, events: Events, days: int | None, dry_run: bool, b
                                                 *crl_plan_lines(before, days)], dry_run=dry_run):
         return RefreshResult(facts, plan, "dry-run", before)
     console.confirm(f"Re-sign the CRL of {facts.certname}'s CA on {label}, valid {days} days?")
-    backup, _ = change_and_prove(remote, facts, plan, job, job.record(days, raw), console, events,
-                                 backup_dir=backup_dir)
+    backup = change_and_prove(remote, facts, plan, job, job.record(days, raw), console, events,
+                              backup_dir=backup_dir)
     _said_refreshed(console, label, before, job.after, str(backup.local_path))
     return RefreshResult(facts, plan, "ok", before, job.after, backup)
 

@@ -80,12 +80,17 @@ class Events:
             self.emit("phase", phase=phase)
 
 
+def resume_advice(task: str) -> str:
+    """What to do about a run of `task` cut off half-way."""
+    return f"Run `{task}` again on it to resume (or `{task} --rollback` to put the backup back)"
+
+
 def run_job(remote, console, task: str, body: Callable[["Events"], object], *, dry_run: bool,
-            report: RunReport | None = None, listeners: tuple[Listener, ...] = (), resume_hint: str = "") -> object:
+            report: RunReport | None = None, listeners: tuple[Listener, ...] = ()) -> object:
     """Run `body(events)` holding the master's run lock (not for a dry run: it changes nothing). The
     report and the console's step lines listen, with `listeners`; the `finished` event carries the exit
     code of the phase the job ended in. A library error that escapes once the master is being changed
-    becomes Incomplete (8): a job never ends half-way without saying so (`resume_hint`: what to do)."""
+    becomes Incomplete (8), saying how to resume: a job never ends half-way without saying so."""
     from pe_remote import lock as master_lock
 
     report = report if report is not None else RunReport(remote.target.label)
@@ -105,7 +110,7 @@ def run_job(remote, console, task: str, body: Callable[["Events"], object], *, d
         if events.phase in (Phase.CHANGING, Phase.INCOMPLETE):
             events.enter(Phase.INCOMPLETE)
             if not isinstance(exc, Incomplete):
-                error = Incomplete(f"{exc}; the master may be part-way through the run{resume_hint}")
+                error = Incomplete(f"{exc}; the master may be part-way through the run: {resume_advice(task)}")
                 raise error from exc
         raise
     except BaseException as exc:

@@ -37,7 +37,7 @@ from pe_remote.events import run_job
 from pe_remote.inplace import (change_and_prove, decode_record, encode_record, recorded_number, refuse_unless_ca,
                                same_number_as_run, show_plan)
 from pe_remote.journal import Journal
-from pe_remote.runs import Proof, Unfinished, resume_advice, unfinished
+from pe_remote.runs import Proof, Unfinished, unfinished
 from pe_remote.names import printable
 from pe_remote.plan import Plan, Step
 from pe_remote.report import RunReport
@@ -145,7 +145,7 @@ def extend_ca(remote, console, *, years: int | None = None, dry_run: bool = Fals
     return run_job(remote, console, "extend-ca",
                    lambda events: _extend(remote, console, events, years, dry_run, backup_dir, flavor, unfinished_run,
                                           agents or AgentsToPush()),
-                   dry_run=dry_run, report=report, listeners=listeners, resume_hint=": " + resume_advice("extend-ca"))
+                   dry_run=dry_run, report=report, listeners=listeners)
 
 
 class ExtendJob:
@@ -228,8 +228,8 @@ def _extend(remote, console, events: Events, years: int | None, dry_run: bool, b
     if show_plan(console, events, facts, plan, lines, dry_run=dry_run):
         return ExtendResult(facts, plan, "dry-run", before)
     console.confirm(f"Renew the CA cert of {label} for {years} years (same key)?")
-    backup, _ = change_and_prove(remote, facts, plan, job, job.record(years, raw, crl_raw), console, events,
-                                 backup_dir=backup_dir)
+    backup = change_and_prove(remote, facts, plan, job, job.record(years, raw, crl_raw), console, events,
+                              backup_dir=backup_dir)
     _said_renewed(console, label, facts, before, job.after, str(backup.local_path))
     result = ExtendResult(facts, plan, "ok", before, job.after, backup, job.agent_exit)
     result.agents = _push(console, label, before, job.after, agents, events)

@@ -10,7 +10,7 @@ import base64
 from typing import Callable
 
 from pe_remote import runs
-from pe_remote.backup import Backup, backup_paths, local_backup_dir, remote_backup_path, stream_command, take_backup
+from pe_remote.backup import Backup, local_backup_dir, remote_backup_path, stream_command
 from pe_remote.discovery import MasterFacts
 from pe_remote.errors import InputError, JournalDamaged, Refused
 from pe_remote.events import Events
@@ -39,20 +39,11 @@ def show_plan(console, events: Events, facts: MasterFacts, plan: Plan, lines: li
 
 
 def change_and_prove(remote, facts: MasterFacts, plan: Plan, job: runs.Job, record: dict, console, events: Events,
-                     *, backup_dir: str) -> tuple[Backup, runs.Journal]:
-    """Back up, journal the run (`record`: what the job needs to resume it), run `plan`, then the job's
-    proof; a failure after the backup puts it back (RolledBack, 7; Incomplete, 8, if it cannot), a lost
-    connection leaves the journal for the next run of the job to resume or roll back."""
-    label = remote.target.label
-    runs.thaw_left_freeze(remote, facts, console)
-    console.notice(f"Backing up {', '.join(backup_paths(facts))} on {label} ...")
-    events.emit("backup-started")
-    backup = take_backup(remote, facts, local_backup_dir(backup_dir, label))
-    events.emit("backup-finished", backup=backup)
-    console.notice(f"Backup: {backup.local_path} (sha256 {backup.sha256}); on the master: {backup.remote.path}")
-    journal = runs.start_journal(remote, facts, backup, console, events, task=job.task, job=record)
-    runs.run_steps(remote, plan, journal, job.proof(journal, plan), console, events)
-    return backup, journal
+                     *, backup_dir: str) -> Backup:
+    """runs.back_up_and_run into the host's folder under `backup_dir`; the backup taken."""
+    backup, _, _ = runs.back_up_and_run(remote, facts, plan, job, console, events,
+                                        folder=local_backup_dir(backup_dir, remote.target.label), record=record)
+    return backup
 
 
 # --- what a CA job records before its first change: the files' bytes as it read them ----------

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pe_remote import runs
-from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, backup_paths, backup_while_discovering, local_backup_dir, prepare_local_dir, remote_backup_path, \
-    stream_command, take_backup
+from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, backup_while_discovering, local_backup_dir, prepare_local_dir, remote_backup_path, \
+    stream_command
 from pe_remote.console import Console
 from pe_remote.discovery import MasterFacts, discover
 from pe_remote.errors import BackupError, InputError, InvalidName, Refused
@@ -58,7 +58,6 @@ class RegenResult:
     verification: Verification | None = None
     commands_run: int = 0
     seconds: float = 0.0
-    backup_seconds: float = 0.0
 
     @property
     def old_serial(self) -> str | None:
@@ -108,8 +107,7 @@ def regen(remote, options: RegenOptions, console: Console, report: RunReport | N
     outcome) and to `listeners`; the exit code is the phase's it ended in (see events.py). One run at
     a time on a master, for the whole run, rollback included."""
     return run_job(remote, console, "regen", lambda events: _regen(remote, options, console, events),
-                   dry_run=options.dry_run, report=report, listeners=listeners,
-                   resume_hint=": " + runs.resume_advice("regen"))
+                   dry_run=options.dry_run, report=report, listeners=listeners)
 
 
 def _regen(remote, options: RegenOptions, console: Console, events: Events) -> RegenResult:
@@ -154,21 +152,9 @@ def _regen(remote, options: RegenOptions, console: Console, events: Events) -> R
         console.confirm(f"Drop {', '.join(plan.dropped_sans)} from {facts.certname}'s cert?")
     console.confirm(f"Regenerate the cert of {facts.certname} on {label} with alt names "
                     f"{', '.join(alt_names) or '(none)'}? Puppet services stop until it is done.")
-    runs.thaw_left_freeze(remote, facts, console)
-    console.notice(f"Backing up {', '.join(backup_paths(facts))} on {label} ...")
-    backup_started = time.monotonic()
-    events.emit("backup-started")
-    backup = take_backup(remote, facts, folder)
-    backup_seconds = time.monotonic() - backup_started
-    events.emit("backup-finished", backup=backup)
-    console.notice(f"Backup: {backup.local_path} (sha256 {backup.sha256}, {backup_seconds:.1f}s); "
-                   f"on the master: {backup.remote.path}")
-    journal = runs.start_journal(remote, facts, backup, console, events, task="regen", alt_names=alt_names,
-                                 job={"restart": options.restart})
-    execution = runs.run_steps(remote, plan, journal, job.proof(journal, plan), console, events)
-    result = _done(remote, plan, journal, execution, job, console, started, backup)
-    result.backup_seconds = backup_seconds
-    return result
+    backup, journal, execution = runs.back_up_and_run(remote, facts, plan, job, console, events, folder=folder,
+                                                      alt_names=alt_names, record={"restart": options.restart})
+    return _done(remote, plan, journal, execution, job, console, started, backup)
 
 
 def refuse_another_request(journal: Journal, job: "RegenJob", options: RegenOptions) -> None:

@@ -9,16 +9,18 @@ how the result is proven, and how a put-back backup is shown to be the old state
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable, Protocol
 
-from pe_remote.backup import REMOTE_BACKUP_DIR, Backup
+from pe_remote.backup import REMOTE_BACKUP_DIR, Backup, backup_paths, take_backup
 from pe_remote.commands.steps import CA_FREEZE_STATE, SERVER_READY_TIMEOUT, failing_checks, thaw_saved_freeze
 from pe_remote.discovery import MasterFacts
 from pe_remote.errors import (ConnectionFailed, Incomplete, InputError, Interrupted, PeRemoteError, Refused,
                               RolledBack, StepFailed, VerificationFailed)
-from pe_remote.events import Events, JournalCopy, Phase
+from pe_remote.events import Events, JournalCopy, Phase, resume_advice
 from pe_remote.executor import Execution, InterruptLatch, execute
 from pe_remote.journal import Journal, event, new_run_id, parse_journal
 from pe_remote.names import printable
@@ -86,8 +88,22 @@ class Continued:
     execution: Execution | None = None
 
 
-def resume_advice(task: str) -> str:
-    return f"Run `{task}` again on it to resume (or `{task} --rollback` to put the backup back)"
+def back_up_and_run(remote, facts: MasterFacts, plan: Plan, job: Job, console, events: Events, *, folder: Path,
+                    alt_names: tuple[str, ...] = (), record: dict | None = None) -> tuple[Backup, Journal, Execution]:
+    """A job's first run on a master: the backup (pulled into `folder`), the journal (`record`: what the job
+    needs to resume it), the plan's steps, then the job's proof; a failure after the backup puts it back
+    (RolledBack, 7; Incomplete, 8, if it cannot), a lost connection leaves the journal for the next run of
+    the job to resume or roll back."""
+    thaw_left_freeze(remote, facts, console)
+    console.notice(f"Backing up {', '.join(backup_paths(facts))} on {remote.target.label} ...")
+    started = time.monotonic()
+    events.emit("backup-started")
+    backup = take_backup(remote, facts, folder)
+    events.emit("backup-finished", backup=backup)
+    console.notice(f"Backup: {backup.local_path} (sha256 {backup.sha256}, {time.monotonic() - started:.1f}s); "
+                   f"on the master: {backup.remote.path}")
+    journal = start_journal(remote, facts, backup, console, events, task=job.task, alt_names=alt_names, job=record)
+    return backup, journal, run_steps(remote, plan, journal, job.proof(journal, plan), console, events)
 
 
 def start_journal(remote, facts: MasterFacts, backup: Backup, console, events: Events, *, task: str,

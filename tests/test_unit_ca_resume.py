@@ -14,7 +14,7 @@ import pytest
 
 from pe_remote import crl as refresh_job
 from pe_remote import extend_ca as extend_job
-from pe_remote import inplace, runs
+from pe_remote import runs
 from pe_remote.backup import RemoteBackup
 from pe_remote.console import Console
 from pe_remote.errors import InputError, JournalDamaged, Refused, RolledBack
@@ -56,7 +56,7 @@ def master(monkeypatch):
     monkeypatch.setattr(refresh_job, "read_raw", lambda remote, facts: found.states.pop(0))
     monkeypatch.setattr(runs, "execute", execute)
     monkeypatch.setattr(runs, "put_back", put_back)
-    monkeypatch.setattr(inplace, "take_backup", no_backup)
+    monkeypatch.setattr(runs, "take_backup", no_backup)
     found.remote = Master()
     return found
 

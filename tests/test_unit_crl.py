@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pe_remote import crl as job
-from pe_remote import inplace, runs
+from pe_remote import runs
 from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import read_crls
 from pe_remote.commands.steps import thaw_saved_freeze
@@ -218,7 +218,7 @@ def fakes(monkeypatch, tmp_path):
         return types.SimpleNamespace(local_path=tmp_path / "b.tar.gz", sha256="a" * 64,
                                      remote=RemoteBackup("/root/pe-remote-backups/b.tar.gz", "a" * 64, 1))
 
-    monkeypatch.setattr(inplace, "take_backup", backup)
+    monkeypatch.setattr(runs, "take_backup", backup)
     monkeypatch.setattr(runs, "execute", lambda remote, plan, console, **kw: calls.executed.append(plan))
 
     def put_back(remote, facts, tarball, sha256, start, console, **_):
@@ -258,8 +258,8 @@ def test_a_cut_off_freeze_with_no_run_left_is_given_back_before_the_backup(fakes
     monkeypatch.setattr(job, "discover", lambda remote, flavor_override=None: frozen)
     master = Master()
     at_backup = []
-    backup = inplace.take_backup
-    monkeypatch.setattr(inplace, "take_backup", lambda *a: (at_backup.append(list(master.commands)), backup(*a))[1])
+    backup = runs.take_backup
+    monkeypatch.setattr(runs, "take_backup", lambda *a: (at_backup.append(list(master.commands)), backup(*a))[1])
     console = Console(out=io.StringIO(), assume_yes=True)
     assert job.refresh_crl(master, console, report=RunReport("m"), days=1825).outcome == "ok"
     assert at_backup == [[thaw_saved_freeze()]] and "no run is left to resume" in console.out.getvalue()

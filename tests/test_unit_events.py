@@ -94,7 +94,7 @@ def job(monkeypatch, tmp_path):
     local.write_bytes(b"tarball")
     backup = Backup(RemoteBackup("/root/pe-remote-backups/20260101T000000Z-m-ssl.tar.gz", "a" * 64, 7), local)
     monkeypatch.setattr(regen, "discover", lambda remote, flavor_override=None: facts)
-    monkeypatch.setattr(regen, "take_backup", lambda remote, facts, folder: backup)
+    monkeypatch.setattr(runs, "take_backup", lambda remote, facts, folder: backup)
     new_cert = dataclasses.replace(facts.cert, serial="9", sha256="BB")
     monkeypatch.setattr(regen, "read_verification", lambda *a, **k: types.SimpleNamespace(cert=new_cert))
     monkeypatch.setattr(regen, "check_regen", lambda plan, result: [])
@@ -186,7 +186,7 @@ def test_ctrl_c_before_any_change_is_130(job, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(regen, "take_backup", interrupted)
+    monkeypatch.setattr(runs, "take_backup", interrupted)
     error, seen, report, _ = _run(job, Master())
     assert isinstance(error, KeyboardInterrupt)
     assert report.exit_code == 130 and report.error == "interrupted before any change"

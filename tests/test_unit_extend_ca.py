@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pe_remote import extend_ca as job
-from pe_remote import inplace, runs
+from pe_remote import runs
 from pe_remote.commands.certs import read_bundle
 from pe_remote.backup import RemoteBackup
 from pe_remote.console import Console
@@ -130,7 +130,7 @@ def fakes(monkeypatch, tmp_path):
         calls.put_back.append(tarball)
         return types.SimpleNamespace(moved_aside=("/var/lib/puppet/ssl.pe-remote-failed-x",))
 
-    monkeypatch.setattr(inplace, "take_backup", backup)
+    monkeypatch.setattr(runs, "take_backup", backup)
     monkeypatch.setattr(runs, "execute", lambda *a, **k: None)
     monkeypatch.setattr(runs, "put_back", put_back)
     return calls

@@ -131,7 +131,7 @@ class Job:
         self.discover_error: BaseException | None = None
         self.backup_error: BaseException | None = None
         monkeypatch.setattr(regen, "discover", self._discover)
-        monkeypatch.setattr(regen, "take_backup", self._take_backup)
+        monkeypatch.setattr(runs, "take_backup", self._take_backup)
         monkeypatch.setattr(runs, "execute", self.execute)
         monkeypatch.setattr(regen, "read_verification", self._read_verification)
         monkeypatch.setattr(master_lock, "acquire", self.locks.acquire)
@@ -814,7 +814,7 @@ def test_a_cut_off_freeze_with_no_run_left_is_given_back_before_a_new_runs_backu
     job.master.answers[THAW] = Result(THAWED + "\n")
     commands_at_backup = []
     take_backup = job._take_backup
-    monkeypatch.setattr(regen, "take_backup",
+    monkeypatch.setattr(runs, "take_backup",
                         lambda *a: (commands_at_backup.append(list(job.remote.commands)), take_backup(*a))[1])
     assert job.run().outcome == "ok"
     assert commands_at_backup == [[THAW]] and job.remote.commands.count(THAW) == 1
