@@ -37,6 +37,7 @@ from pe_remote.errors import BackupChanged, BackupError, PeRemoteError, RemoteCo
 from pe_remote.commands import backup as commands
 from pe_remote.commands import sections
 from pe_remote.flavors import COPY_DIRS, LIKELY_CADIRS, LIKELY_SSLDIRS
+from pe_remote.names import file_safe
 
 REMOTE_BACKUP_DIR = REMOTE_STATE_DIR
 # A running agent may write the ssldir (its CRL, a cached cert) while tar reads it; tar then
@@ -126,8 +127,7 @@ def make_remote_backup(remote, facts: MasterFacts, *, name: str | None = None) -
 
 
 def local_backup_dir(base: str | os.PathLike, host_label: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", host_label)
-    return Path(base).expanduser() / safe
+    return Path(base).expanduser() / file_safe(host_label)
 
 
 def prepare_local_dir(folder: Path) -> None:

@@ -17,8 +17,10 @@ import re
 from invoke import Exit
 
 from pe_remote.errors import InputError, PeRemoteError
+from pe_remote.fleet import DEFAULT_PARALLEL
+from pe_remote.journal import RUN_ID
 from pe_remote.inventory import DEFAULT_INVENTORY, Target, load_inventory, resolve_target
-from pe_remote.names import parse_alt_names, printable
+from pe_remote.names import file_safe, parse_alt_names, printable
 
 # help= texts shared by every task that takes the flag.
 TARGET_HELP = {
@@ -100,24 +102,20 @@ def _overridden(target: Target, configured: dict, key_file: str | None, known_ho
 
 def run_log_path(target: Target, task: str):
     """Each run's log: $XDG_STATE_HOME/pe-remote/logs (default ~/.local/state/pe-remote/logs)."""
-    import re
     from datetime import datetime, timezone
     from pathlib import Path
 
     state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    host = re.sub(r"[^A-Za-z0-9._-]", "_", target.label)
-    return Path(state) / "pe-remote" / "logs" / f"{stamp}-{host}-{task}.log"
+    return Path(state) / "pe-remote" / "logs" / f"{stamp}-{file_safe(target.label)}-{task}.log"
 
 
 def host_file(path: str, label: str, suffix: str) -> str:
     """FILE.json -> FILE-<host>.json (`suffix` where FILE has none), for one file per host."""
-    import re
     from pathlib import Path
 
     given = Path(path)
-    host = re.sub(r"[^A-Za-z0-9._-]", "_", label)
-    return str(given.with_name(f"{given.stem}-{host}{given.suffix or suffix}"))
+    return str(given.with_name(f"{given.stem}-{file_safe(label)}{given.suffix or suffix}"))
 
 
 def alt_names_from(value: str | None, target: Target) -> tuple[str, ...] | None:
@@ -213,7 +211,7 @@ def run_id_from(rollback, resume, abandon) -> str | None:
     if len([v for v in (rollback, resume, abandon) if v]) > 1:
         raise InputError("give one of --rollback, --resume and --abandon")
     for flag, value in named.items():
-        if not re.fullmatch(r"[0-9]{8}T[0-9]{6}Z-[a-z0-9_.-]{1,253}", value):
+        if not RUN_ID.match(value):
             raise InputError(f"{flag} {value!r} is not a run id (like 20261128T001500Z-master.example.com; "
                              "pe-remote prints it when it finds an unfinished run)")
     if abandon is not None and not named.get("--abandon"):
@@ -260,7 +258,7 @@ def targets_from(c, host: str | None = None, inventory: str | None = None, key_f
 
 
 def for_each_host(targets: list[Target], per_host, *, accept_new_host_key: bool = False,
-                  parallel: int | str | None = 4, changing: bool = False, wave: int | str | None = 1, title: str = "",
+                  parallel: int | str | None = DEFAULT_PARALLEL, changing: bool = False, wave: int | str | None = 1, title: str = "",
                   describe=str) -> list:
     """Run `per_host(remote)` on every target and return the values.
 
@@ -271,7 +269,7 @@ def for_each_host(targets: list[Target], per_host, *, accept_new_host_key: bool 
     from pe_remote.errors import FleetFailed, most_severe
     from pe_remote.fleet import FAILED, OK, render_table, run_in_waves, run_parallel
 
-    parallel = whole_number(parallel, "--parallel", "a whole number of hosts, 1 or more", low=1, default=4)
+    parallel = whole_number(parallel, "--parallel", "a whole number of hosts, 1 or more", low=1, default=DEFAULT_PARALLEL)
     wave = whole_number(wave, "--wave", "a whole number of hosts, 1 or more", low=1, default=1)
 
     if len(targets) == 1:

@@ -26,7 +26,7 @@ from pe_remote.commands import sections as protocol
 from pe_remote.commands.certs import CaCertInfo, issued_by, read_bundle, sha256_hex
 from pe_remote.commands.discovery import REMOTE_STATE_DIR
 from pe_remote.commands.steps import same_files
-from pe_remote.crl import STATE_FILES as CRL_STATE_FILES, STATE_FLAGS as CRL_STATE_FLAGS
+from pe_remote.crl import DEFAULT_DAYS as CRL_DEFAULT_DAYS, STATE_FILES as CRL_STATE_FILES, STATE_FLAGS as CRL_STATE_FLAGS
 from pe_remote.crl import (CrlState, crl_plan_lines, crl_state, crl_steps, read_raw as read_crl_raw, read_state,
                            refresh_problems, refuse_unsigned_crl, server_pickup_steps)
 from pe_remote.discovery import MasterFacts, discover
@@ -44,7 +44,7 @@ from pe_remote.report import RunReport
 
 DEFAULT_YEARS = 15  # as ca_extend, and as Puppet's own CA lifetime
 MAX_YEARS = 50
-CRL_DAYS = 5 * 365
+CRL_DAYS = CRL_DEFAULT_DAYS  # the CA's CRL, re-signed with its new cert, lives as refresh-crl makes it
 
 
 @dataclass(frozen=True)

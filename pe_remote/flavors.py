@@ -76,6 +76,9 @@ PUPPET_CERT_GENERATE = ("{puppet}", "cert", "generate", "{certname}", "--dns_alt
 CA_CLI_CLEAN = ("{puppetserver}", "ca", "clean", "--certname", "{certname}")
 CA_CLI_GENERATE = ("{puppetserver}", "ca", "generate", "--certname", "{certname}",
                    "--subject-alt-names", "{alt_names}", "--ca-client")
+# What every `puppet cert` generation shares: the master stopped for both, no leftovers to delete.
+PUPPET_CERT_GENERATION = dict(clean=PUPPET_CERT_CLEAN, generate=PUPPET_CERT_GENERATE, clean_while_running=False,
+                              delete_leftover_files=False)
 # What every `puppetserver ca` generation shares.
 CA_CLI_GENERATION = dict(clean=CA_CLI_CLEAN, generate=CA_CLI_GENERATE, clean_while_running=True,
                          delete_leftover_files=True, ip_alt_names=True, agent_check=True,
@@ -89,10 +92,7 @@ PE37 = Flavor(
     # Server first, agent last: the agent's first run then finds the server up.
     start_order=("pe-puppetserver", "pe-activemq", "pe-mcollective", "pe-puppet"),
     server_services=("pe-puppetserver",),
-    clean=PUPPET_CERT_CLEAN,
-    generate=PUPPET_CERT_GENERATE,
-    clean_while_running=False,
-    delete_leftover_files=False,
+    **PUPPET_CERT_GENERATION,
     # PE 3.x's broker keystore and MCollective's certs are copies under /etc/puppetlabs/{activemq,mcollective}.
     own_credentials=("pe-activemq", "pe-mcollective"),
     agent_services=("pe-puppet",),
@@ -106,10 +106,7 @@ PE2016 = Flavor(
     services=("puppet", "pe-puppetserver", "pe-activemq", "mcollective", "pe-orchestration-services", "pxp-agent"),
     start_order=("pe-puppetserver", "pe-orchestration-services", "pe-activemq", "mcollective", "pxp-agent", "puppet"),
     server_services=("pe-puppetserver",),
-    clean=PUPPET_CERT_CLEAN,
-    generate=PUPPET_CERT_GENERATE,
-    clean_while_running=False,
-    delete_leftover_files=False,
+    **PUPPET_CERT_GENERATION,
     monolithic_services=("pe-puppetdb", "pe-console-services", "pe-postgresql"),
     monolithic_dirs=("/etc/puppetlabs/puppetdb/ssl", "/opt/puppetlabs/server/data/console-services/certs"),
     # The master-only procedure of these releases copies the new credentials to the orchestrator.
@@ -125,10 +122,7 @@ PUPPET5 = Flavor(
     services=("puppet", "puppetserver", "puppet-master", "puppetmaster"),
     start_order=("puppetserver", "puppet-master", "puppetmaster", "puppet"),
     server_services=("puppetserver", "puppet-master", "puppetmaster"),
-    clean=PUPPET_CERT_CLEAN,
-    generate=PUPPET_CERT_GENERATE,
-    clean_while_running=False,
-    delete_leftover_files=False,
+    **PUPPET_CERT_GENERATION,
 )
 
 PUPPET6 = Flavor(

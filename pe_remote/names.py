@@ -39,6 +39,11 @@ def printable(text: str) -> str:
     return _CONTROL.sub("?", text)
 
 
+def file_safe(label: str) -> str:
+    """A host label as a word of a local file name: what is not a letter, digit, `.`, `_` or `-` becomes `_`."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", label)
+
+
 def validate_certname(value: str, *, source: str = "certname") -> str:
     """A Puppet certname: a lower-case host name (Puppet refuses upper case)."""
     if not value or len(value) > 253 or not _HOSTNAME.match(value):

@@ -205,6 +205,12 @@ def _cert_work(facts: MasterFacts, alt_names: tuple[str, ...], *, online: bool =
     return steps
 
 
+def _wait_server_step(facts: MasterFacts, server_timeout: int) -> Step:
+    """The step that closes the window: 8140 presents the new cert (bounded by --server-timeout)."""
+    return Step("wait-server", f"Wait for {facts.server_service} to serve the new cert on 8140",
+                server_ready_check(facts, server_timeout), server_ready=True, timeout=server_timeout + 60)
+
+
 def _reload_steps(facts: MasterFacts, alt_names: tuple[str, ...], server_timeout: int) -> list[Step]:
     """The reload path: the other services stop, the cert is cleaned and made while the server still serves
     the old one, then the server reloads (its window) and the others start again."""
@@ -217,8 +223,7 @@ def _reload_steps(facts: MasterFacts, alt_names: tuple[str, ...], server_timeout
     # presents the NEW cert (the old one is served until the reload has happened).
     steps.append(Step(f"reload:{server}", f"Reload {server} (it reads the new cert)",
                       sh.reload_service(server, block=False), opens_window=True))
-    steps.append(Step("wait-server", f"Wait for {server} to serve the new cert on 8140",
-                      server_ready_check(facts, server_timeout), server_ready=True, timeout=server_timeout + 60))
+    steps.append(_wait_server_step(facts, server_timeout))
     steps += [_service_step(facts, name, "running", server_timeout) for name in flavor.start_order if name in others]
     return steps
 
@@ -305,9 +310,7 @@ def build_plan(facts: MasterFacts, alt_names: tuple[str, ...], *, server_timeout
     up_to_server = main_starts[:main_starts.index(server) + 1] if server in main_starts else main_starts
     steps += [_service_step(facts, name, "running", server_timeout) for name in up_to_server]
     if server in up_to_server:
-        steps.append(Step("wait-server", f"Wait for {server} to serve the new cert on 8140",
-                          server_ready_check(facts, server_timeout), server_ready=True,
-                          timeout=server_timeout + 60))
+        steps.append(_wait_server_step(facts, server_timeout))
     server_up = (steps[-1].key,)
     side_starts = [_service_step(facts, name, "running", server_timeout) for name in flavor.start_order if name in side]
     if side_starts:

@@ -127,9 +127,7 @@ def _regen(remote, options: RegenOptions, console: Console, events: Events) -> R
             return RegenResult(continued.journal.facts, continued.plan, continued.outcome,
                                commands_run=remote.commands_run)
         return _done(remote, continued.plan, continued.journal, continued.execution, job, console, started)
-    alt_names = choose_alt_names(facts.certname, facts.dns_alt_names,
-                                 sans_to_names(facts.certname, facts.cert.sans) if facts.cert else (),
-                                 options.alt_names, options.drop_alt_names)
+    alt_names = alt_names_asked(facts, options)
     plan = build_plan(facts, alt_names, server_timeout=options.server_timeout, restart=options.restart)
     events.emit("planned", facts=facts, alt_names=alt_names, plan=plan)
     shown = render_plan(plan, stream_command(facts, remote_backup_path(facts)), label)
@@ -157,6 +155,14 @@ def _regen(remote, options: RegenOptions, console: Console, events: Events) -> R
     return _done(remote, plan, journal, execution, job, console, started, backup)
 
 
+def alt_names_asked(facts: MasterFacts, options: RegenOptions) -> tuple[str, ...]:
+    """The alt names the new cert of the master `facts` describe gets, given the flags (InvalidName if
+    they ask for something that does not fit it)."""
+    return choose_alt_names(facts.certname, facts.dns_alt_names,
+                            sans_to_names(facts.certname, facts.cert.sans) if facts.cert else (),
+                            options.alt_names, options.drop_alt_names)
+
+
 def refuse_another_request(journal: Journal, job: "RegenJob", options: RegenOptions) -> None:
     """Resuming `journal`'s run: --dns-alt-names, --drop-alt-names or --restart given and asking for other
     alt names or another path than the run recorded are refused (InputError, nothing touched). The same
@@ -167,11 +173,8 @@ def refuse_another_request(journal: Journal, job: "RegenJob", options: RegenOpti
         ("--dns-alt-names", options.alt_names is not None and not options.alt_names_from_inventory),
         ("--drop-alt-names", bool(options.drop_alt_names))) if given]
     if names_flags:
-        facts = journal.facts
         try:
-            asked = choose_alt_names(facts.certname, facts.dns_alt_names,
-                                     sans_to_names(facts.certname, facts.cert.sans) if facts.cert else (),
-                                     options.alt_names, options.drop_alt_names)
+            asked = alt_names_asked(journal.facts, options)
             same, said = set(asked) == set(journal.alt_names), ", ".join(asked) or "none"
         except InvalidName as exc:
             same, said = False, f"what the flags given ask for, which does not fit that run ({exc})"

@@ -22,7 +22,7 @@ from pe_remote.agents import agent_targets
 from pe_remote.extend_ca import DEFAULT_YEARS as DEFAULT_CA_YEARS, MAX_YEARS as MAX_CA_YEARS, AgentsToPush, \
     extend_ca as extend
 from pe_remote.errors import InputError, Mismatch, PeRemoteError
-from pe_remote.expiry import dates_to_json, render_dates
+from pe_remote.expiry import DEFAULT_WARN_DAYS, dates_to_json, render_dates
 from pe_remote.flavors import FLAVORS
 from pe_remote.names import parse_alt_names, printable
 from pe_remote.regen import RegenOptions, backup_only, regen as run_regen
@@ -219,7 +219,7 @@ def verify(c, host=None, inventory=None, key_file=None, known_hosts=None, accept
     """
     check_flavor(flavor)
     report = check_report_path(report)
-    warn_days = whole_number(warn_days, "--warn-days", "a whole number of days, 0 or more", low=0, default=90)
+    warn_days = whole_number(warn_days, "--warn-days", "a whole number of days, 0 or more", low=0, default=DEFAULT_WARN_DAYS)
     targets = targets_from(c, host, inventory, key_file, known_hosts)
     report_for = per_host_file(c, report, targets)
     for target in targets:  # checked before the first connection (exit 2)

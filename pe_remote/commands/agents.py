@@ -11,7 +11,7 @@ from __future__ import annotations
 from pe_remote.commands import crl
 from pe_remote.commands.facts import _cert_with_key
 from pe_remote.commands.sections import encoded, mark
-from pe_remote.commands.shell import q
+from pe_remote.commands.shell import join, q
 from pe_remote.flavors import PUPPET_PATHS
 
 CA_MODE = "0644"  # as Puppet keeps certs/ca.pem (its localcacert setting)
@@ -30,7 +30,7 @@ def agent_facts() -> str:
     """Read-only: sections `uid`, `puppet` (the path found, empty: none), `ssldir` and `certname`
     (base64, from `puppet config print ... --section agent`), `ca` (certs/ca.pem) and `cert` (the agent's
     own certs/<certname>.pem), base64 each, empty when absent."""
-    candidates = " ".join(q(p) for p in PUPPET_PATHS)
+    candidates = join(PUPPET_PATHS)
     return "\n".join([
         f"{mark('uid')}; id -u",
         f"P=; for p in {candidates}; do if [ -x \"$p\" ]; then P=$p; break; fi; done",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import posixpath
 
 from pe_remote.commands.sections import mark
-from pe_remote.commands.shell import q
+from pe_remote.commands.shell import join, q
 
 
 def _members(paths: list[str]) -> str:
@@ -58,7 +58,7 @@ def stream_likely_tarball(ssldirs: tuple[str, ...], cadirs: tuple[str, ...], cop
 
 
 def _words(values: tuple[str, ...]) -> str:
-    return " ".join(q(v) for v in values) or "''"
+    return join(values) or "''"
 
 
 def _stream(members: str, remote_path: str) -> str:

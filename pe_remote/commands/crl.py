@@ -48,7 +48,7 @@ File.open(out_path, "w", 0600) { |f| f.write(out.join) }
 
 def ruby_script(script: str, args: list[str]) -> str:
     """Shell that runs `script` with the first Ruby of RUBY_PATHS there is, `args` as its ARGV."""
-    candidates = " ".join(q(p) for p in RUBY_PATHS)
+    candidates = join(RUBY_PATHS)
     return (f"R=; for r in {candidates}; do if [ -x \"$r\" ]; then R=$r; break; fi; done; "
             f"[ -n \"$R\" ] || {{ echo 'no Ruby found (looked in {', '.join(RUBY_PATHS)})'; exit 1; }}; "
             f"\"$R\" -e {q(script)} " + join(args))

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 from pe_remote.commands.facts import cert_with_key_from
 from pe_remote.commands.sections import marker
-from pe_remote.commands.shell import q
+from pe_remote.commands.shell import join, q
 from pe_remote.commands.steps import CA_WRITABLE, REMOTE_STATE_DIR, cannot_be_frozen, saved_freeze_exists
 from pe_remote.flavors import ALL_SERVICES, COPY_DIRS, MONOLITHIC_DIRS, PE_VERSION_FILES, PUPPET_PATHS, \
     PUPPET_VERSION_RB, PUPPETSERVER_PATHS, SERVER_SERVICES
 
 SETTINGS = ("cadir", "certname", "client_datadir", "dns_alt_names", "hostcert", "hostprivkey", "ssldir")
-
-
-def _words(values) -> str:
-    return " ".join(q(v) for v in values)
 
 
 # Values read from the master's files or commands are printed behind `v=`: a line of theirs can then never
@@ -31,10 +27,10 @@ def discovery_script(*, background: bool = False) -> str:
 {lowest}sec() {{ printf '{sec}\\n' "$1"; }}
 sec id; id -u; printf 'v=%s\\n' "$(hostname | head -n1)"
 sec init; if [ -d /run/systemd/system ]; then echo systemd; else echo sysv; fi
-P=; for p in {_words(PUPPET_PATHS)}; do if [ -x "$p" ]; then P=$p; break; fi; done
-S=; for p in {_words(PUPPETSERVER_PATHS)}; do if [ -x "$p" ]; then S=$p; break; fi; done
+P=; for p in {join(PUPPET_PATHS)}; do if [ -x "$p" ]; then P=$p; break; fi; done
+S=; for p in {join(PUPPETSERVER_PATHS)}; do if [ -x "$p" ]; then S=$p; break; fi; done
 sec binaries; echo "puppet=$P"; echo "puppetserver=$S"
-sec pe_version; PE=; for f in {_words(PE_VERSION_FILES)}; do [ -f "$f" ] && PE=$(head -n1 "$f" | head -c 64) && printf 'v=%s\\n' "$PE" && break; done
+sec pe_version; PE=; for f in {join(PE_VERSION_FILES)}; do [ -f "$f" ] && PE=$(head -n1 "$f" | head -c 64) && printf 'v=%s\\n' "$PE" && break; done
 [ -n "$P" ] || exit 0
 # The PE marker decides the generation; open-source Puppet's version is read where its packaging keeps
 # it (as Puppet.version does: a VERSION file beside version.rb, else its PUPPETVERSION constant), else
@@ -66,7 +62,7 @@ HC=$(get hostcert); HK=$(get hostprivkey); CA=$(get cadir)
 sec ca_key; if [ -f "$CA/ca_key.pem" ]; then echo present; else echo absent; fi
 sec ca_cert; [ ! -f "$CA/ca_crt.pem" ] || base64 < "$CA/ca_crt.pem"
 sec services
-for s in {_words(ALL_SERVICES)}; do
+for s in {join(ALL_SERVICES)}; do
   if [ -d /run/systemd/system ]; then
     # A name that is only an alias of another unit (Debian's puppetmaster -> puppet-master) is not a service of its own.
     if systemctl cat "$s.service" >/dev/null 2>&1 && [ "$(systemctl show -p Id "$s.service" 2>/dev/null)" = "Id=$s.service" ]
@@ -76,14 +72,14 @@ for s in {_words(ALL_SERVICES)}; do
   else echo "$s absent"; fi
 done
 # Which server units can reload in place (Puppet Server's SIGHUP): regen's reload path needs it.
-sec reloadable; [ ! -d /run/systemd/system ] || for s in {_words(SERVER_SERVICES)}; do
+sec reloadable; [ ! -d /run/systemd/system ] || for s in {join(SERVER_SERVICES)}; do
   [ "$(systemctl show -p CanReload "$s.service" 2>/dev/null)" = CanReload=yes ] && echo "$s"; done
 # The CA's files the reload path freezes to root: one writable by its group or by anyone, or a link,
 # cannot be frozen.
-sec unfreezable; for n in {_words(CA_WRITABLE)}; do if {unfreezable}; then echo "$n"; fi; done
+sec unfreezable; for n in {join(CA_WRITABLE)}; do if {unfreezable}; then echo "$n"; fi; done
 # A regen's freeze of those files cut off before its thaw (they are still root's).
 sec ca_freeze; if {saved_freeze_exists()}; then echo left; fi
-sec dirs; for d in {_words((*MONOLITHIC_DIRS, *COPY_DIRS))}; do [ -d "$d" ] && echo "$d"; done
+sec dirs; for d in {join((*MONOLITHIC_DIRS, *COPY_DIRS))}; do [ -d "$d" ] && echo "$d"; done
 # Which service's process listens on 8140 (cross-checks the detected generation).
 sec listener; if command -v ss >/dev/null 2>&1; then
   L=$(ss -Htlnp 'sport = :8140' 2>/dev/null); LP=$(printf "%s\\n" "$L" | sed -n 's/.*pid=\\([0-9]*\\).*/\\1/p' | head -n1)

@@ -104,7 +104,7 @@ HELD, BUSY, UNAVAILABLE = "lock-held", "lock-busy", "lock-unavailable"
 def lock_script(owner: str, folders: tuple[str, ...] = LOCK_FOLDERS) -> str:
     """Shell that takes the lock (or says who has it: its first line is a marker) and then holds
     it until its input ends."""
-    candidates = " ".join(q(f) for f in folders)
+    candidates = join(folders)
     busy = protocol.marker(BUSY, "%s")
     return (f"L=; for d in {candidates}; do if [ -d \"$d\" ]; then L=$d; break; fi; done\n"
             f"command -v flock >/dev/null 2>&1 && [ -n \"$L\" ] || {{ {mark(UNAVAILABLE)}; exec cat >/dev/null; }}\n"

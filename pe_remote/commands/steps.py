@@ -112,7 +112,7 @@ def start_all(facts: MasterFacts, names: list[str], *, timeout: int = SERVER_REA
 
 
 def none_exist(paths: list[str]) -> str:
-    return "for f in " + " ".join(q(p) for p in paths) + '; do [ ! -e "$f" ] || { echo "still there: $f"; exit 1; }; done'
+    return "for f in " + join(paths) + '; do [ ! -e "$f" ] || { echo "still there: $f"; exit 1; }; done'
 
 
 def all_nonempty(paths: list[str]) -> str:
@@ -120,7 +120,7 @@ def all_nonempty(paths: list[str]) -> str:
 
 
 def remove_files(paths: list[str]) -> str:
-    return "rm -f " + " ".join(q(p) for p in paths)
+    return "rm -f " + join(paths)
 
 
 def absent(path: str) -> str:
@@ -169,7 +169,7 @@ def chown_tree(owner: str, folder: str) -> str:
 
 
 def private_files(paths: list[str]) -> str:
-    return "chmod 600 " + " ".join(q(p) for p in paths)
+    return "chmod 600 " + join(paths)
 
 
 def all_of(commands: list[str]) -> str:
@@ -289,7 +289,7 @@ def with_ca_frozen(cadir: str, command: str, state: str = CA_FREEZE_STATE) -> st
     The owners are saved in `state` (root's) before the freeze and the file removed after the thaw: a
     shell cut off in between (a reboot, a kill) leaves them there, and they are given back from it
     (thaw_saved_freeze) before any new freeze reads the owners, which would otherwise be root's."""
-    names = " ".join(q(name) for name in CA_WRITABLE)
+    names = join(CA_WRITABLE)
     # Inside the folder (a cadir elsewhere through a symlink is entered where it points), by relative
     # names: a path swapped for a link while this runs cannot send root's chown or chmod elsewhere.
     # Each file is given back with chown -h; the folder itself is `.`.
