@@ -7,6 +7,7 @@
 | puppet5        | Puppet 5.5.22 (bullseye), Debian's layout            | puppet5          |
 | oss7           | puppetserver 7.9 + puppet 7.23 (bookworm)            | puppet6          |
 | oss8           | puppetserver 8.7 + puppet-agent 8.10 (trixie)        | puppet6          |
+| pe2019         | puppetserver 7.9 + puppet 7.23 (bookworm), PE 2021.7 layout | pe2019    |
 
 One body per claim, parametrized over the generations: regen then restore of its backup, a rollback
 after a fault, dry-run, verify and backup (the last three on the shared master: they change nothing).
@@ -29,8 +30,9 @@ from test_regen_pe37 import _cert_facts
 
 pytestmark = pytest.mark.container
 
-FLAVOR_OF = {"pe37": "pe37", "pe2016": "pe2016", "puppet5": "puppet5", "oss7": "puppet6", "oss8": "puppet6"}
-PE_VERSION = {"pe37": "3.7.2"}  # what `discover` names from the master's PE version file
+FLAVOR_OF = {"pe37": "pe37", "pe2016": "pe2016", "puppet5": "puppet5", "oss7": "puppet6", "oss8": "puppet6",
+             "pe2019": "pe2019"}
+PE_VERSION = {"pe37": "3.7.2", "pe2019": "2021.7.9"}  # what `discover` names from the master's PE version file
 GENERATIONS = list(FLAVOR_OF)
 ORCHESTRATOR_SSL = "/etc/puppetlabs/orchestration-services/ssl"
 
@@ -170,11 +172,10 @@ def test_discover_dry_run_verify_and_backup_change_nothing(staging_master, tmp_p
                    cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
     out = proc.stdout
-    clean = (f"{layout.puppet} cert clean {master.certname}" if FLAVOR_OF[layout.name] != "puppet6"
-             else f"ca clean --certname {master.certname}")
-    generate = (f"cert generate {master.certname} --dns_alt_names=puppet,puppet.pe-remote.test"
-                if FLAVOR_OF[layout.name] != "puppet6" else
-                f"ca generate --certname {master.certname} --subject-alt-names puppet,puppet.pe-remote.test")
+    ca_cli = FLAVOR_OF[layout.name] in ("puppet6", "pe2019")  # `puppetserver ca`, not `puppet cert`
+    clean = (f"ca clean --certname {master.certname}" if ca_cli else f"{layout.puppet} cert clean {master.certname}")
+    generate = (f"ca generate --certname {master.certname} --subject-alt-names puppet,puppet.pe-remote.test"
+                if ca_cli else f"cert generate {master.certname} --dns_alt_names=puppet,puppet.pe-remote.test")
     # Puppet Server 7 and 8 take the reload path: the server is reloaded, never stopped or started.
     reloads = layout.name in RELOADS
     server_back = (f"systemctl reload --no-block {layout.server_service}.service" if reloads else

@@ -144,3 +144,24 @@ def test_master_serves_the_cert_on_disk_and_puppets_own_code(staging_master):
     real = staging_master.check(f"readlink -f {layout.puppet}").strip()
     assert real == "/usr/bin/puppet"
     assert staging_master.check(f"dpkg -S {real}").split(":")[0] in ("puppet", "puppet-agent")
+
+
+@ALL
+def test_the_server_and_agent_are_puppets_own_and_every_other_service_is_a_stand_in_that_says_so(staging_master):
+    """Only PE services that Debian does not package may be stand-ins, and their units say so."""
+    layout = staging_master.flavor
+
+    def unit(service: str, field: str) -> str:
+        return staging_master.check(f"systemctl show -p {field} --value {service}.service").strip()
+
+    for service in layout.services:
+        description, command = unit(service, "Description"), unit(service, "ExecStart")
+        if service == layout.server_service:
+            assert "puppetserver.jar" in command or " master" in command, (service, command)
+        elif service == layout.agent_service:
+            assert " agent" in command, (service, command)
+        else:
+            assert description.startswith("STAND-IN for ") and "standin-daemon.sh" in command, (service, description)
+            continue
+        assert "STAND-IN" not in description, (service, description)
+

@@ -1,4 +1,4 @@
-"""Unit tests on discovery output recorded from the five staging masters (Puppet's own code:
+"""Unit tests on discovery output recorded from the six staging masters (Puppet's own code:
 Puppet 5.5 on bullseye, puppetserver 7 on bookworm, puppetserver 8 on trixie). Re-record with the
 discovery script run on a started master (see tests/data/recorded/)."""
 
@@ -22,6 +22,8 @@ EXPECTED = {  # flavor, server service, agent's client_datadir, credential copie
     "puppet5": ("puppet5", "puppet-master", "/var/cache/puppet/client_data", (), "/usr/bin/puppet"),
     "oss7": ("puppet6", "puppetserver", "/var/cache/puppet/client_data", (), "/usr/bin/puppet"),
     "oss8": ("puppet6", "puppetserver", "/var/cache/puppet/client_data", (), "/usr/bin/puppet"),
+    "pe2019": ("pe2019", "pe-puppetserver", "/opt/puppetlabs/puppet/cache/client_data", (),
+               "/opt/puppetlabs/bin/puppet"),
 }
 
 

@@ -7,7 +7,7 @@ Three layers deep, each image built from a definition folder under images/:
       Debian's own Puppet)       puppet 5.5.22     puppetserver 7.9  puppetserver 8.7
                                  + puppet-master   + puppet-agent 7  + puppet-agent 8
       definition folder          bullseye          puppetserver      puppetserver
-    flavor                       pe37 pe2016       oss7              oss8
+    flavor                       pe37 pe2016       oss7 pe2019       oss8
                                  puppet5
 
 What every suite layer shares (sshd, the accounts, masked units) is images/common/
@@ -15,7 +15,8 @@ suite-layer.sh; images/common/ goes into every image's build context as common/.
 
 Every Puppet command on these masters is Puppet's own code from Debian's
 packages; only PE services that Debian does not package (ActiveMQ, MCollective,
-orchestration services, PXP agent) are stand-in units that say so.
+orchestration services, PXP agent, and PE 2019+'s console, nginx, PuppetDB and
+PostgreSQL) are stand-in units that say so.
 
 A base is `debian:<suite>` when it is present or can be pulled (a laptop with
 Docker Hub); otherwise it is made with debootstrap and `docker import` (a CI
@@ -53,14 +54,14 @@ SUITES = ("bullseye", "bookworm", "trixie")
 LAYERS: dict[str, str | None] = {
     "bullseye": None, "bookworm": None, "trixie": None,
     "pe37": "bullseye", "pe2016": "bullseye", "puppet5": "bullseye",
-    "oss7": "bookworm",
+    "oss7": "bookworm", "pe2019": "bookworm",
     "oss8": "trixie",
 }
 # Image -> its definition folder under images/ where that is not the folder of its own name:
 # Debian's puppetserver layer is one definition, built on bookworm (Puppet 7) and trixie (Puppet 8).
 FOLDERS = {"bookworm": "puppetserver", "trixie": "puppetserver"}
 # The images a staging master is started from, in build order (bullseye's three share a layer).
-FLAVOR_IMAGES = ("pe37", "pe2016", "puppet5", "oss7", "oss8")
+FLAVOR_IMAGES = ("pe37", "pe2016", "puppet5", "oss7", "pe2019", "oss8")
 
 
 class ImageBuildError(RuntimeError):

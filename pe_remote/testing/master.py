@@ -117,6 +117,20 @@ FLAVORS = {
         config_section="server",
         ca_generate="puppetserver ca generate --certname {certname}",
     ),
+    # PE 2019+ (2021.7) layout on Debian bookworm's puppetserver 7 (Puppet Server as pe-puppetserver).
+    "pe2019": FlavorLayout(
+        name="pe2019",
+        services=("puppet", "pxp-agent", "pe-puppetserver", "pe-orchestration-services", "pe-console-services",
+                  "pe-nginx", "pe-puppetdb", "pe-postgresql"),
+        server_service="pe-puppetserver",
+        agent_service="puppet",
+        puppet="/opt/puppetlabs/bin/puppet",
+        ssldir="/etc/puppetlabs/puppet/ssl",
+        cadir="/etc/puppetlabs/puppetserver/ca",
+        catalog_dir="/opt/puppetlabs/puppet/cache/client_data/catalog",
+        config_section="server",
+        ca_generate="/opt/puppetlabs/bin/puppetserver ca generate --certname {certname}",
+    ),
 }
 # Open-source Puppet 8 as Debian trixie lays it out: the same paths and services as Puppet 7.
 FLAVORS["oss8"] = dataclasses.replace(FLAVORS["oss7"], name="oss8")

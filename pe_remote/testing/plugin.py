@@ -7,8 +7,8 @@ Fixtures:
 - `staging_master`: a SHARED running master, one per flavor per session, for tests
   that only read it. Parametrize the flavor indirectly:
   `@pytest.mark.parametrize("staging_master", ["pe37", "oss7"], indirect=True)`
-  (default `pe37`; flavors: pe37, pe2016 and puppet5 on Puppet 5.5, oss7 on
-  Puppet 7, oss8 on Puppet 8; see `pe_remote.testing.master.FLAVORS`). After each test the plugin checks that the master's SSL files
+  (default `pe37`; flavors: pe37, pe2016 and puppet5 on Puppet 5.5, oss7 and
+  pe2019 on Puppet 7, oss8 on Puppet 8; see `pe_remote.testing.master.FLAVORS`). After each test the plugin checks that the master's SSL files
   are byte for byte as before, so a test that changes it fails instead of
   poisoning the tests after it.
 - `fresh_master`: a new master for one test that changes it, same parametrization.

@@ -15,7 +15,7 @@ from pathlib import Path
 from pe_remote.commands.discovery import discovery_script
 from pe_remote.testing.master import ClientKey, start_master
 
-FLAVORS = ("pe37", "pe2016", "puppet5", "oss7", "oss8")
+FLAVORS = ("pe37", "pe2016", "puppet5", "oss7", "pe2019", "oss8")
 OUT = Path(__file__).resolve().parents[2] / "tests" / "data" / "recorded"
 
 
